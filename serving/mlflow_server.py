@@ -1,0 +1,225 @@
+"""A real local MLflow tracking server: SQLite backend, local artifacts, started and stopped by pid.
+
+The demo and the tests use it; on the cluster MLFLOW_TRACKING_URI points at the real server
+(Postgres backend, S3/MinIO artifacts) and nothing here is started. Memory: the server's job
+runner is switched off (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false), which was seen to cut its
+RSS from ~2.8 GB to ~0.6 GB, and telemetry is off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+SERVER_ENV = {
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class MLflowServerConfig:
+    """Where the server keeps its data. `backend_store_uri` may be postgresql://... (the cluster's choice)."""
+
+    root: Path
+    host: str = "127.0.0.1"
+    port: int = 5000  # 0 = pick a free port
+    backend_store_uri: str = ""  # default: sqlite:///<root>/mlflow.db
+    workers: int = 1
+    startup_timeout_s: float = 120.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sqlite_uri(self) -> str:
+        return f"sqlite:///{Path(self.root).resolve() / 'mlflow.db'}"
+
+
+@dataclass
+class MLflowServer:
+    pid: int
+    url: str
+    log_path: Path
+    _proc: subprocess.Popen | None = None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the server's whole process group (uvicorn spawns workers)."""
+        stop_pid(self.pid, timeout)
+        if self._proc is not None:
+            self._proc.wait(timeout=timeout)
+
+    def __enter__(self) -> "MLflowServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child still answers kill(0)
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def stop_pid(pid: int, timeout: float = 20.0) -> None:
+    """SIGTERM the process group led by pid, then SIGKILL what is left after timeout."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.1)
+
+
+def wait_healthy(url: str, proc_alive, timeout: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc_alive():
+            raise RuntimeError(f"MLflow server exited before it was healthy; log {log_path}:\n"
+                               + _tail(log_path))
+        try:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"MLflow server at {url} not healthy after {timeout:.0f}s; log {log_path}:\n"
+                       + _tail(log_path))
+
+
+def _tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def start(config: MLflowServerConfig) -> MLflowServer:
+    """Start `mlflow server` in its own process group and wait for /health."""
+    root = Path(config.root).resolve()
+    (root / "artifacts").mkdir(parents=True, exist_ok=True)
+    port = config.port or free_port(config.host)
+    url = f"http://{config.host}:{port}"
+    log_path = root / "server.log"
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", config.backend_store_uri or config.sqlite_uri,
+        "--artifacts-destination", str(root / "artifacts"),
+        "--serve-artifacts",
+        "--host", config.host, "--port", str(port),
+        "--workers", str(config.workers),
+    ]
+    env = {**os.environ, **SERVER_ENV, **config.extra_env}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True, cwd=root)
+    server = MLflowServer(pid=proc.pid, url=url, log_path=log_path, _proc=proc)
+    try:
+        wait_healthy(url, lambda: proc.poll() is None, config.startup_timeout_s, log_path)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+# --- CLI: detached server for the Makefile and the demo, remembered in <root>/server.json ---
+
+def _state_file(root: Path) -> Path:
+    return Path(root) / "server.json"
+
+
+def running(root: Path) -> dict | None:
+    """The server started by `up` for this root, if it is still alive and healthy."""
+    state = _state_file(root)
+    if not state.exists():
+        return None
+    info = json.loads(state.read_text())
+    if not _alive(info["pid"]):
+        return None
+    try:
+        requests.get(f"{info['url']}/health", timeout=2).raise_for_status()
+    except requests.RequestException:
+        return None
+    return info
+
+
+def up(config: MLflowServerConfig) -> dict:
+    """Start a detached server unless one for this root is already up (idempotent)."""
+    info = running(config.root)
+    if info:
+        return info
+    server = start(config)
+    info = {"pid": server.pid, "url": server.url, "log": str(server.log_path)}
+    _state_file(config.root).write_text(json.dumps(info) + "\n")
+    return info
+
+
+def down(root: Path) -> bool:
+    state = _state_file(root)
+    if not state.exists():
+        return False
+    info = json.loads(state.read_text())
+    stop_pid(info["pid"])
+    state.unlink()
+    return True
+
+
+def default_root() -> Path:
+    home = Path(os.environ.get("AGENTLOOP_HOME", Path.home() / ".cache" / "agentloop")).expanduser()
+    return home / "mlflow"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Local MLflow server (SQLite backend, local artifacts).")
+    p.add_argument("action", choices=["up", "down", "status", "url"])
+    p.add_argument("--root", type=Path, default=default_root())
+    p.add_argument("--port", type=int, default=int(os.environ.get("AGENTLOOP_MLFLOW_PORT", 5000)))
+    p.add_argument("--host", default="127.0.0.1")
+    args = p.parse_args(argv)
+    if args.action == "up":
+        info = up(MLflowServerConfig(root=args.root, host=args.host, port=args.port))
+        print(f"MLflow server up: {info['url']} (pid {info['pid']}, log {info['log']})")
+    elif args.action == "down":
+        print("MLflow server stopped" if down(args.root) else "no MLflow server recorded under " + str(args.root))
+    else:
+        info = running(args.root)
+        if args.action == "url":
+            if not info:
+                print(f"no MLflow server running for {args.root}; run `make mlflow-up`", file=sys.stderr)
+                return 1
+            print(info["url"])
+        else:
+            print(json.dumps(info) if info else "down")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""The local MLflow server really starts, records runs, and stops by pid."""
+
+import socket
+
+import mlflow
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from serving.mlflow_server import MLflowServerConfig, _alive, down, running, start, up
+
+
+def test_session_server_records_a_run_that_a_fresh_client_reads_back(mlflow_uri, tmp_path):
+    mlflow.set_experiment("test-mlflow-fixture")
+    (tmp_path / "note.txt").write_text("hello")
+    with mlflow.start_run() as run:
+        mlflow.log_param("lr", 0.001)
+        mlflow.log_metric("loss", 1.5, step=3)
+        mlflow.log_artifact(str(tmp_path / "note.txt"))
+    got = MlflowClient(tracking_uri=mlflow_uri).get_run(run.info.run_id)
+    assert got.data.params["lr"] == "0.001"
+    assert got.data.metrics["loss"] == 1.5
+    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="note.txt",
+                                                dst_path=str(tmp_path / "dl"))
+    assert open(local).read() == "hello"
+    # artifacts are proxied by the server (mlflow-artifacts:), so a remote client needs no shared disk
+    assert got.info.artifact_uri.startswith("mlflow-artifacts:")
+
+
+def test_up_is_idempotent_and_down_stops_the_process(tmp_path):
+    cfg = MLflowServerConfig(root=tmp_path / "srv", port=0)
+    first = up(cfg)
+    try:
+        assert up(cfg)["pid"] == first["pid"]
+        assert running(cfg.root)["url"] == first["url"]
+        assert requests.get(first["url"] + "/health", timeout=5).status_code == 200
+    finally:
+        assert down(cfg.root)
+    assert not _alive(first["pid"])
+    assert running(cfg.root) is None
+
+
+def test_a_taken_port_fails_fast_with_the_log_tail(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises((RuntimeError, TimeoutError), match="MLflow server"):
+            start(MLflowServerConfig(root=tmp_path / "srv", port=port, startup_timeout_s=60))

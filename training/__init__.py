@@ -1,0 +1,1 @@
+"""agentloop training stage."""

@@ -1,0 +1,1 @@
+"""agentloop workflows stage."""
