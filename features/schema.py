@@ -1,0 +1,132 @@
+"""The canonical Interaction record (schema v1) and the quarantine record, as dataclasses and pyarrow schemas.
+
+Everything after ingestion (the offline store, Feast, training, monitoring) reads these columns.
+Text columns hold REDACTED text only: redaction runs before anything is stored.
+Bump SCHEMA_VERSION on any change a reader would notice, and keep readers of older versions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+# Redaction types: placeholders are `<SECRET:{type}>` for secrets and `<{TYPE}>` for personal data.
+SECRET_TYPES = (
+    "aws_access_key", "aws_secret_key", "github_token", "slack_token", "openai_key", "google_api_key",
+    "stripe_key", "jwt", "private_key", "password_in_url", "key_value_secret", "high_entropy",
+    "generic_token",
+)
+PII_TYPES = ("email", "phone", "card", "ip")
+
+# Quarantine reasons (machine-readable). `missing_field:<name>`, `bad_type:<name>` and `guard:<rule>`
+# carry a suffix.
+QUARANTINE_REASONS = (
+    "invalid_json", "not_an_object", "encoding", "oversized", "missing_field", "bad_type", "bad_timestamp",
+    "bad_role", "bad_rating", "empty_conversation", "bad_cloudevent", "guard",
+)
+
+
+@dataclass
+class Interaction:
+    """One accepted agent interaction, redacted, as stored offline (one row)."""
+
+    interaction_id: str
+    agent: str
+    session_id: str
+    event_timestamp: datetime  # tz-aware UTC; Feast's event timestamp
+    model: str
+    messages_json: str  # OpenAI-style messages, redacted, JSON text
+    last_user_message: str
+    agent_reply: str  # the last assistant message
+    n_turns: int  # user + assistant messages
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    latency_ms: float
+    rating: int | None  # 1-5 from feedback, None when no feedback
+    thumbs: str | None  # "up" | "down" | None
+    error_type: str | None
+    has_error: bool
+    redacted_secrets: int  # sum over SECRET_TYPES
+    redacted_email: int
+    redacted_phone: int
+    redacted_card: int
+    redacted_ip: int
+    redaction_counts_json: str  # {"aws_access_key": 1, "email": 2, ...}
+    guard_flags: str  # comma-separated warn-level guard rules that did not quarantine ("" when none)
+    content_hash: str  # sha256 of the normalized content (dedup key)
+    source: str  # file path, URL or queue the record came from
+    source_line: int
+    ingested_at: datetime
+    day: str  # YYYY-MM-DD of event_timestamp (UTC): the hive partition `day=...`
+    schema_version: int = SCHEMA_VERSION
+
+
+INTERACTION_SCHEMA = pa.schema([
+    ("interaction_id", pa.string()),
+    ("agent", pa.string()),
+    ("session_id", pa.string()),
+    ("event_timestamp", pa.timestamp("us", tz="UTC")),
+    ("model", pa.string()),
+    ("messages_json", pa.string()),
+    ("last_user_message", pa.string()),
+    ("agent_reply", pa.string()),
+    ("n_turns", pa.int32()),
+    ("prompt_tokens", pa.int32()),
+    ("completion_tokens", pa.int32()),
+    ("total_tokens", pa.int32()),
+    ("latency_ms", pa.float64()),
+    ("rating", pa.int32()),
+    ("thumbs", pa.string()),
+    ("error_type", pa.string()),
+    ("has_error", pa.bool_()),
+    ("redacted_secrets", pa.int32()),
+    ("redacted_email", pa.int32()),
+    ("redacted_phone", pa.int32()),
+    ("redacted_card", pa.int32()),
+    ("redacted_ip", pa.int32()),
+    ("redaction_counts_json", pa.string()),
+    ("guard_flags", pa.string()),
+    ("content_hash", pa.string()),
+    ("source", pa.string()),
+    ("source_line", pa.int64()),
+    ("ingested_at", pa.timestamp("us", tz="UTC")),
+    ("day", pa.string()),
+    ("schema_version", pa.int32()),
+], metadata={"agentloop.schema": "interaction", "agentloop.schema_version": str(SCHEMA_VERSION)})
+
+
+@dataclass
+class QuarantineRecord:
+    """One rejected input record. `raw_redacted` is the raw line decoded (errors replaced) and redacted:
+    quarantine is stored data too, so secrets never reach it; `raw_sha256` identifies the exact bytes."""
+
+    source: str
+    line_number: int
+    reason: str  # one of QUARANTINE_REASONS, with its suffix
+    detail: str
+    raw_redacted: str
+    raw_sha256: str
+    raw_bytes: int
+    interaction_id: str | None = None
+    quarantined_at: datetime | None = None
+    day: str = ""  # YYYY-MM-DD of quarantined_at: the hive partition
+    extra: dict = field(default_factory=dict)
+
+
+QUARANTINE_SCHEMA = pa.schema([
+    ("source", pa.string()),
+    ("line_number", pa.int64()),
+    ("reason", pa.string()),
+    ("detail", pa.string()),
+    ("raw_redacted", pa.string()),
+    ("raw_sha256", pa.string()),
+    ("raw_bytes", pa.int64()),
+    ("interaction_id", pa.string()),
+    ("quarantined_at", pa.timestamp("us", tz="UTC")),
+    ("day", pa.string()),
+], metadata={"agentloop.schema": "quarantine", "agentloop.schema_version": str(SCHEMA_VERSION)})
