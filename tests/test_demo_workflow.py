@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -37,7 +38,8 @@ def test_demo_workflow_replies_and_logs_to_mlflow(tmp_path, mlflow_uri, base_mod
     identity = json.loads((base_model_dir / "agentloop-identity.json").read_text())
     assert run.data.params["base_model.weights_sha256"] == identity["weights_sha256"]
     assert run.data.tags["flyte.execution_id"], "run is linked to the Flyte execution"
-    table = mlflow.load_table("sample_replies.json", run_ids=[run_id])
+    logged = mlflow.artifacts.load_dict(f"runs:/{run_id}/sample_replies.json")
+    table = pd.DataFrame(logged["data"], columns=logged["columns"])
     assert len(table) == 2
     assert table["model_reply"].str.len().min() > 0
     assert set(table.columns) >= {"interaction_id", "agent", "prompt", "agent_reply", "model_reply"}
