@@ -25,8 +25,10 @@ PII_TYPES = ("email", "phone", "card", "ip")
 # Quarantine reasons (machine-readable). `missing_field:<name>`, `bad_type:<name>` and `guard:<rule>`
 # carry a suffix.
 QUARANTINE_REASONS = (
-    "invalid_json", "not_an_object", "encoding", "oversized", "missing_field", "bad_type", "bad_timestamp",
-    "bad_role", "bad_rating", "empty_conversation", "bad_cloudevent", "guard",
+    "invalid_json", "not_an_object", "encoding", "oversized", "missing_field", "bad_type", "bad_value",
+    "bad_timestamp", "bad_role", "bad_rating", "bad_thumbs", "bad_error", "bad_content", "bad_message",
+    "bad_name", "bad_tool_call_id", "bad_tool_calls", "empty_conversation", "no_reply", "bad_cloudevent",
+    "duplicate_id_conflict", "guard", "internal_error",
 )
 
 
