@@ -89,3 +89,39 @@ def test_daily_launch_plan_is_scheduled_with_kickoff_time():
     assert schedule.kickoff_time_input_arg == "kickoff_time"
     sources = ingest_daily.parameters.parameters["sources"].default.collection.literals
     assert re.match(r"s3://", sources[0].scalar.primitive.string_value), "cluster defaults read from MinIO"
+
+
+@pytest.mark.services("rabbitmq")
+def test_drain_then_ingest_lands_every_published_event_in_the_store(tmp_path, monkeypatch):
+    import uuid
+
+    import pika
+    import pyarrow.dataset as ds
+
+    from features.drain import DrainConfig, connect, publish_interactions
+    from features.raw_format import unwrap
+    from workflows.ingest import drain_ingest_wf
+
+    monkeypatch.setenv("AGENTLOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    raw = tmp_path / "raw"
+    generate_sample_logs(raw, conversations=30, seed=9)
+    records = [unwrap(json.loads(line)) for p in sorted(raw.rglob("*.jsonl")) for line in p.read_text().splitlines()]
+    queue = f"agentloop-test-{uuid.uuid4().hex[:8]}"
+    config = DrainConfig(landing=str(tmp_path / "landing"), queue=queue, exchange=f"{queue}-x")
+    published = publish_interactions(config, records, mode="mixed")
+    try:
+        report = drain_ingest_wf(landing=str(tmp_path / "landing"), queue=queue, store=str(tmp_path / "store"),
+                                 max_messages=len(published), max_seconds=60.0)
+    finally:
+        conn = connect(config)
+        try:
+            ch = conn.channel()
+            ch.queue_delete(queue)
+            ch.exchange_delete(f"{queue}-x")
+        finally:
+            conn.close()
+    assert report["read"] == len(published) == report["accepted"] + report["duplicates"] + report["quarantined_total"]
+    stored = ds.dataset(tmp_path / "store" / "interactions", format="parquet", partitioning="hive").to_table(
+        columns=["interaction_id"]).column("interaction_id").to_pylist()
+    assert sorted(stored) == sorted(r["id"] for r in records)

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from flytekit import CronSchedule, Deck, LaunchPlan, Resources, current_context, task, workflow
 
 from features.aggregates import write_agent_daily_stats
+from features.drain import DrainConfig, drain
 from features.feast_store import FeastConfig, apply, materialize_incremental
 from features.ingest import IngestConfig, ingest
 from features.ingest_tracking import log_ingest_report, report_html
@@ -51,6 +52,16 @@ def ingest_logs(sources: list[str], store: str, max_line_bytes: int, track: bool
             "quarantined_total": report.quarantined_total, "mlflow_run_id": mlflow_run_id}
 
 
+@task(requests=Resources(cpu="1", mem="1Gi"))
+def drain_events(landing: str, queue: str, max_messages: int, max_seconds: float) -> str:
+    """Drain the interaction CloudEvents queue into durable landing files (acked only once written)."""
+    report = drain(DrainConfig(landing=_expand(landing), queue=queue, max_messages=max_messages or None,
+                               max_seconds=max_seconds or None))
+    print(f"drained {report.consumed} messages from {report.queue}: {report.written} events in "
+          f"{report.files} files, {report.rejected} rejected (kept) in {report.rejected_files} files")
+    return _expand(landing)
+
+
 @task(requests=Resources(cpu="1", mem="2Gi"))
 def refresh_feast(report: dict, kickoff_time: Optional[datetime], online_store: str) -> dict:
     """Recompute daily aggregates, apply the Feast definitions and materialize up to kickoff_time (default now)."""
@@ -82,3 +93,14 @@ ingest_daily = LaunchPlan.get_or_create(
         "online_store": "redis.agentloop.svc.forge.remote:6379",
     },
 )
+
+
+@workflow
+def drain_ingest_wf(landing: str = "~/.cache/agentloop/data/landing", queue: str = "agentloop-drain",
+                    store: str = "", max_messages: int = 0, max_seconds: float = 600.0,
+                    online_store: str = "", kickoff_time: Optional[datetime] = None) -> dict:
+    """The live source: RabbitMQ CloudEvents -> landing files -> the same ingestion as files."""
+    landed = drain_events(landing=landing, queue=queue, max_messages=max_messages, max_seconds=max_seconds)
+    report = ingest_logs(sources=[landed], store=store, max_line_bytes=1 << 20, track=True)
+    refresh_feast(report=report, kickoff_time=kickoff_time, online_store=online_store)
+    return report
