@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import requests
@@ -26,6 +26,15 @@ SERVER_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
 }
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -176,6 +185,9 @@ def up(config: MLflowServerConfig) -> dict:
     info = running(config.root)
     if info:
         return info
+    if config.port and not port_free(config.host, config.port):
+        print(f"port {config.port} on {config.host} is taken by another process; using a free port", file=sys.stderr)
+        config = replace(config, port=0)
     server = start(config)
     info = {"pid": server.pid, "url": server.url, "log": str(server.log_path)}
     _state_file(config.root).write_text(json.dumps(info) + "\n")

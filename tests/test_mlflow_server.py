@@ -47,3 +47,16 @@ def test_a_taken_port_fails_fast_with_the_log_tail(tmp_path):
         port = s.getsockname()[1]
         with pytest.raises((RuntimeError, TimeoutError), match="MLflow server"):
             start(MLflowServerConfig(root=tmp_path / "srv", port=port, startup_timeout_s=60))
+
+
+def test_up_moves_to_a_free_port_when_the_default_one_is_taken(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        info = up(MLflowServerConfig(root=tmp_path / "srv", port=taken))
+        try:
+            assert not info["url"].endswith(f":{taken}")
+            assert requests.get(info["url"] + "/health", timeout=5).status_code == 200
+        finally:
+            down(tmp_path / "srv")
