@@ -27,7 +27,7 @@ help:
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==26.3
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet torch==2.13.0 2>&1 | { grep -v 'WARNING: Location' || true; }
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]' 2>&1 | { grep -v 'WARNING: Location' || true; }
 	@touch $@
 
