@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import os
 
-from flytekit import Resources, current_context, task, workflow
+from flytekit import Resources, task, workflow
 
 from features.raw_sample import read_raw_sample
 from training.sample_replies import SampleReply, log_sample_replies, reply_to_records, run_url
+from workflows.context import execution_id
 
-
-def _execution_id() -> str:
-    try:
-        return current_context().execution_id.name or ""
-    except Exception:  # outside a Flyte task, e.g. a plain unit call
-        return ""
 
 
 @task(requests=Resources(cpu="1", mem="1Gi"))
@@ -31,7 +26,7 @@ def read_sample(raw_dir: str, n: int, seed: int) -> list[dict]:
 @task(requests=Resources(cpu="2", mem="4Gi"))
 def reply_and_log(records: list[dict], base_model: str, max_new_tokens: int, experiment: str) -> str:
     replies, identity = reply_to_records(records, model_ref=base_model or None, max_new_tokens=max_new_tokens)
-    run_id = log_sample_replies(replies, identity, experiment=experiment, flyte_execution_id=_execution_id())
+    run_id = log_sample_replies(replies, identity, experiment=experiment, flyte_execution_id=execution_id())
     for r in replies:
         print(f"[{r.agent}] user: {r.prompt[:80]!r}\n    base model: {r.model_reply[:120]!r}")
     url = run_url(run_id)

@@ -13,20 +13,15 @@ import os
 from typing import Optional
 from datetime import datetime, timezone
 
-from flytekit import CronSchedule, Deck, LaunchPlan, Resources, current_context, task, workflow
+from flytekit import CronSchedule, Deck, LaunchPlan, Resources, task, workflow
 
 from features.aggregates import write_agent_daily_stats
 from features.drain import DrainConfig, drain
 from features.feast_store import FeastConfig, apply, materialize_incremental
 from features.ingest import IngestConfig, ingest
 from features.ingest_tracking import log_ingest_report, report_html
+from workflows.context import execution_id
 
-
-def _execution_id() -> str:
-    try:
-        return current_context().execution_id.name or ""
-    except Exception:  # called outside a Flyte execution
-        return ""
 
 
 def _expand(path: str) -> str:
@@ -46,7 +41,7 @@ def ingest_logs(sources: list[str], store: str, max_line_bytes: int, track: bool
     print(report.summary())
     mlflow_run_id = ""
     if track and os.environ.get("MLFLOW_TRACKING_URI"):
-        mlflow_run_id = log_ingest_report(report, flyte_execution_id=_execution_id())
+        mlflow_run_id = log_ingest_report(report, flyte_execution_id=execution_id())
     return {"run_id": report.run_id, "store": report.store, "read": report.read, "accepted": report.accepted,
             "duplicates": report.duplicates, "quarantined": report.quarantined,
             "quarantined_total": report.quarantined_total, "mlflow_run_id": mlflow_run_id}
