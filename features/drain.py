@@ -67,6 +67,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from features.raw_format import DATA_CONTENT_TYPE, EVENT_TYPE, is_cloudevent, parse_timestamp, to_cloudevent
+from features.home import agentloop_home
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ CRASH_ENV = "AGENTLOOP_DRAIN_CRASH_AT"
 
 
 def _default_landing() -> str:
-    home = Path(os.environ.get("AGENTLOOP_HOME", Path.home() / ".cache" / "agentloop")).expanduser()
+    home = agentloop_home()
     return str(home / "data" / "landing")
 
 

@@ -31,6 +31,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import yaml
 
+from features.home import agentloop_home
 from features.aggregates import INTERACTIONS_DIR, filesystem_and_path, interactions_dataset
 
 REPO_DIR = Path(__file__).resolve().parent / "repo"
@@ -43,9 +44,6 @@ TRAINING_SERVICE = "training_v1"
 MONITORING_SERVICE = "monitoring_v1"
 
 
-def agentloop_home() -> Path:
-    """Where data and local state live: $AGENTLOOP_HOME or ~/.cache/agentloop (never the repo)."""
-    return Path(os.environ.get("AGENTLOOP_HOME") or Path.home() / ".cache" / "agentloop").expanduser()
 
 
 def default_offline_store() -> str:

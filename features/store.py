@@ -55,7 +55,6 @@ import secrets
 import tempfile
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
@@ -65,6 +64,7 @@ import pyarrow.parquet as pq
 
 from features.readers import filesystem
 from features.schema import INTERACTION_SCHEMA, QUARANTINE_SCHEMA
+from features.home import agentloop_home
 
 INTERACTIONS = "interactions"
 QUARANTINE = "quarantine"
@@ -83,7 +83,7 @@ def default_store() -> str:
     """$AGENTLOOP_OFFLINE_STORE, else $AGENTLOOP_HOME/store (the folder Feast's definitions read)."""
     if os.environ.get(STORE_ENV):
         return os.environ[STORE_ENV]
-    home = Path(os.environ.get("AGENTLOOP_HOME", Path.home() / ".cache" / "agentloop")).expanduser()
+    home = agentloop_home()
     return str(home / "store")
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import requests
 
+from features.home import agentloop_home
+
 SERVER_ENV = {
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -205,8 +207,7 @@ def down(root: Path) -> bool:
 
 
 def default_root() -> Path:
-    home = Path(os.environ.get("AGENTLOOP_HOME", Path.home() / ".cache" / "agentloop")).expanduser()
-    return home / "mlflow"
+    return agentloop_home() / "mlflow"
 
 
 def main(argv: list[str] | None = None) -> int:

