@@ -26,7 +26,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from flytekit import Cache, Resources, current_context, task, workflow
+from flytekit import Cache, CronSchedule, LaunchPlan, Resources, current_context, task, workflow
 from flytekit.extras.accelerators import A100
 from flytekit.types.directory import FlyteDirectory
 from flytekitplugins.kfpytorch import Elastic
@@ -34,7 +34,9 @@ from flytekitplugins.kfpytorch import Elastic
 from training.dataset import DatasetConfig
 from training.sweep import SweepConfig
 from training.trainer import TrainConfig
+from workflows.cluster import CLUSTER
 from workflows.context import execution_id
+from workflows.images import CPU_IMAGE, TRAIN_IMAGE
 
 DATASET_CACHE_VERSION = "1"
 FINAL_NPROC = 2  # processes (GPUs) of the final training task
@@ -68,7 +70,7 @@ class TrainingData(NamedTuple):
     end: datetime  # the window's end, fixed once: every later task reads the same window
 
 
-@task(requests=Resources(cpu="1", mem="2Gi"))
+@task(requests=Resources(cpu="1", mem="2Gi"), container_image=CPU_IMAGE)
 def fingerprint_training_data(store: str, end: Optional[datetime], days: int, agents: list[str], min_rating: int,
                               dataset: DatasetConfig, base_model: str) -> TrainingData:
     """sha256 of what a snapshot would be built from (the dataset task's cache key), and the window's end."""
@@ -87,7 +89,8 @@ def fingerprint_training_data(store: str, end: Optional[datetime], days: int, ag
 
 
 # `end` moves on every scheduled run; the fingerprint already says whether the window's content changed
-@task(cache=Cache(version=DATASET_CACHE_VERSION, ignored_inputs=("end",)), requests=Resources(cpu="2", mem="8Gi"))
+@task(cache=Cache(version=DATASET_CACHE_VERSION, ignored_inputs=("end",)), requests=Resources(cpu="2", mem="8Gi"),
+      container_image=CPU_IMAGE)
 def build_dataset(fingerprint: str, store: str, end: datetime, days: int, agents: list[str],
                   min_rating: int, dataset: DatasetConfig, base_model: str) -> FlyteDirectory:
     """The packed, split dataset snapshot (DatasetSnapshot.save), cached on the fingerprint."""
@@ -116,7 +119,7 @@ class SweepOutputs(NamedTuple):
     sweep_run_id: str
 
 
-@task(requests=Resources(cpu="4", mem="16Gi", gpu="1"), accelerator=A100)
+@task(requests=Resources(cpu="4", mem="16Gi", gpu="1"), accelerator=A100, container_image=TRAIN_IMAGE)
 def sweep(snapshot: FlyteDirectory, train: TrainConfig, sweep: SweepConfig, base_model: str,
           final_max_steps: int) -> SweepOutputs:
     """Optuna sweep on short budgets; the best trial's config, at the final step budget when one is given."""
@@ -142,7 +145,7 @@ class TrainOutputs(NamedTuple):
 
 @task(task_config=Elastic(nnodes=1, nproc_per_node=FINAL_NPROC, increase_shared_mem=False), shared_memory=True,
       requests=Resources(cpu="8", mem="32Gi", gpu=str(FINAL_NPROC)), limits=Resources(gpu=str(FINAL_NPROC)),
-      accelerator=A100)
+      accelerator=A100, container_image=TRAIN_IMAGE)
 def final_train(snapshot: FlyteDirectory, config: TrainConfig, sweep_run_id: str) -> TrainOutputs:
     """The best config on the full budget: every worker runs this body; rank 0 logs, writes and returns."""
     from mlflow.tracking import MlflowClient
@@ -162,7 +165,7 @@ def final_train(snapshot: FlyteDirectory, config: TrainConfig, sweep_run_id: str
     return TrainOutputs(adapter_dir=FlyteDirectory(str(result.adapter_dir)), mlflow_run_id=result.mlflow_run_id or "")
 
 
-@task(requests=Resources(cpu="4", mem="16Gi", gpu="1"), accelerator=A100)
+@task(requests=Resources(cpu="4", mem="16Gi", gpu="1"), accelerator=A100, container_image=TRAIN_IMAGE)
 def evaluate(snapshot: FlyteDirectory, adapter_dir: FlyteDirectory, mlflow_run_id: str, base_model: str,
              store: str, end: datetime, days: int, agents: list[str], min_rating: int, prompts: int,
              max_new_tokens: int) -> dict[str, float]:
@@ -199,3 +202,17 @@ def train_wf(store: str = "", end: Optional[datetime] = None, days: int = 30, ag
              base_model=base_model, store=store, end=data.end, days=days, agents=agents, min_rating=min_rating,
              prompts=eval_prompts, max_new_tokens=max_new_tokens)
     return final
+
+
+# Weekly retrain on the cluster: Mondays 03:00 UTC (after the 02:00 ingest), on the last 30 days up to
+# the scheduled time. The sweep's study lives in Postgres, so a week's trials add to the earlier ones.
+retrain_weekly = LaunchPlan.get_or_create(
+    workflow=train_wf,
+    name="agentloop.retrain_weekly",
+    schedule=CronSchedule(schedule="0 3 * * 1", kickoff_time_input_arg="end"),
+    default_inputs={
+        "store": CLUSTER.store,
+        "base_model": CLUSTER.base_model,
+        "sweep_config": SweepConfig(storage=CLUSTER.optuna_storage),
+    },
+)
