@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -53,6 +54,7 @@ class MLflowServerConfig:
     host: str = "127.0.0.1"
     port: int = 5000  # 0 = pick a free port
     backend_store_uri: str = ""  # default: sqlite:///<root>/mlflow.db
+    artifacts_destination: str = ""  # default: <root>/artifacts; the cluster's: s3://bucket/prefix (MLFLOW_S3_ENDPOINT_URL)
     workers: int = 1
     startup_timeout_s: float = 120.0
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -132,17 +134,28 @@ def _tail(path: Path, n: int = 30) -> str:
         return "(no log)"
 
 
+def backend_uri(uri: str) -> str:
+    """postgresql://... with the driver we ship (psycopg2-binary): SQLAlchemy 2.1 would pick psycopg 3."""
+    if re.match(r"postgres(ql)?://", uri):
+        return "postgresql+psycopg2://" + uri.split("://", 1)[1]
+    return uri
+
+
 def start(config: MLflowServerConfig) -> MLflowServer:
     """Start `mlflow server` in its own process group and wait for /health."""
     root = Path(config.root).resolve()
-    (root / "artifacts").mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    artifacts = config.artifacts_destination
+    if not artifacts:
+        artifacts = str(root / "artifacts")
+        Path(artifacts).mkdir(exist_ok=True)
     port = config.port or free_port(config.host)
     url = f"http://{config.host}:{port}"
     log_path = root / "server.log"
     cmd = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", config.backend_store_uri or config.sqlite_uri,
-        "--artifacts-destination", str(root / "artifacts"),
+        "--backend-store-uri", backend_uri(config.backend_store_uri) or config.sqlite_uri,
+        "--artifacts-destination", artifacts,
         "--serve-artifacts",
         "--host", config.host, "--port", str(port),
         "--workers", str(config.workers),
@@ -211,14 +224,20 @@ def default_root() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Local MLflow server (SQLite backend, local artifacts).")
+    p = argparse.ArgumentParser(description="Local MLflow server (SQLite backend, local artifacts by default).")
     p.add_argument("action", choices=["up", "down", "status", "url"])
     p.add_argument("--root", type=Path, default=default_root())
     p.add_argument("--port", type=int, default=int(os.environ.get("AGENTLOOP_MLFLOW_PORT", 5000)))
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--backend-store-uri", default="",
+                   help="e.g. postgresql://user@host:5432/mlflow (password: PGPASSWORD); default SQLite in --root")
+    p.add_argument("--artifacts-destination", default="",
+                   help="e.g. s3://bucket/mlflow (endpoint: MLFLOW_S3_ENDPOINT_URL); default <root>/artifacts")
     args = p.parse_args(argv)
     if args.action == "up":
-        info = up(MLflowServerConfig(root=args.root, host=args.host, port=args.port))
+        info = up(MLflowServerConfig(root=args.root, host=args.host, port=args.port,
+                                     backend_store_uri=args.backend_store_uri,
+                                     artifacts_destination=args.artifacts_destination))
         print(f"MLflow server up: {info['url']} (pid {info['pid']}, log {info['log']})")
     elif args.action == "down":
         print("MLflow server stopped" if down(args.root) else "no MLflow server recorded under " + str(args.root))
