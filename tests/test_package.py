@@ -175,3 +175,8 @@ def test_scheduled_runs_default_to_the_cluster_services(package):
     assert retrain["sweep_config"]["storage"] == CLUSTER.optuna_storage
     assert package["launch_plans"]["agentloop.retrain_weekly"].spec.entity_metadata.schedule \
         .cron_schedule.schedule == "0 3 * * 1"
+    if "agentloop.drift_hourly" in package["launch_plans"]:
+        drift = defaults("agentloop.drift_hourly")
+        assert drift["store"] == CLUSTER.store
+        assert drift["metrics"]["pushgateway_url"] == CLUSTER.pushgateway
+        assert drift["decision"]["state_path"] == CLUSTER.monitor_state

@@ -33,8 +33,13 @@ class ClusterDefaults:
     agent_logs: str = "s3://agentloop/agent-logs/"
     # the offline store ingestion writes and Feast reads (parquet + Feast's registry under _feast/)
     store: str = "s3://agentloop/store"
-    # drift reports (HTML + JSON), one folder per run
+    # drift reports (HTML + JSON), one folder per run; the retrain decision's state between runs
     reports: str = "s3://agentloop/reports"
+    monitor_state: str = "s3://agentloop/monitor/decision_state.json"
+    # promoted adapters, one immutable folder per version (serving.promote.PromoteConfig.store)
+    model_store: str = "s3://agentloop/model-store"
+    # where the hourly drift check pushes its metrics (the Prometheus Pushgateway of kube-prometheus-stack)
+    pushgateway: str = f"http://{service_host('pushgateway', 'monitoring')}:9091"
     s3_endpoint: str = f"http://{service_host('minio')}:9000"
     redis: str = f"{service_host('redis')}:6379"
     mlflow: str = f"http://{service_host('mlflow')}:5000"
