@@ -159,6 +159,7 @@ class ReplicaOutcome:
     step: str = ""  # the step that failed: read (GET /v1/models before), load, models (after), smoke
     error: str = ""
     before: str = ""  # the adapter path this replica served under the name before the swap
+    load_s: float = 0.0  # the in-place load request, end to end
     smoke_latency_s: list[float] = field(default_factory=list)
     # after a failure: "previous" (re-loaded), "unloaded", "unchanged" (this one failed before swapping),
     # "untouched" (never reached), or "FAILED: ..." (could not be restored: a person must look)
@@ -258,7 +259,9 @@ def swap_everywhere(served_name: str, new_path: str, old_path: str, smoke: list[
             o.step = "read"
             o.before = served_adapters(o.url, config).get(served_name, "")
             o.step = "load"
+            t0 = time.perf_counter()
             load_adapter(o.url, served_name, new_path, config)
+            o.load_s = time.perf_counter() - t0
             o.step = "models"
             listed = served_adapters(o.url, config)
             if listed.get(served_name) != new_path:

@@ -273,7 +273,8 @@ def test_requests_sent_during_an_in_place_swap_all_succeed(world, mlflow_server)
         for t in threads:
             t.join(timeout=120)
     assert result.ok
-    print(f"{len(codes)} requests during the swap")
+    print(f"{len(codes)} requests during the swap, all 200; in-place load took {result.replicas[0].load_s:.3f}s, "
+          f"smoke {[round(x, 2) for x in result.replicas[0].smoke_latency_s]}s")
     assert len(codes) >= 4 and codes == [200] * len(codes), codes
     assert aliases(mlflow_server) == {"champion": world["versions"]["v3"], "previous": world["versions"]["v1"]}
     assert serving_path(world).endswith(f"/v{world['versions']['v3']}")
