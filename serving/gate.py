@@ -159,6 +159,8 @@ def score_sides(base_model_ref: str, adapters: dict[str, str], eval_set: EvalSet
     peft = PeftModel.from_pretrained(model, adapters[names[0]], adapter_name=names[0])
     for n in names[1:]:
         peft.load_adapter(adapters[n], adapter_name=n)
+    if torch.cuda.is_available():  # the cluster's gate task has a GPU; evaluate.py's functions follow the model
+        peft.to("cuda")
     peft.eval()
     refs = [p.reference for p in eval_set.prompts]
     out: dict[str, SideScores] = {}
