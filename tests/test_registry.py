@@ -217,10 +217,7 @@ def test_the_pyfunc_loads_from_an_alias_and_answers_chat_messages(registered, ml
 
 
 @pytest.mark.slow
-def test_a_missing_training_run_is_named(tmp_path_factory, base_model_dir, mlflow_server):
-    import mlflow
-
-    adapter, _ = trained_adapter(tmp_path_factory, base_model_dir, mlflow_server)
-    mlflow.set_tracking_uri(mlflow_server)
+def test_a_missing_training_run_is_named(tmp_path_factory, base_model_dir, mlflow_uri):
+    adapter, _ = trained_adapter(tmp_path_factory, base_model_dir, mlflow_uri)
     with pytest.raises(RegistryError, match="training run 'nope' not found"):
         register(adapter, "nope", eval_set_dir(tmp_path_factory, base_model_dir), NAME)
