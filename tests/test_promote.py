@@ -246,6 +246,17 @@ def test_a_bad_adapter_path_gives_a_clear_error(world, mlflow_server):
 
 
 @pytest.mark.slow
+def test_replicas_get_the_bearer_token_from_the_named_variable_and_a_missing_one_is_named(world, monkeypatch):
+    from dataclasses import replace
+
+    server, config = world["server"], world["config"]
+    assert NAME in served_adapters(server.base_url, config)  # KEY_ENV holds the token: accepted
+    monkeypatch.delenv("AGENTLOOP_TEST_UNSET_KEY", raising=False)
+    with pytest.raises(ReplicaError, match="answered 401: set AGENTLOOP_TEST_UNSET_KEY to the replica's API key"):
+        served_adapters(server.base_url, replace(config, api_key_env="AGENTLOOP_TEST_UNSET_KEY"))
+
+
+@pytest.mark.slow
 def test_requests_sent_during_an_in_place_swap_all_succeed(world, mlflow_server):
     from dataclasses import replace
 
