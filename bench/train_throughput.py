@@ -40,7 +40,6 @@ run (warmup + steps optimizer steps of 8 rows).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import resource
@@ -64,15 +63,13 @@ def sample_frame(conversations: int, seed: int):
     """The training frame of `conversations` sample-log interactions, read back from the generated files."""
     import pandas as pd
 
+    from features.raw_format import unwrap
+    from features.raw_sample import iter_raw_lines
     from features.sample_logs import generate_sample_logs
 
-    records = []
     with tempfile.TemporaryDirectory() as tmp:
         generate_sample_logs(tmp, conversations=conversations, seed=seed, end_date="2025-01-07", progress=False)
-        for path in sorted(Path(tmp).rglob("*.jsonl*")):
-            opener = gzip.open if path.suffix == ".gz" else open
-            with opener(path, "rt", encoding="utf-8") as f:
-                records += [(lambda r: r.get("data", r))(json.loads(line)) for line in f]  # CloudEvents: data
+        records = [unwrap(json.loads(line)) for _, _, line in iter_raw_lines(tmp)]  # plain and CloudEvents
     return pd.DataFrame({
         "interaction_id": [r["id"] for r in records],
         "session_id": [r["session_id"] for r in records],
