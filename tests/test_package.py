@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # exist yet is not expected; one whose module exists must be in the package.
 SCHEDULES = {
     "agentloop.ingest_daily": "workflows/ingest.py",
-    "agentloop.retrain_weekly": "workflows/train.py",
+    "agentloop.retrain_weekly": "workflows/lifecycle.py",
     "agentloop.drift_hourly": "workflows/monitor.py",
 }
 
@@ -173,6 +173,11 @@ def test_scheduled_runs_default_to_the_cluster_services(package):
     retrain = defaults("agentloop.retrain_weekly")
     assert retrain["store"] == CLUSTER.store and retrain["base_model"] == CLUSTER.base_model
     assert retrain["sweep_config"]["storage"] == CLUSTER.optuna_storage
+    # the weekly round goes all the way: sources, Feast's Redis, the replicas it promotes to, the pushgateway
+    assert retrain["sources"] == [CLUSTER.agent_logs] and retrain["online_store"] == CLUSTER.redis
+    assert retrain["promote_config"]["replica_urls"] == list(CLUSTER.vllm_replicas)
+    assert retrain["promote_config"]["store"] == CLUSTER.model_store
+    assert retrain["metrics"]["pushgateway_url"] == CLUSTER.pushgateway
     assert package["launch_plans"]["agentloop.retrain_weekly"].spec.entity_metadata.schedule \
         .cron_schedule.schedule == "0 3 * * 1"
     if "agentloop.drift_hourly" in package["launch_plans"]:

@@ -43,6 +43,8 @@ class ClusterDefaults:
     s3_endpoint: str = f"http://{service_host('minio')}:9000"
     redis: str = f"{service_host('redis')}:6379"
     mlflow: str = f"http://{service_host('mlflow')}:5000"
+    # the vLLM replicas a promotion loads adapters on (deploy/vllm/, rendered by serving/manifests.py)
+    vllm_replicas: tuple[str, ...] = (f"http://{service_host('vllm')}:8000",)
     # Optuna's study storage; the password comes from PGPASSWORD (libpq reads it), never from the URL
     optuna_storage: str = f"postgresql://agentloop@{service_host('postgres')}:5432/optuna"
     # the base model: an HF folder on the shared model volume (deploy/: PVC agentloop-models at /models)

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from flytekit import Cache, CronSchedule, LaunchPlan, Resources, current_context, task, workflow
+from flytekit import Cache, Resources, current_context, task, workflow
 from flytekit.extras.accelerators import A100
 from flytekit.types.directory import FlyteDirectory
 from flytekitplugins.kfpytorch import Elastic
@@ -34,7 +34,6 @@ from flytekitplugins.kfpytorch import Elastic
 from training.dataset import DatasetConfig
 from training.sweep import SweepConfig
 from training.trainer import TrainConfig
-from workflows.cluster import CLUSTER
 from workflows.context import execution_id
 from workflows.images import CPU_IMAGE, TRAIN_IMAGE
 
@@ -202,17 +201,3 @@ def train_wf(store: str = "", end: Optional[datetime] = None, days: int = 30, ag
              base_model=base_model, store=store, end=data.end, days=days, agents=agents, min_rating=min_rating,
              prompts=eval_prompts, max_new_tokens=max_new_tokens)
     return final
-
-
-# Weekly retrain on the cluster: Mondays 03:00 UTC (after the 02:00 ingest), on the last 30 days up to
-# the scheduled time. The sweep's study lives in Postgres, so a week's trials add to the earlier ones.
-retrain_weekly = LaunchPlan.get_or_create(
-    workflow=train_wf,
-    name="agentloop.retrain_weekly",
-    schedule=CronSchedule(schedule="0 3 * * 1", kickoff_time_input_arg="end"),
-    default_inputs={
-        "store": CLUSTER.store,
-        "base_model": CLUSTER.base_model,
-        "sweep_config": SweepConfig(storage=CLUSTER.optuna_storage),
-    },
-)
