@@ -119,7 +119,7 @@ def test_gpu_tasks_use_the_cuda_image_and_data_tasks_the_cpu_image(package):
     from workflows.images import CPU_IMAGE, TRAIN_IMAGE
 
     tasks = package["tasks"]
-    for name in ("workflows.train.sweep", "workflows.train.evaluate"):
+    for name in ("workflows.train.sweep", "workflows.train.evaluate", "workflows.promote.gate"):
         spec = tasks[name].template
         assert _resources(spec.container)[0]["gpu"] == "1", name
         assert spec.extended_resources.gpu_accelerator.device == "nvidia-tesla-a100", name
@@ -128,6 +128,11 @@ def test_gpu_tasks_use_the_cuda_image_and_data_tasks_the_cpu_image(package):
         spec = tasks[name].template
         assert "gpu" not in _resources(spec.container)[0], name
         assert spec.container.image.startswith(f"{CPU_IMAGE.registry}/{CPU_IMAGE.name}:"), name
+    # no task falls back to flytekit's default image (it has none of Feast, MLflow, Evidently, PEFT)
+    ours = (f"{CPU_IMAGE.registry}/{CPU_IMAGE.name}:", f"{TRAIN_IMAGE.registry}/{TRAIN_IMAGE.name}:")
+    for name, t in tasks.items():
+        if name.startswith("workflows.") and t.template.HasField("container"):
+            assert t.template.container.image.startswith(ours), f"{name} runs in {t.template.container.image}"
 
 
 def test_every_workflow_and_launch_plan_in_the_workflows_package_is_serialised(package):

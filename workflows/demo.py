@@ -15,15 +15,16 @@ from flytekit import Resources, task, workflow
 from features.raw_sample import read_raw_sample
 from training.sample_replies import SampleReply, log_sample_replies, reply_to_records, run_url
 from workflows.context import execution_id
+from workflows.images import CPU_IMAGE
 
 
 
-@task(requests=Resources(cpu="1", mem="1Gi"))
+@task(requests=Resources(cpu="1", mem="1Gi"), container_image=CPU_IMAGE)
 def read_sample(raw_dir: str, n: int, seed: int) -> list[dict]:
     return read_raw_sample(os.path.expanduser(raw_dir), n=n, seed=seed)
 
 
-@task(requests=Resources(cpu="2", mem="4Gi"))
+@task(requests=Resources(cpu="2", mem="4Gi"), container_image=CPU_IMAGE)
 def reply_and_log(records: list[dict], base_model: str, max_new_tokens: int, experiment: str) -> str:
     replies, identity = reply_to_records(records, model_ref=base_model or None, max_new_tokens=max_new_tokens)
     run_id = log_sample_replies(replies, identity, experiment=experiment, flyte_execution_id=execution_id())

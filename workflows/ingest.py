@@ -21,6 +21,7 @@ from features.feast_store import FeastConfig, apply, materialize_incremental
 from features.ingest import IngestConfig, ingest
 from features.ingest_tracking import log_ingest_report, report_html
 from workflows.context import execution_id
+from workflows.images import CPU_IMAGE
 
 
 
@@ -28,7 +29,7 @@ def _expand(path: str) -> str:
     return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
-@task(requests=Resources(cpu="2", mem="4Gi"), enable_deck=True)
+@task(requests=Resources(cpu="2", mem="4Gi"), enable_deck=True, container_image=CPU_IMAGE)
 def ingest_logs(sources: list[str], store: str, max_line_bytes: int, track: bool) -> dict:
     """Parse, validate, redact, dedup and guard new log files into the store; returns the report's totals.
 
@@ -47,7 +48,7 @@ def ingest_logs(sources: list[str], store: str, max_line_bytes: int, track: bool
             "quarantined_total": report.quarantined_total, "mlflow_run_id": mlflow_run_id}
 
 
-@task(requests=Resources(cpu="1", mem="1Gi"))
+@task(requests=Resources(cpu="1", mem="1Gi"), container_image=CPU_IMAGE)
 def drain_events(landing: str, queue: str, max_messages: int, max_seconds: float) -> str:
     """Drain the interaction CloudEvents queue into durable landing files (acked only once written)."""
     report = drain(DrainConfig(landing=_expand(landing), queue=queue, max_messages=max_messages or None,
@@ -57,7 +58,7 @@ def drain_events(landing: str, queue: str, max_messages: int, max_seconds: float
     return _expand(landing)
 
 
-@task(requests=Resources(cpu="1", mem="2Gi"))
+@task(requests=Resources(cpu="1", mem="2Gi"), container_image=CPU_IMAGE)
 def refresh_feast(report: dict, kickoff_time: Optional[datetime], online_store: str) -> dict:
     """Recompute daily aggregates, apply the Feast definitions and materialize up to kickoff_time (default now)."""
     config = FeastConfig(offline_store=report["store"], online_store=online_store)

@@ -26,6 +26,7 @@ from training.dataset import DatasetConfig
 from training.sweep import SweepConfig
 from training.trainer import TrainConfig
 from workflows.context import execution_id
+from workflows.images import CPU_IMAGE
 from workflows.train import train_wf
 
 
@@ -40,7 +41,7 @@ def _expand(path: str) -> str:
     return path if not path or "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
-@task(requests=Resources(cpu="2", mem="6Gi"), enable_deck=True)
+@task(requests=Resources(cpu="2", mem="6Gi"), enable_deck=True, container_image=CPU_IMAGE)
 def check_drift(store: str, end: Optional[datetime], window_hours: int, monitor: MonitorConfig,
                 decision: DecisionConfig, metrics: MetricsConfig, track: bool) -> DriftCheck:
     """Compare the current window with the champion's training data, decide, publish (Deck, MLflow, Prometheus)."""
@@ -63,13 +64,13 @@ def check_drift(store: str, end: Optional[datetime], window_hours: int, monitor:
     return DriftCheck(retrain=verdict.retrain, decision=verdict, end=end, mlflow_run_id=run_id)
 
 
-@task(requests=Resources(cpu="100m", mem="64Mi"))
+@task(requests=Resources(cpu="100m", mem="64Mi"), container_image=CPU_IMAGE)
 def training_gate(retrain: bool, start_training: bool) -> bool:
     """Start training only when the decision says so and this run may start it."""
     return retrain and start_training
 
 
-@task(requests=Resources(cpu="100m", mem="64Mi"))
+@task(requests=Resources(cpu="100m", mem="64Mi"), container_image=CPU_IMAGE)
 def skip_training() -> str:
     """The else branch: no training run."""
     return ""

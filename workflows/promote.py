@@ -13,11 +13,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from flytekit import Resources, conditional, task, workflow
+from flytekit.extras.accelerators import A100
 from flytekit.types.directory import FlyteDirectory
 
 from serving.gate import GateConfig
 from serving.promote import PromoteConfig
 from workflows.context import execution_id
+from workflows.images import CPU_IMAGE, TRAIN_IMAGE
 
 
 class Registered(NamedTuple):
@@ -25,7 +27,7 @@ class Registered(NamedTuple):
     version: str
 
 
-@task(requests=Resources(cpu="2", mem="4Gi"))
+@task(requests=Resources(cpu="2", mem="4Gi"), container_image=CPU_IMAGE)
 def register(adapter_dir: FlyteDirectory, training_run_id: str, eval_set: FlyteDirectory, model_name: str,
              agents: list[str], data_start: str, data_end: str) -> Registered:
     """The adapter as a new version of its registered model, tagged with lineage, aliased @challenger."""
@@ -45,7 +47,7 @@ class Gated(NamedTuple):
     reasons: list[str]
 
 
-@task(requests=Resources(cpu="4", mem="8Gi"))
+@task(requests=Resources(cpu="4", mem="16Gi", gpu="1"), accelerator=A100, container_image=TRAIN_IMAGE)
 def gate(model_name: str, version: str, config: GateConfig) -> Gated:
     """Challenger vs base model and @champion on the frozen eval set; the decision goes to the version's tags."""
     from serving.gate import run_gate
@@ -55,7 +57,7 @@ def gate(model_name: str, version: str, config: GateConfig) -> Gated:
     return Gated(d.decision, d.promote, d.reasons)
 
 
-@task(requests=Resources(cpu="1", mem="2Gi"))
+@task(requests=Resources(cpu="1", mem="2Gi"), container_image=CPU_IMAGE)
 def promote_version(model_name: str, version: str, config: PromoteConfig) -> list[str]:
     """Serve the version on every replica (rolled back on any failure); returns the served names."""
     from serving.promote import promote
@@ -66,7 +68,7 @@ def promote_version(model_name: str, version: str, config: PromoteConfig) -> lis
     return [result.served_name]
 
 
-@task(requests=Resources(cpu="1", mem="512Mi"))
+@task(requests=Resources(cpu="1", mem="512Mi"), container_image=CPU_IMAGE)
 def not_promoted(model_name: str, version: str, reasons: list[str]) -> list[str]:
     print(f"{model_name} v{version} not promoted: " + "; ".join(reasons))
     return []
@@ -100,7 +102,7 @@ class RolledBack(NamedTuple):
     served_names: list[str]
 
 
-@task(requests=Resources(cpu="1", mem="2Gi"))
+@task(requests=Resources(cpu="1", mem="2Gi"), container_image=CPU_IMAGE)
 def rollback_version(model_name: str, config: PromoteConfig) -> RolledBack:
     """Serve @previous again everywhere; returns (the version now serving, served names)."""
     from serving.promote import rollback
