@@ -42,6 +42,9 @@ import numpy as np
 import pandas as pd
 
 from features.home import agentloop_home
+# the champion's lineage, in the registry's own names (serving/registry.py writes these tags)
+from serving.registry import DEFAULT_MODEL_NAME as DEFAULT_REGISTERED_MODEL
+from serving.registry import TAG_AGENTS, TAG_DATA_END, TAG_DATA_START, TAG_SNAPSHOT
 
 NUMERIC_COLUMNS = (
     "n_turns", "prompt_tokens", "completion_tokens", "total_tokens", "latency_ms", "rating",
@@ -56,12 +59,7 @@ TEXT_DESCRIPTORS = ("length", "words", "sentences", "non_letter_share")
 PER_AGENT_SKIP = ("agent", "model", *TEXT_COLUMNS)
 MISSING = "<none>"  # categorical null, made explicit so the chi-square/JS tests count it
 
-DEFAULT_REGISTERED_MODEL = "agentloop-chat"
 CHAMPION_ALIAS = "champion"
-TAG_DATA_START = "agentloop.data_start"
-TAG_DATA_END = "agentloop.data_end"
-TAG_AGENTS = "agentloop.agents"
-TAG_SNAPSHOT = "dataset.snapshot_hash"
 MINILM = "all-MiniLM-L6-v2"
 
 
@@ -702,7 +700,7 @@ def log_drift_report(report: DriftReport, decision: Any = None, experiment: str 
             "agentloop.registered_model": ref.registered_model,
             "agentloop.reference_source": ref.source,
             "agentloop.reference_note": ref.note[:5000],
-            "dataset.snapshot_hash": ref.snapshot_hash,
+            TAG_SNAPSHOT: ref.snapshot_hash,
         }
         if flyte_execution_id:
             tags["flyte.execution_id"] = flyte_execution_id

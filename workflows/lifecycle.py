@@ -40,7 +40,8 @@ from workflows.images import CPU_IMAGE
 from workflows.ingest import ingest_logs, refresh_feast
 from workflows.monitor import check_drift
 from workflows.promote import promote_wf
-from workflows.train import _frame, _load_snapshot, build_dataset, evaluate, final_train, fingerprint_training_data, sweep
+from workflows.train import (build_dataset, evaluate, final_train, fingerprint_training_data, load_snapshot, sweep,
+                             training_frame)
 
 
 class Window(NamedTuple):
@@ -69,8 +70,8 @@ def frozen_eval_set(snapshot: FlyteDirectory, store: str, end: datetime, days: i
 
     from serving.gate import build_eval_set
 
-    snap = _load_snapshot(snapshot)
-    eval_set = build_eval_set(snap, _frame(store, end, days, agents, min_rating), n_prompts=prompts)
+    snap = load_snapshot(snapshot)
+    eval_set = build_eval_set(snap, training_frame(store, end, days, agents, min_rating), n_prompts=prompts)
     out = eval_set.save(os.path.join(current_context().working_directory, f"eval-set-{eval_set.sha256()[:12]}"))
     print(f"eval set {eval_set.sha256()[:12]}: {len(eval_set.rows)} rows, {len(eval_set.prompts)} prompts "
           f"({eval_set.source['split']} split of snapshot {snap.snapshot_hash[:12]})")

@@ -48,7 +48,7 @@ def _feast(store: str):
     return FeastConfig(offline_store=os.path.abspath(os.path.expanduser(store)) if local else store)
 
 
-def _frame(store: str, end: datetime, days: int, agents: list[str], min_rating: int):
+def training_frame(store: str, end: datetime, days: int, agents: list[str], min_rating: int):
     """The training frame of [end - days, end) (features.feast_store: the only way training reads data)."""
     from features.feast_store import get_training_frame
 
@@ -76,7 +76,7 @@ def fingerprint_training_data(store: str, end: Optional[datetime], days: int, ag
     from training.dataset import tokenizer_identity
 
     end = end or datetime.now(timezone.utc)
-    frame = _frame(store, end, days, agents, min_rating)
+    frame = training_frame(store, end, days, agents, min_rating)
     h = hashlib.sha256()
     for iid, messages in sorted(zip(frame["interaction_id"].astype(str), frame["messages_json"].astype(str))):
         h.update(iid.encode() + b"\0" + hashlib.sha256(messages.encode()).digest())
@@ -95,7 +95,7 @@ def build_dataset(fingerprint: str, store: str, end: datetime, days: int, agents
     """The packed, split dataset snapshot (DatasetSnapshot.save), cached on the fingerprint."""
     from training.dataset import build_snapshot
 
-    snapshot = build_snapshot(_frame(store, end, days, agents, min_rating), _tokenizer(base_model), dataset)
+    snapshot = build_snapshot(training_frame(store, end, days, agents, min_rating), _tokenizer(base_model), dataset)
     if not snapshot.splits["train"] or not snapshot.splits["validation"]:
         raise ValueError(f"dataset snapshot {snapshot.snapshot_hash[:12]} has {len(snapshot.splits['train'])} train "
                          f"and {len(snapshot.splits['validation'])} validation rows: widen the window (days), "
@@ -107,7 +107,7 @@ def build_dataset(fingerprint: str, store: str, end: datetime, days: int, agents
     return FlyteDirectory(str(out))
 
 
-def _load_snapshot(snapshot: FlyteDirectory):
+def load_snapshot(snapshot: FlyteDirectory):
     from training.dataset import DatasetSnapshot
 
     return DatasetSnapshot.load(snapshot.download())
@@ -126,7 +126,7 @@ def sweep(snapshot: FlyteDirectory, train: TrainConfig, sweep: SweepConfig, base
 
     if base_model:
         train = replace(train, base_model=base_model)
-    result = run_sweep(sweep, train, _load_snapshot(snapshot), flyte_execution_id=execution_id())
+    result = run_sweep(sweep, train, load_snapshot(snapshot), flyte_execution_id=execution_id())
     print(f"sweep {result.study_name}: best trial {result.best_trial_number} (val loss {result.best_value:.4f}) of "
           f"{result.n_trials}: {result.n_complete} complete, {result.n_pruned} pruned, {result.n_failed} failed "
           f"in {result.wall_s:.0f}s; MLflow run {result.parent_run_id}")
@@ -158,7 +158,7 @@ def final_train(snapshot: FlyteDirectory, config: TrainConfig, sweep_run_id: str
         config = replace(config, output_dir=str(agentloop_home() / "train" / f"final-{key}"))
     # torch elastic's workers run without the Flyte execution context; the launcher's run id is its name
     flyte_execution_id = execution_id() or os.environ.get("TORCHELASTIC_RUN_ID", "")
-    result = train(config, _load_snapshot(snapshot), flyte_execution_id=flyte_execution_id)
+    result = train(config, load_snapshot(snapshot), flyte_execution_id=flyte_execution_id)
     if int(os.environ.get("RANK", "0")) == 0 and result.mlflow_run_id:
         MlflowClient().set_tag(result.mlflow_run_id, "agentloop.sweep_run_id", sweep_run_id)
     return TrainOutputs(adapter_dir=FlyteDirectory(str(result.adapter_dir)), mlflow_run_id=result.mlflow_run_id or "")
@@ -171,8 +171,8 @@ def evaluate(snapshot: FlyteDirectory, adapter_dir: FlyteDirectory, mlflow_run_i
     """Base vs adapter on the held-out split: loss, perplexity, replies (ROUGE-L, length, refusals) -> MLflow."""
     from training.evaluate import evaluate_adapter, held_out_prompts, log_evaluation
 
-    snap = _load_snapshot(snapshot)
-    frame = _frame(store, end, days, agents, min_rating)
+    snap = load_snapshot(snapshot)
+    frame = training_frame(store, end, days, agents, min_rating)
     chosen = held_out_prompts(frame, snap.interaction_ids("test") or snap.interaction_ids("validation"), n=prompts,
                               dataset_config=snap.config)
     result = evaluate_adapter(base_model or None, adapter_dir.download(),
