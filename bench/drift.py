@@ -42,10 +42,16 @@ def current_rss_mb() -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50_000, help="rows per window (default 50000)")
-    parser.add_argument("--embedding-sample", type=int, default=None, help="rows embedded per window (default: "
-                        "MonitorConfig's)")
+    parser.add_argument(
+        "--embedding-sample",
+        type=int,
+        default=None,
+        help="rows embedded per window (default: MonitorConfig's)",
+    )
     parser.add_argument("--per-agent", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--topic-share", type=float, default=0.1, help="share of current rows given a new topic")
+    parser.add_argument(
+        "--topic-share", type=float, default=0.1, help="share of current rows given a new topic"
+    )
     parser.add_argument("--out", default="", help="folder for the HTML/JSON report (default: a temp folder)")
     args = parser.parse_args()
 
@@ -68,16 +74,21 @@ def main() -> int:
     r = random.Random(0)
     for col in ("last_user_message", "agent_reply"):
         current.loc[planted, col] = [off_topic_text(len(t), r) for t in current.loc[planted, col]]
-    text_mb = sum(f[c].str.len().sum() for f in (reference, current)
-                  for c in ("last_user_message", "agent_reply")) / 1e6
-    print(f"{len(base)} real interactions -> {len(reference)} reference + {len(current)} current rows "
-          f"({planted.sum()} with a planted topic); {text_mb:.1f} M characters of text")
+    text_mb = (
+        sum(f[c].str.len().sum() for f in (reference, current) for c in ("last_user_message", "agent_reply"))
+        / 1e6
+    )
+    print(
+        f"{len(base)} real interactions -> {len(reference)} reference + {len(current)} current rows "
+        f"({planted.sum()} with a planted topic); {text_mb:.1f} M characters of text"
+    )
 
     config = MonitorConfig(progress=True, per_agent=args.per_agent)
     if args.embedding_sample is not None:
         config = replace(config, embedding_sample=args.embedding_sample)
     import evidently  # noqa: F401  (imports before the baseline)
     import sentence_transformers  # noqa: F401
+
     baseline = current_rss_mb()
     print(f"RSS after imports and frames: {baseline:.0f} MB")
 
@@ -89,13 +100,20 @@ def main() -> int:
     out = Path(args.out or tempfile.mkdtemp(prefix="drift-bench-"))
     report.save(out, decision)
     result = {
-        "rows_per_window": args.rows, "embedding_sample": config.embedding_sample, "per_agent": config.per_agent,
-        "wall_s": round(wall, 1), "timings_s": {k: round(v, 1) for k, v in report.timings.items()},
-        "peak_rss_mb": round(rss_mb()), "rss_before_check_mb": round(baseline),
-        "drift_share": round(report.overall.drift_share, 3), "drifted_columns": report.overall.drifted_columns,
+        "rows_per_window": args.rows,
+        "embedding_sample": config.embedding_sample,
+        "per_agent": config.per_agent,
+        "wall_s": round(wall, 1),
+        "timings_s": {k: round(v, 1) for k, v in report.timings.items()},
+        "peak_rss_mb": round(rss_mb()),
+        "rss_before_check_mb": round(baseline),
+        "drift_share": round(report.overall.drift_share, 3),
+        "drifted_columns": report.overall.drifted_columns,
         "embedding_auc": {e.column: round(e.score, 3) for e in report.overall.embeddings},
-        "topic_drift": report.overall.topic_drift, "retrain": decision.retrain,
-        "html_mb": round(len(html) / 1e6, 1), "report": str(out),
+        "topic_drift": report.overall.topic_drift,
+        "retrain": decision.retrain,
+        "html_mb": round(len(html) / 1e6, 1),
+        "report": str(out),
     }
     print(json.dumps(result, indent=1))
     return 0

@@ -52,17 +52,19 @@ def synthetic_store(root: Path, days: int = 7, per_day: int = 50, seed: int = 0)
         ts = [start + timedelta(seconds=int(s)) for s in np.sort(rng.integers(0, 86_400, n))]
         rating = rng.integers(1, 6, n).astype(float)
         rating[rng.random(n) < 0.5] = np.nan
-        table = pa.table({
-            "interaction_id": [str(uuid.UUID(int=int(rng.integers(0, 2**63)))) for _ in range(n)],
-            "agent": [AGENTS[i % len(AGENTS)] for i in range(n)],
-            "event_timestamp": pa.array(ts, pa.timestamp("us", tz="UTC")),
-            "ingested_at": pa.array([t + timedelta(minutes=5) for t in ts], pa.timestamp("us", tz="UTC")),
-            "rating": pa.array(rating, pa.int32(), from_pandas=True),
-            "has_error": rng.random(n) < 0.02,
-            "latency_ms": rng.lognormal(7, 1, n),
-            "total_tokens": pa.array(rng.integers(20, 800, n), pa.int32()),
-            "day": [day.isoformat()] * n,
-        })
+        table = pa.table(
+            {
+                "interaction_id": [str(uuid.UUID(int=int(rng.integers(0, 2**63)))) for _ in range(n)],
+                "agent": [AGENTS[i % len(AGENTS)] for i in range(n)],
+                "event_timestamp": pa.array(ts, pa.timestamp("us", tz="UTC")),
+                "ingested_at": pa.array([t + timedelta(minutes=5) for t in ts], pa.timestamp("us", tz="UTC")),
+                "rating": pa.array(rating, pa.int32(), from_pandas=True),
+                "has_error": rng.random(n) < 0.02,
+                "latency_ms": rng.lognormal(7, 1, n),
+                "total_tokens": pa.array(rng.integers(20, 800, n), pa.int32()),
+                "day": [day.isoformat()] * n,
+            }
+        )
         folder = root / "interactions" / f"day={day.isoformat()}"
         folder.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, folder / "part-0.parquet")
@@ -104,8 +106,12 @@ def reachable(connection: str) -> bool:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="timed lookups per store and API (default 1000)")
-    parser.add_argument("--store", help="an existing offline store with daily stats (default: a synthetic one)")
-    parser.add_argument("--redis", default="127.0.0.1:6379,db=0", help="Feast Redis connection string; '' skips")
+    parser.add_argument(
+        "--store", help="an existing offline store with daily stats (default: a synthetic one)"
+    )
+    parser.add_argument(
+        "--redis", default="127.0.0.1:6379,db=0", help="Feast Redis connection string; '' skips"
+    )
     parser.add_argument("--agent", default="agent-bruno")
     args = parser.parse_args(argv)
 
@@ -123,9 +129,13 @@ def main(argv=None) -> int:
     results["sqlite"] = time_lookups(sqlite, args.agent, args.n)
 
     if args.redis and reachable(args.redis):
-        redis_cfg = FeastConfig(offline_store=str(root), online_store=args.redis, work_dir=str(Path(tmp.name) / "redis"),
-                                registry=str(Path(tmp.name) / "redis" / "registry.db"),
-                                project=f"agentloop_bench_{uuid.uuid4().hex[:8]}")
+        redis_cfg = FeastConfig(
+            offline_store=str(root),
+            online_store=args.redis,
+            work_dir=str(Path(tmp.name) / "redis"),
+            registry=str(Path(tmp.name) / "redis" / "registry.db"),
+            project=f"agentloop_bench_{uuid.uuid4().hex[:8]}",
+        )
         try:
             apply(redis_cfg)
             materialize_incremental(redis_cfg, end)

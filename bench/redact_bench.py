@@ -31,7 +31,9 @@ def chat_records(conversations: int, seed: int) -> list[list[dict]]:
     """The `messages` of every record the sample-log generator writes."""
     records = []
     with tempfile.TemporaryDirectory() as tmp:
-        generate_sample_logs(tmp, conversations=conversations, seed=seed, end_date="2025-01-07", progress=False)
+        generate_sample_logs(
+            tmp, conversations=conversations, seed=seed, end_date="2025-01-07", progress=False
+        )
         for path in sorted(Path(tmp).rglob("*.jsonl*")):
             opener = gzip.open if path.suffix == ".gz" else open
             with opener(path, "rt", encoding="utf-8") as f:
@@ -42,7 +44,9 @@ def chat_records(conversations: int, seed: int) -> list[list[dict]]:
 
 
 def corpus_texts() -> list[str]:
-    spec = importlib.util.spec_from_file_location("make_redaction_corpus", ROOT / "tests/data/make_redaction_corpus.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_redaction_corpus", ROOT / "tests/data/make_redaction_corpus.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return [r["text"] for r in module.build_corpus()]
@@ -68,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     texts = [m["content"] for msgs in records for m in msgs if isinstance(m.get("content"), str)]
     heavy = corpus_texts()
     chars = sum(map(len, texts))
-    print(f"chat: {len(records)} records, {len(texts)} message texts, {chars / len(texts):.0f} chars/text on average")
+    print(
+        f"chat: {len(records)} records, {len(texts)} message texts, {chars / len(texts):.0f} chars/text on average"
+    )
     print(f"secret-heavy: {len(heavy)} texts of the labeled redaction corpus\n")
 
     configs = [

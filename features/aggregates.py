@@ -31,20 +31,32 @@ STATS_DIR = "agent_daily_stats"
 # writer also stored it inside the files.
 DAY_PARTITIONING = ds.partitioning(pa.schema([("day", pa.string())]), flavor="hive")
 
-STATS_SCHEMA = pa.schema([
-    ("agent", pa.string()),
-    ("day", pa.string()),
-    ("event_timestamp", pa.timestamp("us", tz="UTC")),  # end of `day`: when its figures are final
-    ("computed_at", pa.timestamp("us", tz="UTC")),
-    ("n_interactions", pa.int64()),
-    ("n_rated", pa.int64()),
-    ("mean_rating", pa.float64()),  # null when nothing was rated that day
-    ("error_rate", pa.float64()),
-    ("p95_latency_ms", pa.float64()),
-    ("mean_total_tokens", pa.float64()),
-], metadata={"agentloop.schema": "agent_daily_stats", "agentloop.schema_version": "1"})
+STATS_SCHEMA = pa.schema(
+    [
+        ("agent", pa.string()),
+        ("day", pa.string()),
+        ("event_timestamp", pa.timestamp("us", tz="UTC")),  # end of `day`: when its figures are final
+        ("computed_at", pa.timestamp("us", tz="UTC")),
+        ("n_interactions", pa.int64()),
+        ("n_rated", pa.int64()),
+        ("mean_rating", pa.float64()),  # null when nothing was rated that day
+        ("error_rate", pa.float64()),
+        ("p95_latency_ms", pa.float64()),
+        ("mean_total_tokens", pa.float64()),
+    ],
+    metadata={"agentloop.schema": "agent_daily_stats", "agentloop.schema_version": "1"},
+)
 
-_COLUMNS = ["interaction_id", "agent", "day", "ingested_at", "rating", "has_error", "latency_ms", "total_tokens"]
+_COLUMNS = [
+    "interaction_id",
+    "agent",
+    "day",
+    "ingested_at",
+    "rating",
+    "has_error",
+    "latency_ms",
+    "total_tokens",
+]
 
 
 @dataclass
@@ -84,7 +96,9 @@ def compute_agent_daily_stats(interactions: pd.DataFrame, computed_at: datetime)
     """
     if interactions.empty:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in STATS_SCHEMA.names})
-    rows = interactions.sort_values("ingested_at", kind="stable").drop_duplicates("interaction_id", keep="last")
+    rows = interactions.sort_values("ingested_at", kind="stable").drop_duplicates(
+        "interaction_id", keep="last"
+    )
     grouped = rows.groupby(["agent", "day"], sort=True, observed=True)
     stats = grouped.agg(
         n_interactions=("interaction_id", "size"),
@@ -95,7 +109,8 @@ def compute_agent_daily_stats(interactions: pd.DataFrame, computed_at: datetime)
         mean_total_tokens=("total_tokens", "mean"),
     ).reset_index()
     stats["event_timestamp"] = [
-        datetime.combine(date.fromisoformat(d), time(), tzinfo=timezone.utc) + timedelta(days=1) for d in stats["day"]
+        datetime.combine(date.fromisoformat(d), time(), tzinfo=timezone.utc) + timedelta(days=1)
+        for d in stats["day"]
     ]
     stats["computed_at"] = computed_at
     return stats[STATS_SCHEMA.names]
@@ -115,11 +130,15 @@ def write_agent_daily_stats(
     """
     computed_at = computed_at or datetime.now(timezone.utc)
     dataset = interactions_dataset(store_dir)
-    wanted = None if days is None else sorted({d.isoformat() if isinstance(d, date) else str(d) for d in days})
+    wanted = (
+        None if days is None else sorted({d.isoformat() if isinstance(d, date) else str(d) for d in days})
+    )
     columns = [c for c in _COLUMNS if c in dataset.schema.names]
     missing = sorted(set(_COLUMNS) - set(columns))
     if missing:
-        raise ValueError(f"interactions dataset at {store_dir} lacks columns {missing} (see features/schema.py)")
+        raise ValueError(
+            f"interactions dataset at {store_dir} lacks columns {missing} (see features/schema.py)"
+        )
     if wanted is not None and not wanted:
         return DailyStatsReport(out_dir=f"{store_dir}/{STATS_DIR}")
     flt = None if wanted is None else ds.field("day").isin(wanted)
@@ -154,13 +173,19 @@ def _write_partition(fs: pafs.FileSystem, folder: str, table: pa.Table) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="agentloop-daily-stats", description=write_agent_daily_stats.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="agentloop-daily-stats", description=write_agent_daily_stats.__doc__
+    )
     parser.add_argument("--store", required=True, help="offline store root (folder or s3://bucket/prefix)")
-    parser.add_argument("--day", action="append", type=date.fromisoformat, help="YYYY-MM-DD; repeat; default: all days")
+    parser.add_argument(
+        "--day", action="append", type=date.fromisoformat, help="YYYY-MM-DD; repeat; default: all days"
+    )
     args = parser.parse_args(argv)
     report = write_agent_daily_stats(args.store, args.day)
-    print(f"wrote {report.rows} rows for {len(report.days)} days to {report.out_dir}"
-          + (f"; removed {report.removed_days}" if report.removed_days else ""))
+    print(
+        f"wrote {report.rows} rows for {len(report.days)} days to {report.out_dir}"
+        + (f"; removed {report.removed_days}" if report.removed_days else "")
+    )
     return 0
 
 

@@ -122,7 +122,9 @@ class DrainConfig:
         if self.max_wait_s <= 0:
             raise ValueError(f"DrainConfig.max_wait_s must be > 0, got {self.max_wait_s}")
         if not self.queue:
-            raise ValueError("DrainConfig.queue must name a queue (a server-named queue would vanish with the drain)")
+            raise ValueError(
+                "DrainConfig.queue must name a queue (a server-named queue would vanish with the drain)"
+            )
 
     @property
     def rejected_root(self) -> Path:
@@ -236,7 +238,7 @@ def binary_attributes(headers: Mapping[str, Any] | None) -> dict[str, Any] | Non
         name = str(key).lower()
         for prefix in HEADER_PREFIXES:
             if name.startswith(prefix):
-                attr = name[len(prefix):]
+                attr = name[len(prefix) :]
                 if ATTRIBUTE_NAME.match(attr):
                     prefixed[attr] = value
                 break
@@ -249,11 +251,15 @@ def binary_attributes(headers: Mapping[str, Any] | None) -> dict[str, Any] | Non
     return {name: _attr_value(value) for name, value in attrs.items()}
 
 
-def _binary_event(attrs: dict[str, Any], content_type: str | None, headers: Mapping[str, Any], body: bytes) -> dict:
+def _binary_event(
+    attrs: dict[str, Any], content_type: str | None, headers: Mapping[str, Any], body: bytes
+) -> dict:
     event_type = attrs.get("type")
     if event_type != EVENT_TYPE:
         raise Rejected("wrong_type", event_type=_short(event_type))
-    datacontenttype = content_type or attrs.get("datacontenttype") or headers.get("content-type") or DATA_CONTENT_TYPE
+    datacontenttype = (
+        content_type or attrs.get("datacontenttype") or headers.get("content-type") or DATA_CONTENT_TYPE
+    )
     attrs["datacontenttype"] = _attr_value(datacontenttype)
     data = _loads(body)
     # A hop (the Knative broker, a native AMQP timestamp) may re-render `time` in UTC; where it names
@@ -272,7 +278,9 @@ def _short(value: Any, limit: int = 200) -> str | None:
     return None if value is None else str(value)[:limit]
 
 
-def to_structured(content_type: str | None, headers: Mapping[str, Any] | None, body: bytes) -> tuple[dict, str]:
+def to_structured(
+    content_type: str | None, headers: Mapping[str, Any] | None, body: bytes
+) -> tuple[dict, str]:
     """Normalize one AMQP message to (structured interaction CloudEvent, "structured" | "binary").
 
     Raises Rejected for anything that is not an interaction CloudEvent. The record inside is not
@@ -281,7 +289,11 @@ def to_structured(content_type: str | None, headers: Mapping[str, Any] | None, b
     headers = headers or {}
     ctype = (content_type or "").strip().lower()
     if ctype.startswith("application/cloudevents"):
-        if not ctype.startswith(STRUCTURED_CONTENT_TYPE) or ctype[len(STRUCTURED_CONTENT_TYPE):][:1] not in ("", ";", " "):
+        if not ctype.startswith(STRUCTURED_CONTENT_TYPE) or ctype[len(STRUCTURED_CONTENT_TYPE) :][:1] not in (
+            "",
+            ";",
+            " ",
+        ):
             raise Rejected("unsupported_format", _short(ctype) or "")
         mode = "structured"
     else:
@@ -291,7 +303,9 @@ def to_structured(content_type: str | None, headers: Mapping[str, Any] | None, b
         mode = "structured"  # no content-type and no headers: a JSON body with specversion still is one
     event = _loads(body)
     if not is_cloudevent(event):
-        raise Rejected("not_cloudevent", "no specversion" if isinstance(event, dict) else f"JSON {type(event).__name__}")
+        raise Rejected(
+            "not_cloudevent", "no specversion" if isinstance(event, dict) else f"JSON {type(event).__name__}"
+        )
     if event.get("type") != EVENT_TYPE:
         raise Rejected("wrong_type", event_type=_short(event.get("type")))
     return event, mode
@@ -327,11 +341,25 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
     return _attr_value(value)
 
 
-def rejected_line(rejection: Rejected, method: Any, properties: Any, body: bytes, queue: str, received_at: str) -> dict:
+def rejected_line(
+    rejection: Rejected, method: Any, properties: Any, body: bytes, queue: str, received_at: str
+) -> dict:
     """Everything needed to inspect or republish a message that did not land: envelope and exact body."""
     props = {}
-    for name in ("content_type", "content_encoding", "delivery_mode", "priority", "correlation_id", "reply_to",
-                 "expiration", "message_id", "timestamp", "type", "user_id", "app_id"):
+    for name in (
+        "content_type",
+        "content_encoding",
+        "delivery_mode",
+        "priority",
+        "correlation_id",
+        "reply_to",
+        "expiration",
+        "message_id",
+        "timestamp",
+        "type",
+        "user_id",
+        "app_id",
+    ):
         value = getattr(properties, name, None)
         if value is not None:
             props[name] = _jsonable(value)
@@ -441,7 +469,9 @@ def declare_topology(channel: Any, config: DrainConfig) -> None:
     if not config.exchange:
         return  # the default exchange routes by queue name
     if config.binding_headers:
-        channel.queue_bind(config.queue, config.exchange, arguments={"x-match": "all", **config.binding_headers})
+        channel.queue_bind(
+            config.queue, config.exchange, arguments={"x-match": "all", **config.binding_headers}
+        )
     for key in config.binding_keys:
         channel.queue_bind(config.queue, config.exchange, routing_key=key)
 
@@ -464,7 +494,9 @@ class _Batch:
         try:
             try:
                 event, mode = to_structured(properties.content_type, properties.headers, body)
-                self.landed.setdefault(event_day(event, today), []).append((method.delivery_tag, _json_line(event)))
+                self.landed.setdefault(event_day(event, today), []).append(
+                    (method.delivery_tag, _json_line(event))
+                )
                 if mode == "binary":
                     self.binary += 1
                 else:
@@ -482,9 +514,14 @@ class _Batch:
         self.last_tag = method.delivery_tag
         self.redelivered += bool(method.redelivered)
 
-    def write(self, landing: Path, rejected_root: Path, name: str, report: DrainReport, crash: str | None) -> None:
+    def write(
+        self, landing: Path, rejected_root: Path, name: str, report: DrainReport, crash: str | None
+    ) -> None:
         """Write every file of the batch durably; file names: <prefix>-<name>-<first tag>-<lines>.jsonl."""
-        for root, groups, prefix in ((landing, self.landed, "drain"), (rejected_root, self.rejected, "rejected")):
+        for root, groups, prefix in (
+            (landing, self.landed, "drain"),
+            (rejected_root, self.rejected, "rejected"),
+        ):
             for day, rows in sorted(groups.items()):
                 path = root / day / f"{prefix}-{name}-{rows[0][0]}-{len(rows)}.jsonl"
                 write_durable(path, [line for _, line in rows], _kill_before_rename=crash == "before_rename")
@@ -530,7 +567,11 @@ def _drain(config: DrainConfig, stop: threading.Event | None) -> DrainReport:
     crash = _crash_hook()
     run_id = uuid.uuid4().hex[:12]
     report = DrainReport(landing=config.landing, queue=config.queue, run_id=run_id)
-    landing, rejected_root, name = Path(config.landing), config.rejected_root, f"{_safe_name(config.queue)}-{run_id}"
+    landing, rejected_root, name = (
+        Path(config.landing),
+        config.rejected_root,
+        f"{_safe_name(config.queue)}-{run_id}",
+    )
     conn = connect(config)
     started = time.monotonic()
     inbox: deque[tuple[Any, Any, bytes]] = deque()
@@ -539,9 +580,19 @@ def _drain(config: DrainConfig, stop: threading.Event | None) -> DrainReport:
         declare_topology(channel, config)
         channel.basic_qos(prefetch_count=config.prefetch or config.batch_size)
         channel.basic_consume(config.queue, lambda _ch, m, p, b: inbox.append((m, p, b)), auto_ack=False)
-        log.info("draining %s on %s into %s (batch %d, run %s)", config.queue, config.safe_url(), landing,
-                 config.batch_size, run_id)
-        batch, last_message, next_log = _Batch(config.queue), time.monotonic(), time.monotonic() + config.log_every_s
+        log.info(
+            "draining %s on %s into %s (batch %d, run %s)",
+            config.queue,
+            config.safe_url(),
+            landing,
+            config.batch_size,
+            run_id,
+        )
+        batch, last_message, next_log = (
+            _Batch(config.queue),
+            time.monotonic(),
+            time.monotonic() + config.log_every_s,
+        )
 
         def flush(why: str) -> None:
             nonlocal batch, last_message
@@ -563,7 +614,12 @@ def _drain(config: DrainConfig, stop: threading.Event | None) -> DrainReport:
                 report.stopped_by = "max_seconds"
             elif config.max_messages is not None and report.consumed >= config.max_messages:
                 report.stopped_by = "max_messages"
-            elif config.idle_exit_s is not None and not batch.size and not inbox and now - last_message >= config.idle_exit_s:
+            elif (
+                config.idle_exit_s is not None
+                and not batch.size
+                and not inbox
+                and now - last_message >= config.idle_exit_s
+            ):
                 report.stopped_by = "idle"
             if report.stopped_by:
                 flush("stop")
@@ -572,8 +628,13 @@ def _drain(config: DrainConfig, stop: threading.Event | None) -> DrainReport:
                 flush("max_wait")
                 continue
             if now >= next_log:
-                log.info("drain %s: %d consumed, %d acked, %.0f/s", config.queue, report.consumed, report.acked,
-                         report.consumed / max(now - started, 1e-9))
+                log.info(
+                    "drain %s: %d consumed, %d acked, %.0f/s",
+                    config.queue,
+                    report.consumed,
+                    report.acked,
+                    report.consumed / max(now - started, 1e-9),
+                )
                 next_log = now + config.log_every_s
             if not inbox:  # wait for messages, at most until the next thing to do
                 deadlines = [0.2] if stop is not None else []
@@ -586,7 +647,11 @@ def _drain(config: DrainConfig, stop: threading.Event | None) -> DrainReport:
                 conn.process_data_events(time_limit=max(0.0, min(deadlines)) if deadlines else None)
                 continue
             received_at = _rfc3339(datetime.now(timezone.utc))
-            while inbox and batch.size < config.batch_size and report.consumed < (config.max_messages or sys.maxsize):
+            while (
+                inbox
+                and batch.size < config.batch_size
+                and report.consumed < (config.max_messages or sys.maxsize)
+            ):
                 batch.add(*inbox.popleft(), received_at)
                 report.consumed += 1
             last_message = time.monotonic()
@@ -613,7 +678,9 @@ def _message_for(record: Mapping[str, Any], mode: str, header_prefix: str) -> tu
 
     event = dict(record) if is_cloudevent(record) else to_cloudevent(dict(record))
     if mode == "structured":
-        props = pika.BasicProperties(content_type=STRUCTURED_CONTENT_TYPE, delivery_mode=2, message_id=str(event.get("id")))
+        props = pika.BasicProperties(
+            content_type=STRUCTURED_CONTENT_TYPE, delivery_mode=2, message_id=str(event.get("id"))
+        )
         return props, _json_line(event).encode("utf-8"), str(event.get("type"))
     if mode != "binary":
         raise ValueError(f"mode must be 'structured' or 'binary', got {mode!r}")
@@ -629,8 +696,12 @@ def _message_for(record: Mapping[str, Any], mode: str, header_prefix: str) -> tu
         for name, value in event.items()
         if name not in ("data", "data_base64", "datacontenttype")
     }
-    props = pika.BasicProperties(content_type=event.get("datacontenttype") or DATA_CONTENT_TYPE, headers=headers,
-                                 delivery_mode=2, message_id=str(event.get("id")))
+    props = pika.BasicProperties(
+        content_type=event.get("datacontenttype") or DATA_CONTENT_TYPE,
+        headers=headers,
+        delivery_mode=2,
+        message_id=str(event.get("id")),
+    )
     return props, body, str(event.get("type"))
 
 
@@ -651,8 +722,9 @@ def publish_interaction(
     is the event type. header_prefix names binary-mode headers: "cloudEvents:" (AMQP binding),
     "ce-" (RabbitMQ binding) or "" (what eventing-rabbitmq's broker publishes).
     """
-    return publish_interactions(target, [record], mode, exchange=exchange, routing_key=routing_key,
-                                header_prefix=header_prefix)[0]
+    return publish_interactions(
+        target, [record], mode, exchange=exchange, routing_key=routing_key, header_prefix=header_prefix
+    )[0]
 
 
 def publish_interactions(
@@ -679,8 +751,15 @@ def publish_interactions(
     return _publish_all(target, records, mode, ex, routing_key, header_prefix, mandatory=False)
 
 
-def _publish_all(channel: Any, records: Iterable[Mapping[str, Any]], mode: str, exchange: str,
-                 routing_key: str | None, header_prefix: str, mandatory: bool) -> list[str]:
+def _publish_all(
+    channel: Any,
+    records: Iterable[Mapping[str, Any]],
+    mode: str,
+    exchange: str,
+    routing_key: str | None,
+    header_prefix: str,
+    mandatory: bool,
+) -> list[str]:
     ids = []
     for record in records:
         chosen = mode
@@ -688,7 +767,9 @@ def _publish_all(channel: Any, records: Iterable[Mapping[str, Any]], mode: str, 
             key = str(record.get("id"))
             chosen = "binary" if binascii.crc32(key.encode("utf-8")) % 2 else "structured"
         props, body, event_type = _message_for(record, chosen, header_prefix)
-        channel.basic_publish(exchange, routing_key or event_type, body, properties=props, mandatory=mandatory)
+        channel.basic_publish(
+            exchange, routing_key or event_type, body, properties=props, mandatory=mandatory
+        )
         ids.append(props.message_id)
     return ids
 
@@ -700,7 +781,9 @@ def _iter_log_records(root: str | Path) -> Iterator[dict]:
         try:
             yield json.loads(line)
         except ValueError as e:
-            raise ValueError(f"{path}:{lineno}: not JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
+            raise ValueError(
+                f"{path}:{lineno}: not JSON ({e.msg} at column {e.colno}); fix or remove the line"
+            ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -709,18 +792,33 @@ def _iter_log_records(root: str | Path) -> Iterator[dict]:
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
     d = DrainConfig(landing="")
-    parser.add_argument("--url", default=None, help=f"AMQP URL (default ${AMQP_URL_ENV} or {DEFAULT_AMQP_URL})")
+    parser.add_argument(
+        "--url", default=None, help=f"AMQP URL (default ${AMQP_URL_ENV} or {DEFAULT_AMQP_URL})"
+    )
     parser.add_argument("--exchange", default=d.exchange, help=f"exchange (default {d.exchange})")
-    parser.add_argument("--exchange-type", default=d.exchange_type, help=f"exchange type (default {d.exchange_type})")
-    parser.add_argument("--no-declare-exchange", action="store_true", help="the exchange is someone else's (Knative)")
+    parser.add_argument(
+        "--exchange-type", default=d.exchange_type, help=f"exchange type (default {d.exchange_type})"
+    )
+    parser.add_argument(
+        "--no-declare-exchange", action="store_true", help="the exchange is someone else's (Knative)"
+    )
     parser.add_argument("--queue", default=d.queue, help=f"queue (default {d.queue})")
-    parser.add_argument("--binding-key", action="append", default=None,
-                        help=f"binding key, repeatable (default {EVENT_TYPE}; '#' for everything)")
+    parser.add_argument(
+        "--binding-key",
+        action="append",
+        default=None,
+        help=f"binding key, repeatable (default {EVENT_TYPE}; '#' for everything)",
+    )
 
 
 def _config_from(args: argparse.Namespace, **extra: Any) -> DrainConfig:
-    kwargs: dict[str, Any] = dict(exchange=args.exchange, exchange_type=args.exchange_type, queue=args.queue,
-                                  declare_exchange=not args.no_declare_exchange, **extra)
+    kwargs: dict[str, Any] = dict(
+        exchange=args.exchange,
+        exchange_type=args.exchange_type,
+        queue=args.queue,
+        declare_exchange=not args.no_declare_exchange,
+        **extra,
+    )
     if args.url:
         kwargs["amqp_url"] = args.url
     if args.binding_key:
@@ -731,14 +829,23 @@ def _config_from(args: argparse.Namespace, **extra: Any) -> DrainConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pika").setLevel(logging.CRITICAL)  # pika narrates every socket; our errors say what failed
+    logging.getLogger("pika").setLevel(
+        logging.CRITICAL
+    )  # pika narrates every socket; our errors say what failed
     if argv[:1] == ["publish"]:
-        parser = argparse.ArgumentParser(prog="python -m features.drain publish",
-                                         description="Publish sample agent logs to the broker as interaction CloudEvents.")
-        parser.add_argument("--from", dest="source", required=True, help="log folder (<root>/<day>/<agent>.jsonl[.gz])")
+        parser = argparse.ArgumentParser(
+            prog="python -m features.drain publish",
+            description="Publish sample agent logs to the broker as interaction CloudEvents.",
+        )
+        parser.add_argument(
+            "--from", dest="source", required=True, help="log folder (<root>/<day>/<agent>.jsonl[.gz])"
+        )
         parser.add_argument("--mode", choices=("structured", "binary", "mixed"), default="mixed")
-        parser.add_argument("--header-prefix", default="cloudEvents:",
-                            help="binary-mode header prefix: cloudEvents: (default), ce- or '' (Knative broker)")
+        parser.add_argument(
+            "--header-prefix",
+            default="cloudEvents:",
+            help="binary-mode header prefix: cloudEvents: (default), ce- or '' (Knative broker)",
+        )
         parser.add_argument("--limit", type=int, default=None, help="publish at most this many")
         _config_args(parser)
         args = parser.parse_args(argv[1:])
@@ -748,7 +855,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             records = itertools.islice(records, args.limit)
         started = time.perf_counter()
         try:
-            records = itertools.chain([next(iter(records))], records)  # a bad --from fails before any broker change
+            records = itertools.chain(
+                [next(iter(records))], records
+            )  # a bad --from fails before any broker change
         except StopIteration:
             records = []
         except (ValueError, OSError) as e:
@@ -760,29 +869,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         seconds = time.perf_counter() - started
-        print(f"published {len(ids)} interactions ({args.mode}) to {config.exchange} on {config.safe_url()} "
-              f"in {seconds:.1f}s ({len(ids) / max(seconds, 1e-9):.0f}/s); queue {config.queue} is bound to them")
+        print(
+            f"published {len(ids)} interactions ({args.mode}) to {config.exchange} on {config.safe_url()} "
+            f"in {seconds:.1f}s ({len(ids) / max(seconds, 1e-9):.0f}/s); queue {config.queue} is bound to them"
+        )
         return 0
 
     if argv[:1] == ["drain"]:
         argv = argv[1:]
-    parser = argparse.ArgumentParser(prog="python -m features.drain",
-                                     description="Drain interaction CloudEvents from RabbitMQ into durable landing files.")
+    parser = argparse.ArgumentParser(
+        prog="python -m features.drain",
+        description="Drain interaction CloudEvents from RabbitMQ into durable landing files.",
+    )
     parser.add_argument("--landing", required=True, help="landing root: <landing>/<YYYY-MM-DD>/drain-*.jsonl")
     parser.add_argument("--rejected-dir", default="", help="rejected messages (default <landing>/_rejected)")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--prefetch", type=int, default=0, help="default: the batch size")
-    parser.add_argument("--max-wait", type=float, default=2.0, help="seconds before a partial batch is flushed (2)")
-    parser.add_argument("--idle-exit", type=float, default=5.0, help="stop after this many idle seconds; <= 0: never")
+    parser.add_argument(
+        "--max-wait", type=float, default=2.0, help="seconds before a partial batch is flushed (2)"
+    )
+    parser.add_argument(
+        "--idle-exit", type=float, default=5.0, help="stop after this many idle seconds; <= 0: never"
+    )
     parser.add_argument("--max-messages", type=int, default=None)
     parser.add_argument("--max-seconds", type=float, default=None)
     _config_args(parser)
     args = parser.parse_args(argv)
     try:
         config = _config_from(
-            args, landing=args.landing, rejected_dir=args.rejected_dir, batch_size=args.batch_size,
-            prefetch=args.prefetch, max_wait_s=args.max_wait, idle_exit_s=args.idle_exit if args.idle_exit > 0 else None,
-            max_messages=args.max_messages, max_seconds=args.max_seconds,
+            args,
+            landing=args.landing,
+            rejected_dir=args.rejected_dir,
+            batch_size=args.batch_size,
+            prefetch=args.prefetch,
+            max_wait_s=args.max_wait,
+            idle_exit_s=args.idle_exit if args.idle_exit > 0 else None,
+            max_messages=args.max_messages,
+            max_seconds=args.max_seconds,
         )
     except ValueError as e:
         parser.error(str(e))

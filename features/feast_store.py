@@ -44,8 +44,6 @@ TRAINING_SERVICE = "training_v1"
 MONITORING_SERVICE = "monitoring_v1"
 
 
-
-
 def default_offline_store() -> str:
     """$AGENTLOOP_OFFLINE_STORE, else $AGENTLOOP_HOME/store (the definitions use the same rule)."""
     return os.environ.get("AGENTLOOP_OFFLINE_STORE") or str(agentloop_home() / "store")
@@ -89,7 +87,9 @@ class FeastConfig:
             work = f"{store}/{STATE_DIR}"
         else:  # only the effective yaml goes here; registry and online store are remote
             slug = re.sub(r"[^A-Za-z0-9]+", "-", store).strip("-")[:60]
-            work = str(agentloop_home() / "feast" / f"{slug}-{hashlib.sha256(store.encode()).hexdigest()[:8]}")
+            work = str(
+                agentloop_home() / "feast" / f"{slug}-{hashlib.sha256(store.encode()).hexdigest()[:8]}"
+            )
         return replace(
             self,
             repo_path=repo,
@@ -101,6 +101,7 @@ class FeastConfig:
 
 
 # --- configuration --------------------------------------------------------------------------------
+
 
 def redis_connection_string(value: str) -> str:
     """Feast's Redis connection string ("host:port,db=N,...") from itself or a redis:// URL."""
@@ -193,6 +194,7 @@ def _environ(**values: str) -> Iterator[None]:
 
 # --- definitions: apply, materialize -------------------------------------------------------------
 
+
 def load_definitions(config: FeastConfig):
     """The Feast objects of the repo's .py files, as `feast apply` would collect them (feast RepoContents).
 
@@ -221,7 +223,9 @@ def load_definitions(config: FeastConfig):
                     add(entities, obj)
                 elif isinstance(obj, FeatureView):  # includes batch/stream views: refuse those below
                     if type(obj) is not FeatureView:
-                        raise TypeError(f"{path}: {name} is a {type(obj).__name__}; apply it with the feast CLI")
+                        raise TypeError(
+                            f"{path}: {name} is a {type(obj).__name__}; apply it with the feast CLI"
+                        )
                     add(views, obj)
                     if obj.batch_source is not None:
                         add(sources, obj.batch_source)
@@ -230,12 +234,20 @@ def load_definitions(config: FeastConfig):
                 elif isinstance(obj, FeatureService):
                     add(services, obj)
     if not views:
-        raise ValueError(f"no feature views found in {c.repo_path}: is repo_path the Feast definitions folder?")
+        raise ValueError(
+            f"no feature views found in {c.repo_path}: is repo_path the Feast definitions folder?"
+        )
     entities.append(DUMMY_ENTITY)  # as feast's parse_repo does, so CLI and Python applies agree
     return RepoContents(
-        projects=[Project(name=project)], data_sources=sources, feature_views=views,
-        on_demand_feature_views=[], stream_feature_views=[], label_views=[], entities=entities,
-        feature_services=services, permissions=[],
+        projects=[Project(name=project)],
+        data_sources=sources,
+        feature_views=views,
+        on_demand_feature_views=[],
+        stream_feature_views=[],
+        label_views=[],
+        entities=entities,
+        feature_services=services,
+        permissions=[],
     )
 
 
@@ -256,8 +268,11 @@ def apply(config: FeastConfig) -> list[str]:
     # log a false warning here. check_partition_layout checks what Feast's dask reader really needs.
     apply_total_with_repo_instance(store, store.project, store.registry, repo, skip_source_validation=True)
     store.refresh_registry()
-    return sorted(o.name for o in [*repo.entities, *repo.feature_views, *repo.feature_services]
-                  if not o.name.startswith("__"))
+    return sorted(
+        o.name
+        for o in [*repo.entities, *repo.feature_views, *repo.feature_services]
+        if not o.name.startswith("__")
+    )
 
 
 def materialize_incremental(config: FeastConfig, end_date: datetime) -> dict[str, tuple[datetime, datetime]]:
@@ -276,7 +291,9 @@ def materialize_incremental(config: FeastConfig, end_date: datetime) -> dict[str
         start = view.most_recent_end_time
         if start is None:
             if not view.ttl:
-                raise ValueError(f"feature view {view.name} has no ttl: give it one, or run feast materialize once")
+                raise ValueError(
+                    f"feature view {view.name} has no ttl: give it one, or run feast materialize once"
+                )
             start = end - view.ttl
         start = _utc(start)
         if start >= end:
@@ -295,13 +312,16 @@ def materialize_incremental(config: FeastConfig, end_date: datetime) -> dict[str
 
 # --- reads ---------------------------------------------------------------------------------------
 
+
 def online_agent_stats(config: FeastConfig, agent: str) -> dict[str, Any]:
     """The agent's latest materialized daily stats (agent_daily_stats features, plus `agent`).
 
     Values are None for an agent that has none online.
     """
     store = feature_store(config)
-    response = store.get_online_features(features=_stats_refs(_store_key(config)), entity_rows=[{"agent": agent}])
+    response = store.get_online_features(
+        features=_stats_refs(_store_key(config)), entity_rows=[{"agent": agent}]
+    )
     return {name: values[0] for name, values in response.to_dict().items()}
 
 
@@ -361,8 +381,12 @@ def _historical_frame(config, service_name, start, end, agents) -> pd.DataFrame:
             frame["rating"] = frame["rating"].astype("Int64")
         frame = frame.sort_values(["event_timestamp", "interaction_id"], kind="stable").reset_index(drop=True)
     frame.attrs = {
-        "feature_service": service_name, "project": store.project, "source": source,
-        "start": lo.isoformat(), "end": hi.isoformat(), "agents": sorted(agents) if agents else None,
+        "feature_service": service_name,
+        "project": store.project,
+        "source": source,
+        "start": lo.isoformat(),
+        "end": hi.isoformat(),
+        "agents": sorted(agents) if agents else None,
     }
     return frame
 
@@ -399,6 +423,7 @@ def _utc(value: datetime | date) -> datetime:
 
 
 # --- the hive layout Feast can read ---------------------------------------------------------------
+
 
 class OfflineStoreLayoutError(RuntimeError):
     """The dataset's files disagree on a column, which Feast's dask reader cannot handle."""

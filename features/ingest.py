@@ -89,7 +89,9 @@ INTERNAL_ERROR = "internal_error"
 GUARD_PREFIX = "guard:"
 INT32_MAX = 2**31 - 1
 MAX_SOURCES_PER_COMMIT = 500
-POISON_STATE = "poison-state"  # the state file committed with the rows (features.store: StagedCommit.stage_file)
+POISON_STATE = (
+    "poison-state"  # the state file committed with the rows (features.store: StagedCommit.stage_file)
+)
 UTF8_BOM = b"\xef\xbb\xbf"
 # Characters at which an oversized line's preview may be cut without splitting a token.
 _CUT_AT = b' \t",:{}[]'
@@ -101,13 +103,17 @@ class IngestConfig:
     """Where to write and how to read. Defaults: the embedded world (a local store under $AGENTLOOP_HOME)."""
 
     store: str = field(default_factory=default_store)  # folder or fsspec URL (s3://bucket/store)
-    sources: list[str] = field(default_factory=list)  # folders, files, globs or URLs; ingest() may pass them instead
+    sources: list[str] = field(
+        default_factory=list
+    )  # folders, files, globs or URLs; ingest() may pass them instead
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES  # longer lines are quarantined as `oversized`
     batch_size: int = 5000  # rows per staged part, and the unit of corpus-level poisoning checks
     guard: GuardConfig | None = None  # None: features.guard's defaults
     suffixes: list[str] = field(default_factory=lambda: list(DEFAULT_SUFFIXES))
     force: bool = False  # re-read sources the manifest says are unchanged (dedup still applies)
-    storage_options: dict = field(default_factory=dict)  # fsspec options on top of the AWS_*/FSSPEC_* variables
+    storage_options: dict = field(
+        default_factory=dict
+    )  # fsspec options on top of the AWS_*/FSSPEC_* variables
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
     run_id: str = ""  # default: new_run_id()
     compression: str = "zstd"  # parquet codec of the parts ("none" for byte-greppable files in tests)
@@ -213,8 +219,12 @@ class IngestReport:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(
-            read=self.read, accepted=self.accepted, duplicates=self.duplicates, quarantined=self.quarantined,
-            quarantined_total=self.quarantined_total, skipped_sources=self.skipped_sources,
+            read=self.read,
+            accepted=self.accepted,
+            duplicates=self.duplicates,
+            quarantined=self.quarantined,
+            quarantined_total=self.quarantined_total,
+            skipped_sources=self.skipped_sources,
         )
         for s_dict, s in zip(d["sources"], self.sources):
             s_dict["quarantined_total"] = s.quarantined_total
@@ -254,6 +264,7 @@ class IngestReport:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
 
 def _normalise_text(text: str) -> str:
     if not text.isascii():
@@ -296,7 +307,9 @@ def content_hash(agent: str, session_id: str, messages: Any) -> str:
 
 
 def _qkey(source: str, line_number: int, raw_sha256: str) -> bytes:
-    return hashlib.sha256(f"{source}\0{line_number}\0{raw_sha256}".encode("utf-8", "surrogatepass")).digest()[:16]
+    return hashlib.sha256(f"{source}\0{line_number}\0{raw_sha256}".encode("utf-8", "surrogatepass")).digest()[
+        :16
+    ]
 
 
 def _redact(text: str) -> str:
@@ -323,8 +336,11 @@ def _clean_message(m: dict) -> dict:
     out = {k: m[k] for k in MESSAGE_KEYS if k in m}
     if out.get("tool_calls") is not None:
         out["tool_calls"] = [
-            {"id": c["id"], "type": c.get("type", "function"),
-             "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}}
+            {
+                "id": c["id"],
+                "type": c.get("type", "function"),
+                "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]},
+            }
             for c in out["tool_calls"]
         ]
     return out
@@ -349,6 +365,7 @@ class _Candidate:
 
 
 # ------------------------------------------------------------------------------------------------ the ingestor
+
 
 class _Ingestor:
     def __init__(self, config: IngestConfig, store: Store, run_id: str, started: datetime):
@@ -389,7 +406,9 @@ class _Ingestor:
             self.ids.setdefault(iid, digest)
             self.hashes.add(digest)
         q = self.store.read_table(QUARANTINE, ["source", "line_number", "raw_sha256"])
-        for src, line, sha in zip(*(q.column(c).to_pylist() for c in ("source", "line_number", "raw_sha256"))):
+        for src, line, sha in zip(
+            *(q.column(c).to_pylist() for c in ("source", "line_number", "raw_sha256"))
+        ):
             self.qkeys.add(_qkey(src, line, sha))
 
     # -- one source -----------------------------------------------------------------------------------
@@ -401,15 +420,23 @@ class _Ingestor:
         rep = self.rep = SourceReport(source=source.path, status=status)
         stats = ReadStats()
         seen_bytes = 0
-        items = read_source(source, max_line_bytes=self.config.max_line_bytes, stats=stats,
-                            options=self.config.storage_options or None)
+        items = read_source(
+            source,
+            max_line_bytes=self.config.max_line_bytes,
+            stats=stats,
+            options=self.config.storage_options or None,
+        )
         for n, item in enumerate(items, 1):
             rep.read += 1
             try:
                 self.handle(item)
             except Exception as exc:  # noqa: BLE001 - one record must not stop the run; see INTERNAL_ERROR
-                log.warning("internal error on %s line %d (%s); record quarantined", item.source,
-                            item.line_number, type(exc).__name__)
+                log.warning(
+                    "internal error on %s line %d (%s); record quarantined",
+                    item.source,
+                    item.line_number,
+                    type(exc).__name__,
+                )
                 self.quarantine(item, INTERNAL_ERROR, f"{type(exc).__name__} while ingesting this record")
             if len(self.pending) >= self.config.batch_size:
                 self.check_batch()
@@ -425,19 +452,32 @@ class _Ingestor:
         rep.lines, rep.blank_lines, rep.empty_batches = stats.lines, stats.blank_lines, stats.empty_batches
         rep.bytes, rep.sha256 = stats.bytes_read, stats.sha256
         rep.check()
-        self.entries.append(ManifestEntry(
-            source=source.path, size=source.size, fingerprint=source.fingerprint, sha256=stats.sha256,
-            run_id=self.run_id, seq=seq, committed_at="",
-            counts={"read": rep.read, "accepted": rep.accepted, "duplicates": rep.duplicates,
-                    "quarantined": dict(rep.quarantined)},
-        ))
+        self.entries.append(
+            ManifestEntry(
+                source=source.path,
+                size=source.size,
+                fingerprint=source.fingerprint,
+                sha256=stats.sha256,
+                run_id=self.run_id,
+                seq=seq,
+                committed_at="",
+                counts={
+                    "read": rep.read,
+                    "accepted": rep.accepted,
+                    "duplicates": rep.duplicates,
+                    "quarantined": dict(rep.quarantined),
+                },
+            )
+        )
         return rep
 
     def commit_if_due(self, last: bool) -> None:
         """Commit the open group of whole sources once it holds batch_size rows (or at the end)."""
         if self.commit is None:
             return
-        if not (last or self.commit_rows >= self.config.batch_size or len(self.entries) >= MAX_SOURCES_PER_COMMIT):
+        if not (
+            last or self.commit_rows >= self.config.batch_size or len(self.entries) >= MAX_SOURCES_PER_COMMIT
+        ):
             return
         self.write_parts(everything=True)
         if self.history_dirty:
@@ -470,11 +510,13 @@ class _Ingestor:
             self.quarantine(item, ENCODING, item.error)
             return
         if item.oversized:
-            self.quarantine(item, OVERSIZED, f"{item.size} bytes, over max_line_bytes={self.config.max_line_bytes}")
+            self.quarantine(
+                item, OVERSIZED, f"{item.size} bytes, over max_line_bytes={self.config.max_line_bytes}"
+            )
             return
         raw = item.raw
         if item.line_number == 1 and raw.startswith(UTF8_BOM):
-            raw = raw[len(UTF8_BOM):]
+            raw = raw[len(UTF8_BOM) :]
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -522,9 +564,11 @@ class _Ingestor:
                 self.duplicate("same_id")
             else:
                 self.quarantine(
-                    item, DUPLICATE_ID_CONFLICT,
+                    item,
+                    DUPLICATE_ID_CONFLICT,
                     f"id already stored with other content (content_hash {known.hex()[:16]}..., this one "
-                    f"{chash[:16]}...): the first stored copy wins", obj,
+                    f"{chash[:16]}...): the first stored copy wins",
+                    obj,
                 )
             return
         if digest in self.hashes:
@@ -539,7 +583,9 @@ class _Ingestor:
             return
         warnings = sorted({h.rule for h in hits})
 
-        row = self._row(record, messages, counts, warnings, chash, item)  # may raise: before the index changes
+        row = self._row(
+            record, messages, counts, warnings, chash, item
+        )  # may raise: before the index changes
         self.ids[iid] = digest
         self.hashes.add(digest)
         self.pending.append(_Candidate(row, messages, item, digest, counts))
@@ -547,16 +593,20 @@ class _Ingestor:
     @staticmethod
     def _range_problems(record: dict) -> list[str]:
         """What validate_record allows but the schema cannot hold: int32 counts, a UTC year outside 1..9999."""
-        problems = [f"bad_value:usage.{k}" for k in ("prompt_tokens", "completion_tokens", "total_tokens")
-                    if record["usage"][k] > INT32_MAX]
+        problems = [
+            f"bad_value:usage.{k}"
+            for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+            if record["usage"][k] > INT32_MAX
+        ]
         try:
             parse_timestamp(record["timestamp"]).astimezone(timezone.utc)
         except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC
             problems.insert(0, "bad_timestamp")
         return problems
 
-    def _row(self, record: dict, messages: list, counts: dict, warnings: list[str], chash: str,
-             item: RawItem) -> dict:
+    def _row(
+        self, record: dict, messages: list, counts: dict, warnings: list[str], chash: str, item: RawItem
+    ) -> dict:
         ts = parse_timestamp(record["timestamp"]).astimezone(timezone.utc)
         feedback = record.get("feedback") or {}
         error = record.get("error")
@@ -628,18 +678,20 @@ class _Ingestor:
             iid = redact_line(obj["id"][:200])
         if item.index_in_line is not None:
             detail = f"batch element {item.index_in_line}: {detail}"
-        self.qrows.append({
-            "source": item.source,
-            "line_number": item.line_number,
-            "reason": reason,
-            "detail": detail,  # built from codes, positions and rule names only: never content
-            "raw_redacted": raw_redacted,
-            "raw_sha256": raw_sha,
-            "raw_bytes": item.size,
-            "interaction_id": iid,
-            "quarantined_at": self.now,
-            "day": self.today,
-        })
+        self.qrows.append(
+            {
+                "source": item.source,
+                "line_number": item.line_number,
+                "reason": reason,
+                "detail": detail,  # built from codes, positions and rule names only: never content
+                "raw_redacted": raw_redacted,
+                "raw_sha256": raw_sha,
+                "raw_bytes": item.size,
+                "interaction_id": iid,
+                "quarantined_at": self.now,
+                "day": self.today,
+            }
+        )
         self.rep.quarantined[reason] = self.rep.quarantined.get(reason, 0) + 1
         self.commit_rows += 1
 
@@ -649,7 +701,9 @@ class _Ingestor:
         if not pending:
             return
         report = find_poisoning(
-            [(c.row["interaction_id"], c.row["session_id"], c.messages) for c in pending], self.guard, self.history,
+            [(c.row["interaction_id"], c.row["session_id"], c.messages) for c in pending],
+            self.guard,
+            self.history,
         )
         self.history, self.history_dirty = report.state, True
         flagged = set(report.flagged_ids)
@@ -664,7 +718,9 @@ class _Ingestor:
                 self.quarantine(c.item, report.reason, "poisoning trigger (corpus-level)", {"id": iid})
                 continue
             if iid in flagged:  # poisoning set to warn
-                c.row["guard_flags"] = ",".join(sorted({*filter(None, c.row["guard_flags"].split(",")), "poisoning"}))
+                c.row["guard_flags"] = ",".join(
+                    sorted({*filter(None, c.row["guard_flags"].split(",")), "poisoning"})
+                )
             self.rows.append(c.row)
             self.commit_rows += 1
             self.rep.accepted += 1
@@ -675,6 +731,7 @@ class _Ingestor:
 
 
 # ------------------------------------------------------------------------------------------------ entry point
+
 
 def ingest(sources: str | Sequence[str] | None = None, config: IngestConfig | None = None) -> IngestReport:
     """Ingest new and changed log files into the offline store; returns the conserved per-source report.
@@ -702,8 +759,11 @@ def ingest(sources: str | Sequence[str] | None = None, config: IngestConfig | No
         recovered = store.recover()
         report.recovered = asdict(recovered)
         if recovered.rolled_forward or recovered.discarded_parts:
-            log.info("recovered the store: finished the commit of %d sources, discarded %d staged parts",
-                     len(recovered.rolled_forward), recovered.discarded_parts)
+            log.info(
+                "recovered the store: finished the commit of %d sources, discarded %d staged parts",
+                len(recovered.rolled_forward),
+                recovered.discarded_parts,
+            )
         manifest = store.manifest()
         files = list_sources(list(sources), suffixes=config.suffixes, options=config.storage_options or None)
         ingestor = _Ingestor(config, store, run_id, started)
@@ -728,8 +788,14 @@ def ingest(sources: str | Sequence[str] | None = None, config: IngestConfig | No
                 rep = ingestor.ingest_source(source, seq, status, bar if show else None)
                 ingestor.commit_if_due(last=seq == len(todo))
                 report.sources.append(rep)
-                log.info("%s: read %d, accepted %d, duplicates %d, quarantined %d", source.path, rep.read,
-                         rep.accepted, rep.duplicates, rep.quarantined_total)
+                log.info(
+                    "%s: read %d, accepted %d, duplicates %d, quarantined %d",
+                    source.path,
+                    rep.read,
+                    rep.accepted,
+                    rep.duplicates,
+                    rep.quarantined_total,
+                )
         except BaseException:
             # The open commit is dropped; the in-memory index may hold its records, but the run stops
             # here and the next one rebuilds the index from the store.
@@ -755,20 +821,32 @@ def _progress(total: int, show: bool):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="agentloop-ingest", description="Ingest agent logs into the offline store.")
-    parser.add_argument("sources", nargs="+", help="folders, files, globs or URLs (s3://bucket/prefix) of agent logs")
-    parser.add_argument("--store", default=None, help="offline store: folder or URL (default $AGENTLOOP_OFFLINE_STORE "
-                                                     "or $AGENTLOOP_HOME/store)")
+    parser = argparse.ArgumentParser(
+        prog="agentloop-ingest", description="Ingest agent logs into the offline store."
+    )
+    parser.add_argument(
+        "sources", nargs="+", help="folders, files, globs or URLs (s3://bucket/prefix) of agent logs"
+    )
+    parser.add_argument(
+        "--store",
+        default=None,
+        help="offline store: folder or URL (default $AGENTLOOP_OFFLINE_STORE or $AGENTLOOP_HOME/store)",
+    )
     parser.add_argument("--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES)
     parser.add_argument("--batch-size", type=int, default=5000)
-    parser.add_argument("--force", action="store_true", help="re-read unchanged sources too (dedup still applies)")
+    parser.add_argument(
+        "--force", action="store_true", help="re-read unchanged sources too (dedup still applies)"
+    )
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of markdown")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = IngestConfig(
-        store=args.store or default_store(), max_line_bytes=args.max_line_bytes, batch_size=args.batch_size,
-        force=args.force, progress=args.progress,
+        store=args.store or default_store(),
+        max_line_bytes=args.max_line_bytes,
+        batch_size=args.batch_size,
+        force=args.force,
+        progress=args.progress,
     )
     report = ingest(args.sources, config)
     if args.json:

@@ -30,9 +30,7 @@ DEDUP_KEY = "id"
 # An agent name becomes a path segment of the CloudEvents source (/agents/<agent>) and a file name.
 AGENT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 # RFC 3339 section 5.6 date-time: the offset is mandatory; "T" and "Z" may be lower case.
-_RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
-)
+_RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 
 def parse_timestamp(value: Any) -> datetime | None:

@@ -89,6 +89,7 @@ class ReadStats:
 
 # --------------------------------------------------------------------------------------------- fsspec
 
+
 def storage_options(url: str, overrides: dict | None = None) -> dict:
     """fsspec options for a URL from the environment at call time, then `overrides`.
 
@@ -135,6 +136,7 @@ def _url(fs, path: str) -> str:
 
 # --------------------------------------------------------------------------------------------- listing
 
+
 def _wanted(rel_parts: Sequence[str], suffixes: Sequence[str]) -> bool:
     if any(part.startswith((".", "_")) for part in rel_parts):
         return False
@@ -171,10 +173,14 @@ def list_sources(
         if any(ch in root for ch in "*?["):
             infos = fs.glob(root, detail=True)
         elif not fs.exists(root):
-            raise FileNotFoundError(f"log source {spec!r} does not exist (expected a folder, a file or a glob)")
+            raise FileNotFoundError(
+                f"log source {spec!r} does not exist (expected a folder, a file or a glob)"
+            )
         elif fs.isfile(root):
             info = fs.info(root)
-            found[_url(fs, info["name"])] = SourceFile(_url(fs, info["name"]), int(info["size"]), _fingerprint(info))
+            found[_url(fs, info["name"])] = SourceFile(
+                _url(fs, info["name"]), int(info["size"]), _fingerprint(info)
+            )
             continue
         else:
             infos = fs.find(root, detail=True)
@@ -182,7 +188,7 @@ def list_sources(
         for name, info in sorted(infos.items()):
             if info.get("type") == "directory":
                 continue
-            rel = name[len(base):].lstrip("/") if name.startswith(base) else name.rsplit("/", 1)[-1]
+            rel = name[len(base) :].lstrip("/") if name.startswith(base) else name.rsplit("/", 1)[-1]
             if not rel or not _wanted(rel.split("/"), suffixes):
                 continue
             url = _url(fs, name)
@@ -191,6 +197,7 @@ def list_sources(
 
 
 # --------------------------------------------------------------------------------------------- reading
+
 
 class _HashingRaw(io.RawIOBase):
     """A raw stream over any file-like `read`, hashing and counting the bytes that pass."""
@@ -251,16 +258,16 @@ def split_batch(line: bytes) -> list[bytes] | None:
             if not stack or stack.pop() != _CLOSE[c]:
                 return None
             if not stack:
-                element = line[start:m.start()].strip()
+                element = line[start : m.start()].strip()
                 if element:
                     elements.append(element)
                 elif elements:  # "[1,]"
                     return None
-                if line[m.end():].strip():
+                if line[m.end() :].strip():
                     return None
                 return elements
         elif len(stack) == 1:  # a comma between elements
-            element = line[start:m.start()].strip()
+            element = line[start : m.start()].strip()
             if not element:
                 return None
             elements.append(element)

@@ -111,7 +111,12 @@ from detect_secrets.plugins.telegram_token import TelegramBotTokenDetector
 from features.schema import PII_TYPES, SECRET_TYPES
 
 __all__ = [
-    "RedactionResult", "Redactor", "placeholder", "redact_text", "redact_messages", "redact_line",
+    "RedactionResult",
+    "Redactor",
+    "placeholder",
+    "redact_text",
+    "redact_messages",
+    "redact_line",
     "PLACEHOLDER_RE",
 ]
 
@@ -179,11 +184,22 @@ _FORMAT_PATTERNS: list[tuple[str, re.Pattern, int]] = [  # (type, regex, group h
     ("slack_token", _wrap(SlackDetector.denylist[0]), 0),
     ("slack_token", _wrap(SlackDetector.denylist[1], r"(?<![\w/.-])", r"(?![\w])"), 0),
     ("slack_token", re.compile(_L + r"(?:xox[a-z](?:\.xox[a-z])?|xapp)-[A-Za-z0-9-]{10,250}" + _R), 0),
-    ("slack_token", re.compile(r"(?<![\w/.-])https://hooks\.slack\.com/(?:services|workflows|triggers)/"
-                               r"[A-Za-z0-9_/-]{10,200}(?![\w/])", re.I), 0),
+    (
+        "slack_token",
+        re.compile(
+            r"(?<![\w/.-])https://hooks\.slack\.com/(?:services|workflows|triggers)/"
+            r"[A-Za-z0-9_/-]{10,200}(?![\w/])",
+            re.I,
+        ),
+        0,
+    ),
     # OpenAI: detect-secrets knows the T3BlbkFJ-marked format; own for sk-/sk-proj-/sk-svcacct- keys.
     ("openai_key", _wrap(OpenAIDetector.denylist[0]), 0),
-    ("openai_key", re.compile(_L + r"sk-(?!ant-)(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{20,250}" + _R), 0),
+    (
+        "openai_key",
+        re.compile(_L + r"sk-(?!ant-)(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{20,250}" + _R),
+        0,
+    ),
     # Google API keys (own: detect-secrets has none).
     ("google_api_key", re.compile(_L + r"AIza[0-9A-Za-z_-]{35}" + _R), 0),
     # Stripe: detect-secrets' sk/rk_live regex (24 chars); own for any length, test keys, webhook secrets.
@@ -199,8 +215,15 @@ _FORMAT_PATTERNS: list[tuple[str, re.Pattern, int]] = [  # (type, regex, group h
     ("generic_token", _wrap(PypiTokenDetector.denylist[1]), 0),
     ("generic_token", _wrap(DiscordBotTokenDetector.denylist[0]), 0),
     ("generic_token", _wrap(MailchimpDetector.denylist[0]), 0),
-    ("generic_token", re.compile(  # Hugging Face, npm, Anthropic
-        _L + r"(?:hf_[A-Za-z0-9]{30,40}|npm_[A-Za-z0-9]{36}|sk-ant-[a-z]{2,10}\d{0,3}-[A-Za-z0-9_-]{20,250})" + _R), 0),
+    (
+        "generic_token",
+        re.compile(  # Hugging Face, npm, Anthropic
+            _L
+            + r"(?:hf_[A-Za-z0-9]{30,40}|npm_[A-Za-z0-9]{36}|sk-ant-[a-z]{2,10}\d{0,3}-[A-Za-z0-9_-]{20,250})"
+            + _R
+        ),
+        0,
+    ),
     ("generic_token", re.compile(r"AccountKey=([A-Za-z0-9+/]{86}==)"), 1),
 ]
 # Literal fragments one of which every format above contains (the gate for the whole list).
@@ -217,10 +240,18 @@ _JWT = re.compile(_L + r"eyJ[A-Za-z0-9_-]{8,}={0,2}\.[A-Za-z0-9_-]{2,}={0,2}\.[A
 # with no END (pasted half) runs over its base64 lines. `\\n` is the same block inside a JSON string.
 # The END is looked up in a list of END markers (a lazy `.*?END` from every BEGIN is quadratic).
 _NL = r"(?:\r?\n|\\r\\n|\\n)"
-_PEM_BEGIN = re.compile(r"-{4,5} ?BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)? ?-{4,5}|PuTTY-User-Key-File-\d: ")
-_PEM_END = re.compile(r"-{4,5} ?END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)? ?-{4,5}|Private-MAC: [0-9a-fA-F]{20,}")
+_PEM_BEGIN = re.compile(
+    r"-{4,5} ?BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)? ?-{4,5}|PuTTY-User-Key-File-\d: "
+)
+_PEM_END = re.compile(
+    r"-{4,5} ?END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)? ?-{4,5}|Private-MAC: [0-9a-fA-F]{20,}"
+)
 _PEM_BODY = re.compile(  # what follows a BEGIN with no END: header lines, then base64 lines
-    r"(?:" + _NL + r"[A-Za-z][A-Za-z-]{0,30}: [^\r\n\\]{0,200})*(?:(?:" + _NL + r"|[ \t])+[A-Za-z0-9+/=]{16,})*"
+    r"(?:"
+    + _NL
+    + r"[A-Za-z][A-Za-z-]{0,30}: [^\r\n\\]{0,200})*(?:(?:"
+    + _NL
+    + r"|[ \t])+[A-Za-z0-9+/=]{16,})*"
 )
 _PEM_MAX = 32_000  # a PEM block is at most a few kB (RSA-8192: ~6.5 kB); an END further away is another's
 
@@ -337,7 +368,11 @@ _VERSION_CONTEXT = re.compile(
     r"(?i)(?<![a-z])(?:version|ver|v|release|build|rev|revision|firmware|fw)\.?\s{0,2}[:=]?\s{0,2}$"
 )
 _IPV6 = re.compile(
-    r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|" + _OCTET + r"(?:\." + _OCTET + r"){3})?(?![\w:])"
+    r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|"
+    + _OCTET
+    + r"(?:\."
+    + _OCTET
+    + r"){3})?(?![\w:])"
 )
 
 # Cheap gate: a text that none of these touch cannot hold anything we redact (every format has a
@@ -414,7 +449,9 @@ def _classes(s: str) -> int:
 
 def _credential_like(v: str) -> bool:
     """A value that is not a plain word: it has a digit or a symbol, or mixed case past the first letter."""
-    return any(not c.isalpha() for c in v) or (any(c.isupper() for c in v[1:]) and any(c.islower() for c in v))
+    return any(not c.isalpha() for c in v) or (
+        any(c.isupper() for c in v[1:]) and any(c.islower() for c in v)
+    )
 
 
 # ---------------------------------------------------------------- detectors
@@ -424,7 +461,7 @@ def _find_formats(text: str, out: list[Span]) -> None:
             s, e = m.span(group)
             if kind == "openai_key":
                 prefix = _OPENAI_BODY.match(text, s)
-                if _classes(text[prefix.end() if prefix else s:e]) < 3:
+                if _classes(text[prefix.end() if prefix else s : e]) < 3:
                     continue  # "sk-this-is-not-a-key": real keys mix cases and digits
             out.append(Span(s, e, kind, R_FORMAT))
 
@@ -490,7 +527,11 @@ def _value_is_secret(value: str, op: str, word: str, quoted: bool, after: str) -
         return False  # a reference: password=self.password, api_key=settings.API_KEY
     if not quoted and op == ":" and not _credential_like(v):
         return False  # "Password: incorrect", "token: expired" are prose
-    if " " in v and not word.lower().startswith(_KV_PASSWORD_WORDS) and not _credential_like(v.replace(" ", "")):
+    if (
+        " " in v
+        and not word.lower().startswith(_KV_PASSWORD_WORDS)
+        and not _credential_like(v.replace(" ", ""))
+    ):
         return False
     return True
 
@@ -521,7 +562,7 @@ def _find_key_values(text: str, low: str, hits: list[int], out: list[Span]) -> N
                 break
         s, e = m.span(g)
         value = m.group(g)
-        after = text[e:e + 1]  # what follows the value as written: "(" or "[" make it code
+        after = text[e : e + 1]  # what follows the value as written: "(" or "[" make it code
         if g == "v5":
             # Sentence punctuation after an unquoted value is not part of it.
             stripped = value.rstrip(".!?:)")
@@ -589,10 +630,14 @@ def _find_high_entropy(text: str, hits: list[int], out: list[Span]) -> None:
             continue
         s = m.start()
         line_start = text.rfind("\n", 0, s) + 1
-        window = text[max(line_start, s - 64):s]
+        window = text[max(line_start, s - 64) : s]
         line_end = text.find("\n", m.end())
-        after = text[m.end():min(m.end() + 32, line_end if line_end >= 0 else len(text))]
-        if not _CONTEXT_WORD.search(window) or _NOT_SECRET_WORD.search(window) or _NOT_SECRET_WORD.search(after):
+        after = text[m.end() : min(m.end() + 32, line_end if line_end >= 0 else len(text))]
+        if (
+            not _CONTEXT_WORD.search(window)
+            or _NOT_SECRET_WORD.search(window)
+            or _NOT_SECRET_WORD.search(after)
+        ):
             continue
         if "/" in v and sum(seg.isdigit() or (seg.isalpha() and seg.islower()) for seg in v.split("/")) >= 2:
             continue  # a path: uploads/2024/05/1338cb5d1c4759f8
@@ -625,7 +670,7 @@ def _find_phones(text: str, out: list[Span]) -> None:
             cut = _PHONE_LAST_GROUP.search(raw)
             if cut is None:
                 break
-            raw = raw[:cut.start()]
+            raw = raw[: cut.start()]
         if 8 <= sum(c.isdigit() for c in raw) <= 15:
             out.append(Span(m.start(), m.start() + len(raw), "phone", R_LOOSE))
     for m in _BARE_PHONE.finditer(text):
@@ -689,12 +734,20 @@ def _find_ips(text: str, out: list[Span]) -> None:
 
 # ---------------------------------------------------------------- detect-secrets' own scanner
 _DS_TYPE_MAP = {
-    "AWS Access Key": "aws_access_key", "GitHub Token": "github_token", "Slack Token": "slack_token",
-    "OpenAI Token": "openai_key", "Stripe Access Key": "stripe_key", "JSON Web Token": "jwt",
-    "Basic Auth Credentials": "password_in_url", "Secret Keyword": "key_value_secret",
-    "Base64 High Entropy String": "high_entropy", "Hex High Entropy String": "high_entropy",
+    "AWS Access Key": "aws_access_key",
+    "GitHub Token": "github_token",
+    "Slack Token": "slack_token",
+    "OpenAI Token": "openai_key",
+    "Stripe Access Key": "stripe_key",
+    "JSON Web Token": "jwt",
+    "Basic Auth Credentials": "password_in_url",
+    "Secret Keyword": "key_value_secret",
+    "Base64 High Entropy String": "high_entropy",
+    "Hex High Entropy String": "high_entropy",
 }
 _DS_SKIP = {"Private Key", "Public IP (ipv4)"}  # block spans and IPs are handled above
+
+
 @functools.lru_cache(maxsize=1)
 def _detect_secrets_plugins() -> tuple[Any, ...]:
     from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
@@ -708,7 +761,12 @@ def _find_with_detect_secrets(text: str, out: list[Span], gate: bool = True) -> 
     offset = 0
     for line in text.splitlines(keepends=True):
         lower = line.lower()
-        if not gate or _DIGIT_OR_AT.search(line) or _LETTER_RUN.search(line) or any(k in lower for k in _KEYWORDS):
+        if (
+            not gate
+            or _DIGIT_OR_AT.search(line)
+            or _LETTER_RUN.search(line)
+            or any(k in lower for k in _KEYWORDS)
+        ):
             for plugin in _detect_secrets_plugins():
                 for value in plugin.analyze_string(line):
                     if not value or len(value) < 4:
@@ -779,7 +837,9 @@ class Redactor:
         spans: list[Span] = []
         if keyword and ("PRIVATE KEY" in text or "PuTTY-User-Key-File" in text):
             _find_private_keys(text, spans)
-        if (_TOKEN_RUN.search(text) or "whsec_" in text or "AccountKey=" in text) and _FORMAT_GATE.search(text):
+        if (_TOKEN_RUN.search(text) or "whsec_" in text or "AccountKey=" in text) and _FORMAT_GATE.search(
+            text
+        ):
             _find_formats(text, spans)
         if "eyJ" in text:
             _find_jwts(text, spans)
@@ -815,7 +875,7 @@ class Redactor:
         for _ in range(_MAX_ROUNDS):
             parts, pos = [], 0
             for sp in spans:
-                parts.append(text[pos:sp.start])
+                parts.append(text[pos : sp.start])
                 parts.append(_PLACEHOLDERS[sp.kind])
                 counts[sp.kind] = counts.get(sp.kind, 0) + 1
                 pos = sp.end

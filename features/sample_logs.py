@@ -201,7 +201,11 @@ def conversation_to_record(
         "model": model,
         "messages": messages,
         "latency_ms": reply_latency_ms(gap, _digest(seed, "jitter", conversation_id) % 1000),
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
     }
     feedback = ratings_to_feedback(conversation.get("ratings"))
     if feedback:
@@ -332,7 +336,8 @@ def generate_sample_logs(
         day_name, agent = key
         lines = sorted(by_file[key], key=lambda r: (_parse_utc(r["timestamp"]), r["id"]))
         text = "".join(
-            json.dumps(to_cloudevent(r) if r["id"] in as_events else r, ensure_ascii=False) + "\n" for r in lines
+            json.dumps(to_cloudevent(r) if r["id"] in as_events else r, ensure_ascii=False) + "\n"
+            for r in lines
         )
         folder = root / day_name
         folder.mkdir(parents=True, exist_ok=True)
@@ -376,24 +381,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="agentloop-sample-logs",
         description="Write sample agent interaction logs from the real chitchat-dataset conversations.",
     )
-    parser.add_argument("--out", required=True, help="root folder; files go to <out>/<YYYY-MM-DD>/<agent>.jsonl[.gz]")
-    parser.add_argument("--conversations", type=_conversations_arg, default=500,
-                        help="interactions to write; 'all' or 0 = every conversation with a reply (default 500)")
+    parser.add_argument(
+        "--out", required=True, help="root folder; files go to <out>/<YYYY-MM-DD>/<agent>.jsonl[.gz]"
+    )
+    parser.add_argument(
+        "--conversations",
+        type=_conversations_arg,
+        default=500,
+        help="interactions to write; 'all' or 0 = every conversation with a reply (default 500)",
+    )
     parser.add_argument("--days", type=int, default=7, help="days in the window (default 7)")
-    parser.add_argument("--end-date", type=date.fromisoformat, default=None,
-                        help="last day of the window, YYYY-MM-DD (default yesterday, UTC: no record in the future)")
+    parser.add_argument(
+        "--end-date",
+        type=date.fromisoformat,
+        default=None,
+        help="last day of the window, YYYY-MM-DD (default yesterday, UTC: no record in the future)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cloudevents-share", type=float, default=0.3, help="share of lines as CloudEvents (0.3)")
+    parser.add_argument(
+        "--cloudevents-share", type=float, default=0.3, help="share of lines as CloudEvents (0.3)"
+    )
     parser.add_argument("--gzip-share", type=float, default=0.25, help="share of files gzipped (0.25)")
-    parser.add_argument("--error-rate", type=float, default=0.01, help="share of interactions that failed (0.01)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="show a progress bar (default: for 2000+ conversations)")
+    parser.add_argument(
+        "--error-rate", type=float, default=0.01, help="share of interactions that failed (0.01)"
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: for 2000+ conversations)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
         report = generate_sample_logs(
-            args.out, conversations=args.conversations, days=args.days, seed=args.seed, end_date=args.end_date,
-            cloudevents_share=args.cloudevents_share, gzip_share=args.gzip_share, error_rate=args.error_rate,
+            args.out,
+            conversations=args.conversations,
+            days=args.days,
+            seed=args.seed,
+            end_date=args.end_date,
+            cloudevents_share=args.cloudevents_share,
+            gzip_share=args.gzip_share,
+            error_rate=args.error_rate,
             progress=args.progress,
         )
     except ValueError as exc:

@@ -16,8 +16,18 @@ SCHEMA_VERSION = 1
 
 # Redaction types: placeholders are `<SECRET:{type}>` for secrets and `<{TYPE}>` for personal data.
 SECRET_TYPES = (
-    "aws_access_key", "aws_secret_key", "github_token", "slack_token", "openai_key", "google_api_key",
-    "stripe_key", "jwt", "private_key", "password_in_url", "key_value_secret", "high_entropy",
+    "aws_access_key",
+    "aws_secret_key",
+    "github_token",
+    "slack_token",
+    "openai_key",
+    "google_api_key",
+    "stripe_key",
+    "jwt",
+    "private_key",
+    "password_in_url",
+    "key_value_secret",
+    "high_entropy",
     "generic_token",
 )
 PII_TYPES = ("email", "phone", "card", "ip")
@@ -25,10 +35,29 @@ PII_TYPES = ("email", "phone", "card", "ip")
 # Quarantine reasons (machine-readable). `missing_field:<name>`, `bad_type:<name>` and `guard:<rule>`
 # carry a suffix.
 QUARANTINE_REASONS = (
-    "invalid_json", "not_an_object", "encoding", "oversized", "missing_field", "bad_type", "bad_value",
-    "bad_timestamp", "bad_role", "bad_rating", "bad_thumbs", "bad_error", "bad_content", "bad_message",
-    "bad_name", "bad_tool_call_id", "bad_tool_calls", "empty_conversation", "no_reply", "bad_cloudevent",
-    "duplicate_id_conflict", "guard", "internal_error",
+    "invalid_json",
+    "not_an_object",
+    "encoding",
+    "oversized",
+    "missing_field",
+    "bad_type",
+    "bad_value",
+    "bad_timestamp",
+    "bad_role",
+    "bad_rating",
+    "bad_thumbs",
+    "bad_error",
+    "bad_content",
+    "bad_message",
+    "bad_name",
+    "bad_tool_call_id",
+    "bad_tool_calls",
+    "empty_conversation",
+    "no_reply",
+    "bad_cloudevent",
+    "duplicate_id_conflict",
+    "guard",
+    "internal_error",
 )
 
 
@@ -68,38 +97,41 @@ class Interaction:
     schema_version: int = SCHEMA_VERSION
 
 
-INTERACTION_SCHEMA = pa.schema([
-    ("interaction_id", pa.string()),
-    ("agent", pa.string()),
-    ("session_id", pa.string()),
-    ("event_timestamp", pa.timestamp("us", tz="UTC")),
-    ("model", pa.string()),
-    ("messages_json", pa.string()),
-    ("last_user_message", pa.string()),
-    ("agent_reply", pa.string()),
-    ("n_turns", pa.int32()),
-    ("prompt_tokens", pa.int32()),
-    ("completion_tokens", pa.int32()),
-    ("total_tokens", pa.int32()),
-    ("latency_ms", pa.float64()),
-    ("rating", pa.int32()),
-    ("thumbs", pa.string()),
-    ("error_type", pa.string()),
-    ("has_error", pa.bool_()),
-    ("redacted_secrets", pa.int32()),
-    ("redacted_email", pa.int32()),
-    ("redacted_phone", pa.int32()),
-    ("redacted_card", pa.int32()),
-    ("redacted_ip", pa.int32()),
-    ("redaction_counts_json", pa.string()),
-    ("guard_flags", pa.string()),
-    ("content_hash", pa.string()),
-    ("source", pa.string()),
-    ("source_line", pa.int64()),
-    ("ingested_at", pa.timestamp("us", tz="UTC")),
-    ("day", pa.string()),
-    ("schema_version", pa.int32()),
-], metadata={"agentloop.schema": "interaction", "agentloop.schema_version": str(SCHEMA_VERSION)})
+INTERACTION_SCHEMA = pa.schema(
+    [
+        ("interaction_id", pa.string()),
+        ("agent", pa.string()),
+        ("session_id", pa.string()),
+        ("event_timestamp", pa.timestamp("us", tz="UTC")),
+        ("model", pa.string()),
+        ("messages_json", pa.string()),
+        ("last_user_message", pa.string()),
+        ("agent_reply", pa.string()),
+        ("n_turns", pa.int32()),
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+        ("total_tokens", pa.int32()),
+        ("latency_ms", pa.float64()),
+        ("rating", pa.int32()),
+        ("thumbs", pa.string()),
+        ("error_type", pa.string()),
+        ("has_error", pa.bool_()),
+        ("redacted_secrets", pa.int32()),
+        ("redacted_email", pa.int32()),
+        ("redacted_phone", pa.int32()),
+        ("redacted_card", pa.int32()),
+        ("redacted_ip", pa.int32()),
+        ("redaction_counts_json", pa.string()),
+        ("guard_flags", pa.string()),
+        ("content_hash", pa.string()),
+        ("source", pa.string()),
+        ("source_line", pa.int64()),
+        ("ingested_at", pa.timestamp("us", tz="UTC")),
+        ("day", pa.string()),
+        ("schema_version", pa.int32()),
+    ],
+    metadata={"agentloop.schema": "interaction", "agentloop.schema_version": str(SCHEMA_VERSION)},
+)
 
 
 @dataclass
@@ -120,15 +152,18 @@ class QuarantineRecord:
     extra: dict = field(default_factory=dict)
 
 
-QUARANTINE_SCHEMA = pa.schema([
-    ("source", pa.string()),
-    ("line_number", pa.int64()),
-    ("reason", pa.string()),
-    ("detail", pa.string()),
-    ("raw_redacted", pa.string()),
-    ("raw_sha256", pa.string()),
-    ("raw_bytes", pa.int64()),
-    ("interaction_id", pa.string()),
-    ("quarantined_at", pa.timestamp("us", tz="UTC")),
-    ("day", pa.string()),
-], metadata={"agentloop.schema": "quarantine", "agentloop.schema_version": str(SCHEMA_VERSION)})
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("line_number", pa.int64()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("raw_redacted", pa.string()),
+        ("raw_sha256", pa.string()),
+        ("raw_bytes", pa.int64()),
+        ("interaction_id", pa.string()),
+        ("quarantined_at", pa.timestamp("us", tz="UTC")),
+        ("day", pa.string()),
+    ],
+    metadata={"agentloop.schema": "quarantine", "agentloop.schema_version": str(SCHEMA_VERSION)},
+)

@@ -110,8 +110,14 @@ class ManifestEntry:
 
     def to_dict(self) -> dict:
         return {
-            "source": self.source, "size": self.size, "fingerprint": self.fingerprint, "sha256": self.sha256,
-            "run_id": self.run_id, "seq": self.seq, "committed_at": self.committed_at, "commit": self.commit,
+            "source": self.source,
+            "size": self.size,
+            "fingerprint": self.fingerprint,
+            "sha256": self.sha256,
+            "run_id": self.run_id,
+            "seq": self.seq,
+            "committed_at": self.committed_at,
+            "commit": self.commit,
             "counts": self.counts,
             "parts": self.parts,
         }
@@ -288,7 +294,9 @@ class Store:
         entries = [ManifestEntry.from_dict(e) for e in intent["entries"]]
         manifest = {k: intent[k] for k in ("number", "run_id", "files")}
         manifest["entries"] = [e.to_dict() for e in entries]
-        self.write_bytes(self.path(MANIFEST, f"{intent['number']:010d}-{intent['run_id']}.json"), _json(manifest))
+        self.write_bytes(
+            self.path(MANIFEST, f"{intent['number']:010d}-{intent['run_id']}.json"), _json(manifest)
+        )
         _maybe_crash("after_manifest", self._bump("after_manifest"))
         self.fs.rm_file(intent_path)
         return entries
@@ -344,11 +352,20 @@ class Store:
             day = name[4:]
             if (start_day and day < start_day) or (end_day and day > end_day):
                 continue
-            files += [f for f in self.ls(day_dir) if f.endswith(".parquet") and not posixpath.basename(f).startswith(".")]
+            files += [
+                f
+                for f in self.ls(day_dir)
+                if f.endswith(".parquet") and not posixpath.basename(f).startswith(".")
+            ]
         return files
 
-    def read_table(self, table: str, columns: list[str] | None = None, start_day: str | None = None,
-                   end_day: str | None = None) -> pa.Table:
+    def read_table(
+        self,
+        table: str,
+        columns: list[str] | None = None,
+        start_day: str | None = None,
+        end_day: str | None = None,
+    ) -> pa.Table:
         schema = TABLES[table]
         files = self.part_files(table, start_day, end_day)
         if not files:
@@ -356,7 +373,9 @@ class Store:
             return empty.select(columns) if columns else empty
         # Explicit schema and file list: no hive discovery, whose dictionary-typed `day` would clash
         # with the `day` column the files carry.
-        dataset = ds.dataset(files, schema=schema, format="parquet", filesystem=None if self.local else self.fs)
+        dataset = ds.dataset(
+            files, schema=schema, format="parquet", filesystem=None if self.local else self.fs
+        )
         return dataset.to_table(columns=columns)
 
     # -- writing ----------------------------------------------------------------------------------
@@ -416,8 +435,13 @@ class StagedCommit:
         for entry in entries:
             entry.parts = parts
             entry.commit = self.number
-        intent = {"number": self.number, "run_id": self.run_id, "files": self.files,
-                  "entries": [e.to_dict() for e in entries], "moves": self.moves}
+        intent = {
+            "number": self.number,
+            "run_id": self.run_id,
+            "files": self.files,
+            "entries": [e.to_dict() for e in entries],
+            "moves": self.moves,
+        }
         intent_path = self.store.path(STAGING, self.run_id, f"commit-{self.number:010d}.json")
         self.store.write_bytes(intent_path, _json(intent))
         _maybe_crash("after_intent", self.store._bump("after_intent"))
@@ -431,6 +455,7 @@ class StagedCommit:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
 
 def _json(obj: Any) -> bytes:
     return json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n"
@@ -449,16 +474,24 @@ def _fsync_dir(path: str) -> None:
 
 def _utc(value: date | datetime | str) -> datetime:
     if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00")) if "T" in value or " " in value \
+        value = (
+            datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if "T" in value or " " in value
             else date.fromisoformat(value)
+        )
     if isinstance(value, datetime):
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
     return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
 
 
-def read_interactions(store: str | os.PathLike | Store, start: date | datetime | str | None = None,
-                      end: date | datetime | str | None = None, *, columns: list[str] | None = None,
-                      options: dict | None = None) -> pa.Table:
+def read_interactions(
+    store: str | os.PathLike | Store,
+    start: date | datetime | str | None = None,
+    end: date | datetime | str | None = None,
+    *,
+    columns: list[str] | None = None,
+    options: dict | None = None,
+) -> pa.Table:
     """Accepted interactions with start <= event_timestamp < end (a date means its midnight UTC), sorted.
 
     Only the day partitions that can hold such rows are read.
@@ -490,7 +523,9 @@ def read_quarantine(store: str | os.PathLike | Store, *, options: dict | None = 
     return table.sort_by([("source", "ascending"), ("line_number", "ascending"), ("reason", "ascending")])
 
 
-def read_manifest(store: str | os.PathLike | Store, *, options: dict | None = None) -> dict[str, ManifestEntry]:
+def read_manifest(
+    store: str | os.PathLike | Store, *, options: dict | None = None
+) -> dict[str, ManifestEntry]:
     """The latest manifest entry of every committed source."""
     st = store if isinstance(store, Store) else Store(store, options)
     return st.manifest()

@@ -25,15 +25,24 @@ def _promote_config(args):
     from serving.promote import PromoteConfig
 
     d = PromoteConfig()
-    return PromoteConfig(replica_urls=args.replica or d.replica_urls, api_key_env=args.api_key_env,
-                         store=args.store or d.store, replica_store=args.replica_store,
-                         latency_budget_s=args.latency_budget, require_gate=not getattr(args, "force", False),
-                         manifest_path=args.manifest, k8s_dir=args.k8s_dir)
+    return PromoteConfig(
+        replica_urls=args.replica or d.replica_urls,
+        api_key_env=args.api_key_env,
+        store=args.store or d.store,
+        replica_store=args.replica_store,
+        latency_budget_s=args.latency_budget,
+        require_gate=not getattr(args, "force", False),
+        manifest_path=args.manifest,
+        k8s_dir=args.k8s_dir,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="agentloop", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="agentloop",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("status", help="aliases and versions of a registered model")
@@ -48,27 +57,42 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--data-start", default="")
     r.add_argument("--data-end", default="")
 
-    g = sub.add_parser("gate", help="evaluate a version against the base model and @champion; tag the decision")
+    g = sub.add_parser(
+        "gate", help="evaluate a version against the base model and @champion; tag the decision"
+    )
     g.add_argument("model")
     g.add_argument("version")
     g.add_argument("--loss-margin", type=float, default=0.0)
     g.add_argument("--rouge-margin", type=float, default=0.0)
     g.add_argument("--max-empty-share", type=float, default=0.0)
 
-    for name, help_ in (("promote", "serve a version on every replica, then move @champion/@previous"),
-                        ("rollback", "serve @previous again on every replica, then move @champion")):
+    for name, help_ in (
+        ("promote", "serve a version on every replica, then move @champion/@previous"),
+        ("rollback", "serve @previous again on every replica, then move @champion"),
+    ):
         q = sub.add_parser(name, help=help_)
         q.add_argument("model")
         if name == "promote":
             q.add_argument("version")
             q.add_argument("--force", action="store_true", help="promote without a 'promote' gate decision")
-        q.add_argument("--replica", action="append", default=[], metavar="URL",
-                       help="a vLLM base URL (repeat for each replica; default http://127.0.0.1:8000)")
+        q.add_argument(
+            "--replica",
+            action="append",
+            default=[],
+            metavar="URL",
+            help="a vLLM base URL (repeat for each replica; default http://127.0.0.1:8000)",
+        )
         q.add_argument("--api-key-env", default="AGENTLOOP_VLLM_API_KEY", metavar="VAR")
-        q.add_argument("--store", default="", help="model store folder or s3:// URL (default $AGENTLOOP_HOME/model-store)")
+        q.add_argument(
+            "--store",
+            default="",
+            help="model store folder or s3:// URL (default $AGENTLOOP_HOME/model-store)",
+        )
         q.add_argument("--replica-store", default="", help="the store's path as the replicas mount it")
         q.add_argument("--latency-budget", type=float, default=30.0, metavar="SECONDS")
-        q.add_argument("--manifest", default="", help="serving manifest JSON (default <store>/serving-manifest.json)")
+        q.add_argument(
+            "--manifest", default="", help="serving manifest JSON (default <store>/serving-manifest.json)"
+        )
         q.add_argument("--k8s-dir", default="", help="write rendered Kubernetes manifests here")
 
     k = sub.add_parser("render", help="render the vLLM Kubernetes manifests from a serving manifest")
@@ -95,15 +119,30 @@ def _run(args) -> int:
     elif args.command == "register":
         from serving.registry import RegisterRequest, register_adapter
 
-        v = register_adapter(RegisterRequest(adapter_dir=args.adapter, training_run_id=args.run_id,
-                                             eval_set_dir=args.eval_set, agents=args.agent, model_name=args.model,
-                                             data_start=args.data_start, data_end=args.data_end))
+        v = register_adapter(
+            RegisterRequest(
+                adapter_dir=args.adapter,
+                training_run_id=args.run_id,
+                eval_set_dir=args.eval_set,
+                agents=args.agent,
+                model_name=args.model,
+                data_start=args.data_start,
+                data_end=args.data_end,
+            )
+        )
         print(f"registered {v.model_name} v{v.version} (@challenger): {v.model_uri}")
     elif args.command == "gate":
         from serving.gate import GateConfig, run_gate
 
-        d = run_gate(args.model, args.version, GateConfig(loss_margin=args.loss_margin, rouge_margin=args.rouge_margin,
-                                                          max_empty_share=args.max_empty_share))
+        d = run_gate(
+            args.model,
+            args.version,
+            GateConfig(
+                loss_margin=args.loss_margin,
+                rouge_margin=args.rouge_margin,
+                max_empty_share=args.max_empty_share,
+            ),
+        )
         print(json.dumps({"decision": d.decision, "reasons": d.reasons, "metrics": d.metrics}, indent=1))
         return 0 if d.promote else 1
     elif args.command in ("promote", "rollback"):
@@ -111,8 +150,11 @@ def _run(args) -> int:
 
         config = _promote_config(args)
         try:
-            result = (promote(args.model, args.version, config) if args.command == "promote"
-                      else rollback(args.model, config))
+            result = (
+                promote(args.model, args.version, config)
+                if args.command == "promote"
+                else rollback(args.model, config)
+            )
         except PromotionError as e:
             print(f"failed and undone: {e}", file=sys.stderr)
             print(json.dumps(asdict(e.result), indent=1))
@@ -121,7 +163,9 @@ def _run(args) -> int:
     elif args.command == "render":
         from serving.manifests import RenderConfig, read_serving_manifest, render_to_dir
 
-        files = render_to_dir(read_serving_manifest(args.manifest), RenderConfig(**json.loads(args.config)), args.out)
+        files = render_to_dir(
+            read_serving_manifest(args.manifest), RenderConfig(**json.loads(args.config)), args.out
+        )
         print("\n".join(str(f) for f in files))
     return 0
 

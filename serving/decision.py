@@ -44,7 +44,9 @@ class RetrainDecision:
 
     retrain: bool
     reasons: list[str] = field(default_factory=list)  # one line per fired signal, or why nothing fired
-    signals: list[str] = field(default_factory=list)  # ids: dataset_drift:all, topic_drift:all:agent_reply, ...
+    signals: list[str] = field(
+        default_factory=list
+    )  # ids: dataset_drift:all, topic_drift:all:agent_reply, ...
     held_by_cooldown: bool = False
     cooldown_until: str = ""  # ISO 8601 UTC, when held back
     last_triggered_at: str = ""  # the previous trigger, from the state file
@@ -61,21 +63,38 @@ def _signals_of(scope: ScopeDrift, config: DecisionConfig) -> list[tuple[str, st
     if scope.status != "ok":
         return fired
     if config.on_dataset_drift and scope.dataset_drift:
-        fired.append((f"dataset_drift:{scope.scope}",
-                      f"{scope.scope}: {scope.drift_share:.0%} of columns drifted "
-                      f"({', '.join(scope.drifted_columns)})"))
+        fired.append(
+            (
+                f"dataset_drift:{scope.scope}",
+                f"{scope.scope}: {scope.drift_share:.0%} of columns drifted "
+                f"({', '.join(scope.drifted_columns)})",
+            )
+        )
     if config.on_topic_drift:
         for e in scope.embeddings:
             if e.drifted:
-                fired.append((f"topic_drift:{scope.scope}:{e.column}",
-                              f"{scope.scope}: topic drift in {e.column} (embedding classifier AUC {e.score:.3f})"))
+                fired.append(
+                    (
+                        f"topic_drift:{scope.scope}:{e.column}",
+                        f"{scope.scope}: topic drift in {e.column} (embedding classifier AUC {e.score:.3f})",
+                    )
+                )
     p = rating_drop_p_value(scope)
     ref, cur = scope.mean_rating_reference, scope.mean_rating_current
-    if (config.rating_drop_margin > 0 and p is not None and ref - cur >= config.rating_drop_margin
-            and min(scope.rated_reference, scope.rated_current) >= config.min_rated and p < config.rating_alpha):
-        fired.append((f"rating_drop:{scope.scope}",
-                      f"{scope.scope}: mean rating fell from {ref:.2f} to {cur:.2f} "
-                      f"(margin {config.rating_drop_margin:g}, p={p:.2g})"))
+    if (
+        config.rating_drop_margin > 0
+        and p is not None
+        and ref - cur >= config.rating_drop_margin
+        and min(scope.rated_reference, scope.rated_current) >= config.min_rated
+        and p < config.rating_alpha
+    ):
+        fired.append(
+            (
+                f"rating_drop:{scope.scope}",
+                f"{scope.scope}: mean rating fell from {ref:.2f} to {cur:.2f} "
+                f"(margin {config.rating_drop_margin:g}, p={p:.2g})",
+            )
+        )
     return fired
 
 
@@ -87,7 +106,7 @@ def rating_drop_p_value(scope: ScopeDrift) -> float | None:
     s1, s2 = scope.rating_std_reference, scope.rating_std_current
     if None in (ref, cur, s1, s2) or min(scope.rated_reference, scope.rated_current) < 2:
         return None
-    se = math.sqrt(s1 ** 2 / scope.rated_reference + s2 ** 2 / scope.rated_current)
+    se = math.sqrt(s1**2 / scope.rated_reference + s2**2 / scope.rated_current)
     if se == 0:
         return 0.0 if ref > cur else 1.0
     return float(norm.sf((ref - cur) / se))
@@ -112,7 +131,9 @@ def read_state(path: str) -> dict:
     except FileNotFoundError:
         return {}
     except json.JSONDecodeError as exc:
-        raise ValueError(f"decision state {path} is not JSON ({exc}): delete it to reset the cooldown") from exc
+        raise ValueError(
+            f"decision state {path} is not JSON ({exc}): delete it to reset the cooldown"
+        ) from exc
 
 
 def write_state(path: str, state: dict) -> None:
@@ -131,15 +152,21 @@ def write_state(path: str, state: dict) -> None:
         f.write(text)
 
 
-def decide(report: DriftReport, config: DecisionConfig | None = None, now: datetime | None = None) -> RetrainDecision:
+def decide(
+    report: DriftReport, config: DecisionConfig | None = None, now: datetime | None = None
+) -> RetrainDecision:
     """Retrain or not, with reasons; records the trigger in the state file when it says retrain."""
     config = config or DecisionConfig()
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     path = config.state_path or default_state_path()
     state = read_state(path)
     last = state.get("last_triggered_at", "")
-    decision = RetrainDecision(retrain=False, decided_at=now.isoformat(), last_triggered_at=last,
-                               champion_version=report.reference.champion_version)
+    decision = RetrainDecision(
+        retrain=False,
+        decided_at=now.isoformat(),
+        last_triggered_at=last,
+        champion_version=report.reference.champion_version,
+    )
     fired = retrain_signals(report, config)
     decision.signals = [s for s, _ in fired]
     decision.reasons = [r for _, r in fired]
@@ -147,18 +174,27 @@ def decide(report: DriftReport, config: DecisionConfig | None = None, now: datet
         decision.reasons.append(f"no verdict: {report.overall.note}")
         return decision
     if not fired:
-        decision.reasons.append(f"no signal: {report.overall.drift_share:.0%} of columns drifted, no topic drift, "
-                                "no rating drop")
+        decision.reasons.append(
+            f"no signal: {report.overall.drift_share:.0%} of columns drifted, no topic drift, no rating drop"
+        )
         return decision
     if last:
         until = datetime.fromisoformat(last) + timedelta(hours=config.cooldown_hours)
         if now < until:
             decision.held_by_cooldown = True
             decision.cooldown_until = until.isoformat()
-            decision.reasons.append(f"held back: retraining was started at {last}; cooldown of "
-                                    f"{config.cooldown_hours:g} h lasts until {until.isoformat()}")
+            decision.reasons.append(
+                f"held back: retraining was started at {last}; cooldown of "
+                f"{config.cooldown_hours:g} h lasts until {until.isoformat()}"
+            )
             return decision
     decision.retrain = True
-    write_state(path, {"last_triggered_at": now.isoformat(), "signals": decision.signals,
-                       "champion_version": decision.champion_version})
+    write_state(
+        path,
+        {
+            "last_triggered_at": now.isoformat(),
+            "signals": decision.signals,
+            "champion_version": decision.champion_version,
+        },
+    )
     return decision

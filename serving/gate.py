@@ -40,11 +40,14 @@ EVAL_SET_FORMAT = 1
 TAG_DECISION = "agentloop.gate.decision"
 # A few fake secrets in the formats the redactor knows; plant them in the raw logs (features/) to check that
 # redaction held end to end. The gate looks for whichever canaries the eval set lists.
-DEFAULT_CANARIES = ("sk-agentloopCANARY0000000000000000000000000000000",
-                    "ghp_AgentloopCanary0000000000000000000000")
+DEFAULT_CANARIES = (
+    "sk-agentloopCANARY0000000000000000000000000000000",
+    "ghp_AgentloopCanary0000000000000000000000",
+)
 
 
 # --- the frozen evaluation set ---------------------------------------------------------------------
+
 
 @dataclass
 class EvalSet:
@@ -62,16 +65,29 @@ class EvalSet:
         return h.hexdigest()
 
     def _payload(self) -> dict:
-        return {"format": EVAL_SET_FORMAT, "tokenizer_sha256": self.tokenizer_sha256, "canaries": list(self.canaries),
-                "rows": [{"input_ids": list(r.input_ids), "labels": list(r.labels), "position_ids": list(r.position_ids),
-                          "example_ids": list(r.example_ids), "lengths": list(r.lengths)} for r in self.rows],
-                "prompts": [asdict(p) for p in self.prompts]}
+        return {
+            "format": EVAL_SET_FORMAT,
+            "tokenizer_sha256": self.tokenizer_sha256,
+            "canaries": list(self.canaries),
+            "rows": [
+                {
+                    "input_ids": list(r.input_ids),
+                    "labels": list(r.labels),
+                    "position_ids": list(r.position_ids),
+                    "example_ids": list(r.example_ids),
+                    "lengths": list(r.lengths),
+                }
+                for r in self.rows
+            ],
+            "prompts": [asdict(p) for p in self.prompts],
+        }
 
     def save(self, directory: str | Path) -> Path:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "eval_set.json").write_text(json.dumps({**self._payload(), "source": self.source,
-                                                     "sha256": self.sha256()}))
+        (d / "eval_set.json").write_text(
+            json.dumps({**self._payload(), "source": self.source, "sha256": self.sha256()})
+        )
         return d
 
     @classmethod
@@ -81,20 +97,34 @@ class EvalSet:
 
         path = Path(directory) / "eval_set.json"
         if not path.is_file():
-            raise FileNotFoundError(f"no evaluation set at {directory} (eval_set.json missing): build one with "
-                                    "serving.gate.build_eval_set and save it")
+            raise FileNotFoundError(
+                f"no evaluation set at {directory} (eval_set.json missing): build one with "
+                "serving.gate.build_eval_set and save it"
+            )
         d = json.loads(path.read_text())
         if d.get("format") != EVAL_SET_FORMAT:
             raise ValueError(f"{path}: eval set format {d.get('format')}, this code reads {EVAL_SET_FORMAT}")
-        es = cls([PackedRow(**r) for r in d["rows"]], [HeldOutPrompt(**p) for p in d["prompts"]],
-                 d.get("canaries", []), d.get("tokenizer_sha256", ""), d.get("source", {}))
+        es = cls(
+            [PackedRow(**r) for r in d["rows"]],
+            [HeldOutPrompt(**p) for p in d["prompts"]],
+            d.get("canaries", []),
+            d.get("tokenizer_sha256", ""),
+            d.get("source", {}),
+        )
         if d.get("sha256") and es.sha256() != d["sha256"]:
             raise ValueError(f"{path} is corrupt: content does not match its sha256 {d['sha256'][:12]}")
         return es
 
 
-def build_eval_set(snapshot, frame, n_prompts: int = 16, max_rows: int = 64, split: str = "test",
-                   canaries: Sequence[str] = DEFAULT_CANARIES, seed: int = 0) -> EvalSet:
+def build_eval_set(
+    snapshot,
+    frame,
+    n_prompts: int = 16,
+    max_rows: int = 64,
+    split: str = "test",
+    canaries: Sequence[str] = DEFAULT_CANARIES,
+    seed: int = 0,
+) -> EvalSet:
     """The evaluation set of a dataset snapshot: its `split` rows (validation when empty) and prompts.
 
     `frame` is the training frame the snapshot was built from (the prompts need the messages)."""
@@ -104,15 +134,24 @@ def build_eval_set(snapshot, frame, n_prompts: int = 16, max_rows: int = 64, spl
         split = "validation"
     rows = list(snapshot.splits[split])[:max_rows]
     if not rows:
-        raise ValueError(f"dataset snapshot {snapshot.snapshot_hash[:12]} has no test or validation rows; "
-                         "widen the window or raise test_fraction")
-    prompts = held_out_prompts(frame, snapshot.interaction_ids(split), n=n_prompts, seed=seed,
-                               dataset_config=snapshot.config)
-    return EvalSet(rows, prompts, list(canaries), snapshot.tokenizer["sha256"],
-                   {"snapshot_hash": snapshot.snapshot_hash, "split": split})
+        raise ValueError(
+            f"dataset snapshot {snapshot.snapshot_hash[:12]} has no test or validation rows; "
+            "widen the window or raise test_fraction"
+        )
+    prompts = held_out_prompts(
+        frame, snapshot.interaction_ids(split), n=n_prompts, seed=seed, dataset_config=snapshot.config
+    )
+    return EvalSet(
+        rows,
+        prompts,
+        list(canaries),
+        snapshot.tokenizer["sha256"],
+        {"snapshot_hash": snapshot.snapshot_hash, "split": split},
+    )
 
 
 # --- safety ----------------------------------------------------------------------------------------
+
 
 def safety_findings(replies: Sequence[str], canaries: Sequence[str] = ()) -> list[str]:
     """What is wrong with these replies, one line per finding (empty list: safe).
@@ -137,6 +176,7 @@ def safety_findings(replies: Sequence[str], canaries: Sequence[str] = ()) -> lis
 
 # --- measuring -------------------------------------------------------------------------------------
 
+
 @dataclass
 class SideScores:
     loss: float
@@ -145,8 +185,13 @@ class SideScores:
     replies: list[str]
 
 
-def score_sides(base_model_ref: str, adapters: dict[str, str], eval_set: EvalSet, max_new_tokens: int = 48,
-                batch_size: int = 8) -> dict[str, SideScores]:
+def score_sides(
+    base_model_ref: str,
+    adapters: dict[str, str],
+    eval_set: EvalSet,
+    max_new_tokens: int = 48,
+    batch_size: int = 8,
+) -> dict[str, SideScores]:
     """Loss and replies on the eval set for the base model ("base") and each named adapter, one model load."""
     import torch
     from peft import PeftModel
@@ -159,7 +204,9 @@ def score_sides(base_model_ref: str, adapters: dict[str, str], eval_set: EvalSet
     peft = PeftModel.from_pretrained(model, adapters[names[0]], adapter_name=names[0])
     for n in names[1:]:
         peft.load_adapter(adapters[n], adapter_name=n)
-    if torch.cuda.is_available():  # the cluster's gate task has a GPU; evaluate.py's functions follow the model
+    if (
+        torch.cuda.is_available()
+    ):  # the cluster's gate task has a GPU; evaluate.py's functions follow the model
         peft.to("cuda")
     peft.eval()
     refs = [p.reference for p in eval_set.prompts]
@@ -167,7 +214,9 @@ def score_sides(base_model_ref: str, adapters: dict[str, str], eval_set: EvalSet
 
     def measure() -> SideScores:
         loss = evaluate_loss(peft, eval_set.rows, batch_size=batch_size)["loss"]
-        replies = generate_replies(peft, tokenizer, eval_set.prompts, max_new_tokens, batch_size) if refs else []
+        replies = (
+            generate_replies(peft, tokenizer, eval_set.prompts, max_new_tokens, batch_size) if refs else []
+        )
         rouge = sum(rouge_l(r, ref) for r, ref in zip(replies, refs)) / len(refs) if refs else 0.0
         empty = sum(not r.strip() for r in replies) / len(replies) if replies else 0.0
         return SideScores(loss, rouge, empty, replies)
@@ -182,6 +231,7 @@ def score_sides(base_model_ref: str, adapters: dict[str, str], eval_set: EvalSet
 
 
 # --- deciding --------------------------------------------------------------------------------------
+
 
 @dataclass
 class GateConfig:
@@ -211,7 +261,9 @@ class GateDecision:
         return "promote" if self.promote else "reject"
 
 
-def decide(scores: dict[str, SideScores], config: GateConfig, canaries: Sequence[str] = ()) -> tuple[bool, list[str], list[str]]:
+def decide(
+    scores: dict[str, SideScores], config: GateConfig, canaries: Sequence[str] = ()
+) -> tuple[bool, list[str], list[str]]:
     """(promote, reasons it was refused, safety findings) from the measured sides. Pure: unit-testable."""
     ch = scores["challenger"]
     reasons = []
@@ -220,10 +272,13 @@ def decide(scores: dict[str, SideScores], config: GateConfig, canaries: Sequence
             continue
         o = scores[other]
         if not ch.loss < o.loss - config.loss_margin:
-            reasons.append(f"loss {ch.loss:.4f} does not beat {other}'s {o.loss:.4f} by more than "
-                           f"{config.loss_margin:g}")
+            reasons.append(
+                f"loss {ch.loss:.4f} does not beat {other}'s {o.loss:.4f} by more than {config.loss_margin:g}"
+            )
         if not ch.rouge_l >= o.rouge_l + config.rouge_margin:
-            reasons.append(f"ROUGE-L {ch.rouge_l:.4f} is below {other}'s {o.rouge_l:.4f} + {config.rouge_margin:g}")
+            reasons.append(
+                f"ROUGE-L {ch.rouge_l:.4f} is below {other}'s {o.rouge_l:.4f} + {config.rouge_margin:g}"
+            )
     if ch.empty_share > config.max_empty_share:
         reasons.append(f"{ch.empty_share:.0%} of replies are empty (allowed: {config.max_empty_share:.0%})")
     findings = safety_findings(ch.replies, canaries)
@@ -236,8 +291,16 @@ def decide(scores: dict[str, SideScores], config: GateConfig, canaries: Sequence
 
 def run_gate(model_name: str, version: str | int, config: GateConfig | None = None) -> GateDecision:
     """Measure challenger `version` against the base model and @champion; write the decision to the version."""
-    from serving.registry import (ADAPTER_ARTIFACT, EVAL_SET_ARTIFACT, TAG_BASE_SHA, RegistryError, alias_version,
-                                  download_version, get_version, version_artifact)
+    from serving.registry import (
+        ADAPTER_ARTIFACT,
+        EVAL_SET_ARTIFACT,
+        TAG_BASE_SHA,
+        RegistryError,
+        alias_version,
+        download_version,
+        get_version,
+        version_artifact,
+    )
 
     config = config or GateConfig()
     version = str(version)
@@ -254,20 +317,39 @@ def run_gate(model_name: str, version: str | int, config: GateConfig | None = No
                 raise RegistryError(
                     f"{model_name} v{version} is on base weights {mv.tags.get(TAG_BASE_SHA, '?')[:12]}, @champion "
                     f"v{champion.version} on {champion.tags.get(TAG_BASE_SHA, '?')[:12]}: the gate compares adapters "
-                    "of one base model. Register a new model name for a new base")
-            cp_dir = download_version(model_name, champion.version, Path(tmp) / "champion", config.tracking_uri)
+                    "of one base model. Register a new model name for a new base"
+                )
+            cp_dir = download_version(
+                model_name, champion.version, Path(tmp) / "champion", config.tracking_uri
+            )
             adapters["champion"] = str(version_artifact(cp_dir, ADAPTER_ARTIFACT))
             eval_dir = version_artifact(cp_dir, EVAL_SET_ARTIFACT)
         eval_set = EvalSet.load(eval_dir)
         base_ref = _base_ref(mv)
-        log.info("gate %s v%s vs base%s on eval set %s", model_name, version,
-                 f" and champion v{champion.version}" if champion else "", eval_set.sha256()[:12])
+        log.info(
+            "gate %s v%s vs base%s on eval set %s",
+            model_name,
+            version,
+            f" and champion v{champion.version}" if champion else "",
+            eval_set.sha256()[:12],
+        )
         scores = score_sides(base_ref, adapters, eval_set, config.max_new_tokens, config.batch_size)
     promote, reasons, findings = decide(scores, config, eval_set.canaries)
-    metrics = {f"{side}_{k}": float(getattr(s, k)) for side, s in scores.items()
-               for k in ("loss", "rouge_l", "empty_share")}
-    decision = GateDecision(model_name, version, promote, reasons, metrics,
-                            champion.version if champion else "", eval_set.sha256(), findings)
+    metrics = {
+        f"{side}_{k}": float(getattr(s, k))
+        for side, s in scores.items()
+        for k in ("loss", "rouge_l", "empty_share")
+    }
+    decision = GateDecision(
+        model_name,
+        version,
+        promote,
+        reasons,
+        metrics,
+        champion.version if champion else "",
+        eval_set.sha256(),
+        findings,
+    )
     record_decision(decision, config)
     return decision
 
@@ -275,7 +357,9 @@ def run_gate(model_name: str, version: str | int, config: GateConfig | None = No
 def _base_ref(mv) -> str:
     from serving.registry import TAG_BASE_PATH, TAG_BASE_SHA, locate_base_model
 
-    return locate_base_model({"path": mv.tags.get(TAG_BASE_PATH, ""), "weights_sha256": mv.tags.get(TAG_BASE_SHA, "")})
+    return locate_base_model(
+        {"path": mv.tags.get(TAG_BASE_PATH, ""), "weights_sha256": mv.tags.get(TAG_BASE_SHA, "")}
+    )
 
 
 def record_decision(d: GateDecision, config: GateConfig) -> None:
@@ -283,12 +367,15 @@ def record_decision(d: GateDecision, config: GateConfig) -> None:
     from serving.registry import client
 
     c = client(config.tracking_uri)
-    tags: dict[str, Any] = {TAG_DECISION: d.decision, "agentloop.gate.champion_version": d.champion_version or "none",
-                            "agentloop.gate.eval_set_sha256": d.eval_set_sha256,
-                            "agentloop.gate.loss_margin": config.loss_margin,
-                            "agentloop.gate.rouge_margin": config.rouge_margin,
-                            "agentloop.gate.safety_findings": len(d.findings),
-                            **{f"agentloop.gate.{k}": f"{v:.6g}" for k, v in d.metrics.items()}}
+    tags: dict[str, Any] = {
+        TAG_DECISION: d.decision,
+        "agentloop.gate.champion_version": d.champion_version or "none",
+        "agentloop.gate.eval_set_sha256": d.eval_set_sha256,
+        "agentloop.gate.loss_margin": config.loss_margin,
+        "agentloop.gate.rouge_margin": config.rouge_margin,
+        "agentloop.gate.safety_findings": len(d.findings),
+        **{f"agentloop.gate.{k}": f"{v:.6g}" for k, v in d.metrics.items()},
+    }
     if d.reasons:
         tags["agentloop.gate.reasons"] = "; ".join(d.reasons)[:4900]
     for k, v in tags.items():
@@ -297,16 +384,38 @@ def record_decision(d: GateDecision, config: GateConfig) -> None:
     table = ["| side | loss | ROUGE-L | empty |", "| --- | --- | --- | --- |"]
     for s in sides:
         label = s if s != "champion" else f"champion v{d.champion_version}"
-        table.append(f"| {label} | {d.metrics[f'{s}_loss']:.4f} | {d.metrics[f'{s}_rouge_l']:.4f} | "
-                     f"{d.metrics[f'{s}_empty_share']:.0%} |")
-    section = ["", f"### Gate: **{d.decision}**", "",
-               f"Frozen eval set `{d.eval_set_sha256[:12]}`; margins: loss {config.loss_margin:g}, "
-               f"ROUGE-L {config.rouge_margin:g}; max empty share {config.max_empty_share:.0%}.", "", *table, ""]
-    section += [f"- {r}" for r in d.reasons] or ["- beats the base model and the champion on loss and ROUGE-L; "
-                                                "no safety finding"]
+        table.append(
+            f"| {label} | {d.metrics[f'{s}_loss']:.4f} | {d.metrics[f'{s}_rouge_l']:.4f} | "
+            f"{d.metrics[f'{s}_empty_share']:.0%} |"
+        )
+    section = [
+        "",
+        f"### Gate: **{d.decision}**",
+        "",
+        f"Frozen eval set `{d.eval_set_sha256[:12]}`; margins: loss {config.loss_margin:g}, "
+        f"ROUGE-L {config.rouge_margin:g}; max empty share {config.max_empty_share:.0%}.",
+        "",
+        *table,
+        "",
+    ]
+    section += [f"- {r}" for r in d.reasons] or [
+        "- beats the base model and the champion on loss and ROUGE-L; no safety finding"
+    ]
     mv = c.get_model_version(d.model_name, d.version)
     c.update_model_version(d.model_name, d.version, description=(mv.description or "") + "\n".join(section))
 
 
-__all__ = ["EvalSet", "build_eval_set", "safety_findings", "SideScores", "score_sides", "GateConfig",
-           "GateDecision", "decide", "run_gate", "record_decision", "DEFAULT_CANARIES", "TAG_DECISION"]
+__all__ = [
+    "EvalSet",
+    "build_eval_set",
+    "safety_findings",
+    "SideScores",
+    "score_sides",
+    "GateConfig",
+    "GateDecision",
+    "decide",
+    "run_gate",
+    "record_decision",
+    "DEFAULT_CANARIES",
+    "TAG_DECISION",
+]

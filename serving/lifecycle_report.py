@@ -31,23 +31,42 @@ def served_models(base_url: str, headers: dict[str, str], timeout: float = 10.0)
     return base, [m["id"] for m in models if m.get("parent")]
 
 
-def chat(base_url: str, model: str, messages: list[dict], headers: dict[str, str], max_tokens: int = 48,
-         timeout: float = 120.0) -> tuple[str, float]:
+def chat(
+    base_url: str,
+    model: str,
+    messages: list[dict],
+    headers: dict[str, str],
+    max_tokens: int = 48,
+    timeout: float = 120.0,
+) -> tuple[str, float]:
     """One greedy chat completion: (reply, seconds)."""
     t0 = time.perf_counter()
-    r = requests.post(f"{base_url.rstrip('/')}/v1/chat/completions", headers=headers, timeout=timeout,
-                      json={"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0})
+    r = requests.post(
+        f"{base_url.rstrip('/')}/v1/chat/completions",
+        headers=headers,
+        timeout=timeout,
+        json={"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0},
+    )
     r.raise_for_status()
     return r.json()["choices"][0]["message"]["content"] or "", time.perf_counter() - t0
 
 
 def _short(text: str, n: int = 160) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= n else text[:n - 1] + "…"
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def render_report(model_name: str, version: str, decision: str, served_names: list[str], eval_metrics: dict,
-                  drift_run_id: str, drift_retrain: bool, promote_config: Any, eval_set_dir: str | Path) -> str:
+def render_report(
+    model_name: str,
+    version: str,
+    decision: str,
+    served_names: list[str],
+    eval_metrics: dict,
+    drift_run_id: str,
+    drift_retrain: bool,
+    promote_config: Any,
+    eval_set_dir: str | Path,
+) -> str:
     """The text `make demo` ends with. Reads the registry and the first replica; never raises on a replica."""
     from serving.gate import EvalSet
     from serving.promote import _headers
@@ -56,17 +75,25 @@ def render_report(model_name: str, version: str, decision: str, served_names: li
     ui = ui_base()
     st = status(model_name)
     mv = get_version(model_name, version)
-    lines = [f"== agentloop round: {model_name} v{version}, gate decision: {decision.upper()}",
-             f"MLflow UI, this version:  {ui}/#/models/{model_name}/versions/{version}",
-             "aliases now:              " + (", ".join(f"@{a} -> v{v}" for a, v in sorted(st["aliases"].items()))
-                                             or "none")]
-    gate = {k[len(TAG_GATE_PREFIX):]: v for k, v in (mv.tags or {}).items() if k.startswith(TAG_GATE_PREFIX)}
+    lines = [
+        f"== agentloop round: {model_name} v{version}, gate decision: {decision.upper()}",
+        f"MLflow UI, this version:  {ui}/#/models/{model_name}/versions/{version}",
+        "aliases now:              "
+        + (", ".join(f"@{a} -> v{v}" for a, v in sorted(st["aliases"].items())) or "none"),
+    ]
+    gate = {k[len(TAG_GATE_PREFIX) :]: v for k, v in (mv.tags or {}).items() if k.startswith(TAG_GATE_PREFIX)}
     if gate:
-        lines.append("gate numbers:             " + ", ".join(f"{k}={v}" for k, v in sorted(gate.items())
-                                                              if k != "decision")[:600])
+        lines.append(
+            "gate numbers:             "
+            + ", ".join(f"{k}={v}" for k, v in sorted(gate.items()) if k != "decision")[:600]
+        )
     if eval_metrics:
-        lines.append("evaluation (base vs new): " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items())
-                                                           if isinstance(v, (int, float)))[:600])
+        lines.append(
+            "evaluation (base vs new): "
+            + ", ".join(
+                f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items()) if isinstance(v, (int, float))
+            )[:600]
+        )
     url = (promote_config.replica_urls or [""])[0]
     headers = _headers(promote_config)
     try:
@@ -83,13 +110,17 @@ def render_report(model_name: str, version: str, decision: str, served_names: li
     except Exception as e:  # the report must not hide the rest: say what failed and where
         lines.append(f"vLLM {url}: could not be asked ({type(e).__name__}: {_short(str(e), 200)})")
     if not served_names:
-        lines.append("nothing was promoted: the champion (if any) keeps serving; reasons are in the version's "
-                     "description and agentloop.gate.* tags")
+        lines.append(
+            "nothing was promoted: the champion (if any) keeps serving; reasons are in the version's "
+            "description and agentloop.gate.* tags"
+        )
     if drift_run_id:
         import mlflow
 
         run = mlflow.get_run(drift_run_id)
-        lines.append(f"drift report:             {ui}/#/experiments/{run.info.experiment_id}/runs/{drift_run_id} "
-                     f"(retrain recommended: {'yes' if drift_retrain else 'no'})")
+        lines.append(
+            f"drift report:             {ui}/#/experiments/{run.info.experiment_id}/runs/{drift_run_id} "
+            f"(retrain recommended: {'yes' if drift_retrain else 'no'})"
+        )
         lines.append(f"drift report artifacts:   {run.info.artifact_uri}")
     return "\n".join(lines)

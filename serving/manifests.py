@@ -30,6 +30,7 @@ MANIFEST_FORMAT = 1
 
 # --- the serving manifest -------------------------------------------------------------------------
 
+
 def read_serving_manifest(path: str | Path) -> dict:
     """{"format", "updated_at", "served": {name: {"model", "version", "path", "since"}}}; empty when absent."""
     p = Path(path)
@@ -37,16 +38,24 @@ def read_serving_manifest(path: str | Path) -> dict:
         return {"format": MANIFEST_FORMAT, "updated_at": "", "served": {}}
     data = json.loads(p.read_text())
     if data.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"serving manifest {p}: format {data.get('format')}, this code reads {MANIFEST_FORMAT}")
+        raise ValueError(
+            f"serving manifest {p}: format {data.get('format')}, this code reads {MANIFEST_FORMAT}"
+        )
     return data
 
 
-def update_serving_manifest(path: str | Path, served_name: str, version: str, lora_path: str, model: str = "") -> dict:
+def update_serving_manifest(
+    path: str | Path, served_name: str, version: str, lora_path: str, model: str = ""
+) -> dict:
     """Set what `served_name` serves (the adapter path as the replicas see it), written atomically; returns it all."""
     manifest = read_serving_manifest(path)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    manifest["served"][served_name] = {"model": model or served_name, "version": str(version), "path": lora_path,
-                                       "since": now}
+    manifest["served"][served_name] = {
+        "model": model or served_name,
+        "version": str(version),
+        "path": lora_path,
+        "since": now,
+    }
     manifest["updated_at"] = now
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +73,7 @@ def manifest_sha256(manifest: dict) -> str:
 
 # --- Kubernetes -------------------------------------------------------------------------------------
 
+
 @dataclass
 class RenderConfig:
     """How the cluster's vLLM Deployment looks. Simple types only."""
@@ -72,18 +82,28 @@ class RenderConfig:
     namespace: str = "agentloop"
     image: str = "vllm/vllm-openai:v0.32.0"
     replicas: int = 2
-    base_model: str = "/models/Llama-3.1-8B-Instruct"  # --model: the base model folder (workflows/cluster.py), or a hub id
+    base_model: str = (
+        "/models/Llama-3.1-8B-Instruct"  # --model: the base model folder (workflows/cluster.py), or a hub id
+    )
     base_served_name: str = "base"  # --served-model-name of the base model itself
-    base_model_claim: str = "agentloop-models"  # deploy/flyte-project.yaml's PVC, mounted at /models ("" = a hub id)
-    store_claim: str = "agentloop-model-store"  # the model store (s3://agentloop/model-store through an S3 CSI driver)
+    base_model_claim: str = (
+        "agentloop-models"  # deploy/flyte-project.yaml's PVC, mounted at /models ("" = a hub id)
+    )
+    store_claim: str = (
+        "agentloop-model-store"  # the model store (s3://agentloop/model-store through an S3 CSI driver)
+    )
     store_mount: str = "/model-store"  # where the replicas see the store (PromoteConfig.replica_store)
     api_key_secret: str = "agentloop-vllm"  # Secret with key `api-key` ("" = no API key)
     max_loras: int = 4
     max_lora_rank: int = 16
     max_model_len: int = 4096
     extra_args: list[str] = field(default_factory=list)
-    resources: dict = field(default_factory=lambda: {"limits": {"nvidia.com/gpu": "1"},
-                                                     "requests": {"cpu": "4", "memory": "24Gi"}})
+    resources: dict = field(
+        default_factory=lambda: {
+            "limits": {"nvidia.com/gpu": "1"},
+            "requests": {"cpu": "4", "memory": "24Gi"},
+        }
+    )
 
 
 def _load_template() -> list[dict]:
@@ -111,18 +131,37 @@ def render(manifest: dict, config: RenderConfig | None = None) -> list[dict]:
     spec["selector"]["matchLabels"] = {"app.kubernetes.io/name": config.name}
     pod = spec["template"]
     pod["metadata"]["labels"] = dict(labels)
-    pod["metadata"]["annotations"] = {"agentloop/serving-manifest-sha256": manifest_sha256(manifest),
-                                      "agentloop/served": ",".join(f"{n}=v{s['version']}" for n, s in sorted(served.items()))}
+    pod["metadata"]["annotations"] = {
+        "agentloop/serving-manifest-sha256": manifest_sha256(manifest),
+        "agentloop/served": ",".join(f"{n}=v{s['version']}" for n, s in sorted(served.items())),
+    }
     container = pod["spec"]["containers"][0]
     container["image"] = config.image
-    args = ["--model", config.base_model, "--served-model-name", config.base_served_name,
-            "--host", "0.0.0.0", "--port", "8000", "--max-model-len", str(config.max_model_len),
-            "--enable-lora", "--max-loras", str(max(config.max_loras, len(served))),
-            "--max-lora-rank", str(config.max_lora_rank)]
+    args = [
+        "--model",
+        config.base_model,
+        "--served-model-name",
+        config.base_served_name,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--max-model-len",
+        str(config.max_model_len),
+        "--enable-lora",
+        "--max-loras",
+        str(max(config.max_loras, len(served))),
+        "--max-lora-rank",
+        str(config.max_lora_rank),
+    ]
     if served:
         args.append("--lora-modules")
-        args += [json.dumps({"name": n, "path": s["path"], "base_model_name": config.base_served_name}, sort_keys=True)
-                 for n, s in sorted(served.items())]
+        args += [
+            json.dumps(
+                {"name": n, "path": s["path"], "base_model_name": config.base_served_name}, sort_keys=True
+            )
+            for n, s in sorted(served.items())
+        ]
     container["args"] = args + list(config.extra_args)
     if not config.api_key_secret:
         container["env"] = [e for e in container["env"] if e["name"] != "VLLM_API_KEY"]
@@ -167,5 +206,12 @@ def render_to_dir(manifest: dict, config: RenderConfig | None, out_dir: str | Pa
     return written
 
 
-__all__ = ["RenderConfig", "read_serving_manifest", "update_serving_manifest", "manifest_sha256", "render",
-           "render_to_dir", "TEMPLATE"]
+__all__ = [
+    "RenderConfig",
+    "read_serving_manifest",
+    "update_serving_manifest",
+    "manifest_sha256",
+    "render",
+    "render_to_dir",
+    "TEMPLATE",
+]

@@ -61,23 +61,51 @@ def drift_registry(report: DriftReport, decision: RetrainDecision | None = None)
     from prometheus_client import CollectorRegistry, Gauge, Info
 
     registry = CollectorRegistry()
-    share = Gauge("agentloop_drift_share", "Share of monitored columns whose distribution drifted (agent=all: overall)",
-                  ["agent"], registry=registry)
-    drifted = Gauge("agentloop_drifted_columns", "Number of monitored columns that drifted", ["agent"],
-                    registry=registry)
-    col_score = Gauge("agentloop_column_drift_score", "Evidently drift score of a column (p-value or distance)",
-                      ["agent", "column"], registry=registry)
-    col_drifted = Gauge("agentloop_column_drifted", "1 when the column drifted", ["agent", "column"], registry=registry)
-    emb_auc = Gauge("agentloop_embedding_drift_auc", "ROC AUC of a classifier telling the windows' text embeddings "
-                    "apart (0.5 = same topics)", ["agent", "column"], registry=registry)
-    emb_drifted = Gauge("agentloop_embedding_drifted", "1 when the text column's topics drifted", ["agent", "column"],
-                        registry=registry)
-    rating = Gauge("agentloop_mean_rating", "Mean user rating (1-5) of the window", ["agent", "window"],
-                   registry=registry)
-    rows = Gauge("agentloop_window_rows", "Interactions compared in the window", ["agent", "window"],
-                 registry=registry)
-    verdict = Gauge("agentloop_drift_verdict", "1 when the scope had enough rows for a drift verdict", ["agent"],
-                    registry=registry)
+    share = Gauge(
+        "agentloop_drift_share",
+        "Share of monitored columns whose distribution drifted (agent=all: overall)",
+        ["agent"],
+        registry=registry,
+    )
+    drifted = Gauge(
+        "agentloop_drifted_columns", "Number of monitored columns that drifted", ["agent"], registry=registry
+    )
+    col_score = Gauge(
+        "agentloop_column_drift_score",
+        "Evidently drift score of a column (p-value or distance)",
+        ["agent", "column"],
+        registry=registry,
+    )
+    col_drifted = Gauge(
+        "agentloop_column_drifted", "1 when the column drifted", ["agent", "column"], registry=registry
+    )
+    emb_auc = Gauge(
+        "agentloop_embedding_drift_auc",
+        "ROC AUC of a classifier telling the windows' text embeddings apart (0.5 = same topics)",
+        ["agent", "column"],
+        registry=registry,
+    )
+    emb_drifted = Gauge(
+        "agentloop_embedding_drifted",
+        "1 when the text column's topics drifted",
+        ["agent", "column"],
+        registry=registry,
+    )
+    rating = Gauge(
+        "agentloop_mean_rating",
+        "Mean user rating (1-5) of the window",
+        ["agent", "window"],
+        registry=registry,
+    )
+    rows = Gauge(
+        "agentloop_window_rows", "Interactions compared in the window", ["agent", "window"], registry=registry
+    )
+    verdict = Gauge(
+        "agentloop_drift_verdict",
+        "1 when the scope had enough rows for a drift verdict",
+        ["agent"],
+        registry=registry,
+    )
 
     def scope(s: ScopeDrift, detail: bool) -> None:
         verdict.labels(s.scope).set(1 if s.status == "ok" else 0)
@@ -103,18 +131,27 @@ def drift_registry(report: DriftReport, decision: RetrainDecision | None = None)
     for s in report.agents.values():
         scope(s, detail=False)  # per-column series per agent would multiply cardinality for little use
 
-    Gauge("agentloop_retrain_recommended", "1 when the last drift check recommended retraining",
-          registry=registry).set(1 if decision is not None and decision.retrain else 0)
-    Gauge("agentloop_retrain_held_by_cooldown", "1 when a retrain signal fired but the cooldown held it back",
-          registry=registry).set(1 if decision is not None and decision.held_by_cooldown else 0)
+    Gauge(
+        "agentloop_retrain_recommended",
+        "1 when the last drift check recommended retraining",
+        registry=registry,
+    ).set(1 if decision is not None and decision.retrain else 0)
+    Gauge(
+        "agentloop_retrain_held_by_cooldown",
+        "1 when a retrain signal fired but the cooldown held it back",
+        registry=registry,
+    ).set(1 if decision is not None and decision.held_by_cooldown else 0)
     checked = datetime.fromisoformat(report.checked_at)
-    Gauge("agentloop_drift_check_timestamp_seconds", "Unix time of the last drift check",
-          registry=registry).set(checked.timestamp())
-    Info("agentloop_drift_check", "What the last drift check compared", registry=registry).info({
-        "champion_version": report.reference.champion_version or "none",
-        "reference_source": report.reference.source,
-        "registered_model": report.reference.registered_model or "",
-    })
+    Gauge(
+        "agentloop_drift_check_timestamp_seconds", "Unix time of the last drift check", registry=registry
+    ).set(checked.timestamp())
+    Info("agentloop_drift_check", "What the last drift check compared", registry=registry).info(
+        {
+            "champion_version": report.reference.champion_version or "none",
+            "reference_source": report.reference.source,
+            "registered_model": report.reference.registered_model or "",
+        }
+    )
     return registry
 
 
@@ -125,8 +162,9 @@ def exposition(registry) -> str:
     return generate_latest(registry).decode("utf-8")
 
 
-def export_metrics(report: DriftReport, decision: RetrainDecision | None = None,
-                   config: MetricsConfig | None = None) -> MetricsExport:
+def export_metrics(
+    report: DriftReport, decision: RetrainDecision | None = None, config: MetricsConfig | None = None
+) -> MetricsExport:
     """Write the textfile (atomically: a scraper never reads half a file) and push when a URL is given."""
     from prometheus_client import push_to_gateway, write_to_textfile
 
@@ -139,11 +177,14 @@ def export_metrics(report: DriftReport, decision: RetrainDecision | None = None,
     if config.pushgateway_url:
         grouping = {"instance": config.instance} if config.instance else None
         try:
-            push_to_gateway(config.pushgateway_url, job=config.job, registry=registry, grouping_key=grouping,
-                            timeout=30)
+            push_to_gateway(
+                config.pushgateway_url, job=config.job, registry=registry, grouping_key=grouping, timeout=30
+            )
         except OSError as exc:  # URLError and connection errors
-            raise ConnectionError(f"pushing drift metrics to the Pushgateway {config.pushgateway_url} (job "
-                                  f"{config.job}) failed: {exc}; check MetricsConfig.pushgateway_url, or leave it "
-                                  f"empty to write only the textfile ({path})") from exc
+            raise ConnectionError(
+                f"pushing drift metrics to the Pushgateway {config.pushgateway_url} (job "
+                f"{config.job}) failed: {exc}; check MetricsConfig.pushgateway_url, or leave it "
+                f"empty to write only the textfile ({path})"
+            ) from exc
         pushed = config.pushgateway_url
     return MetricsExport(textfile=path, pushed_to=pushed, text=exposition(registry))

@@ -54,7 +54,9 @@ class MLflowServerConfig:
     host: str = "127.0.0.1"
     port: int = 5000  # 0 = pick a free port
     backend_store_uri: str = ""  # default: sqlite:///<root>/mlflow.db
-    artifacts_destination: str = ""  # default: <root>/artifacts; the cluster's: s3://bucket/prefix (MLFLOW_S3_ENDPOINT_URL)
+    artifacts_destination: str = (
+        ""  # default: <root>/artifacts; the cluster's: s3://bucket/prefix (MLFLOW_S3_ENDPOINT_URL)
+    )
     workers: int = 1
     startup_timeout_s: float = 120.0
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -115,16 +117,18 @@ def wait_healthy(url: str, proc_alive, timeout: float, log_path: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not proc_alive():
-            raise RuntimeError(f"MLflow server exited before it was healthy; log {log_path}:\n"
-                               + _tail(log_path))
+            raise RuntimeError(
+                f"MLflow server exited before it was healthy; log {log_path}:\n" + _tail(log_path)
+            )
         try:
             if requests.get(f"{url}/health", timeout=2).status_code == 200:
                 return
         except requests.RequestException:
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"MLflow server at {url} not healthy after {timeout:.0f}s; log {log_path}:\n"
-                       + _tail(log_path))
+    raise TimeoutError(
+        f"MLflow server at {url} not healthy after {timeout:.0f}s; log {log_path}:\n" + _tail(log_path)
+    )
 
 
 def _tail(path: Path, n: int = 30) -> str:
@@ -153,18 +157,28 @@ def start(config: MLflowServerConfig) -> MLflowServer:
     url = f"http://{config.host}:{port}"
     log_path = root / "server.log"
     cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", backend_uri(config.backend_store_uri) or config.sqlite_uri,
-        "--artifacts-destination", artifacts,
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_uri(config.backend_store_uri) or config.sqlite_uri,
+        "--artifacts-destination",
+        artifacts,
         "--serve-artifacts",
-        "--host", config.host, "--port", str(port),
-        "--workers", str(config.workers),
+        "--host",
+        config.host,
+        "--port",
+        str(port),
+        "--workers",
+        str(config.workers),
     ]
     env = {**os.environ, **SERVER_ENV, **config.extra_env}
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True, cwd=root)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=root
+        )
     server = MLflowServer(pid=proc.pid, url=url, log_path=log_path, _proc=proc)
     try:
         wait_healthy(url, lambda: proc.poll() is None, config.startup_timeout_s, log_path)
@@ -175,6 +189,7 @@ def start(config: MLflowServerConfig) -> MLflowServer:
 
 
 # --- CLI: detached server for the Makefile and the demo, remembered in <root>/server.json ---
+
 
 def _state_file(root: Path) -> Path:
     return Path(root) / "server.json"
@@ -201,7 +216,10 @@ def up(config: MLflowServerConfig) -> dict:
     if info:
         return info
     if config.port and not port_free(config.host, config.port):
-        print(f"port {config.port} on {config.host} is taken by another process; using a free port", file=sys.stderr)
+        print(
+            f"port {config.port} on {config.host} is taken by another process; using a free port",
+            file=sys.stderr,
+        )
         config = replace(config, port=0)
     server = start(config)
     info = {"pid": server.pid, "url": server.url, "log": str(server.log_path)}
@@ -224,23 +242,41 @@ def default_root() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Local MLflow server (SQLite backend, local artifacts by default).")
+    p = argparse.ArgumentParser(
+        description="Local MLflow server (SQLite backend, local artifacts by default)."
+    )
     p.add_argument("action", choices=["up", "down", "status", "url"])
     p.add_argument("--root", type=Path, default=default_root())
     p.add_argument("--port", type=int, default=int(os.environ.get("AGENTLOOP_MLFLOW_PORT", 5000)))
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--backend-store-uri", default="",
-                   help="e.g. postgresql://user@host:5432/mlflow (password: PGPASSWORD); default SQLite in --root")
-    p.add_argument("--artifacts-destination", default="",
-                   help="e.g. s3://bucket/mlflow (endpoint: MLFLOW_S3_ENDPOINT_URL); default <root>/artifacts")
+    p.add_argument(
+        "--backend-store-uri",
+        default="",
+        help="e.g. postgresql://user@host:5432/mlflow (password: PGPASSWORD); default SQLite in --root",
+    )
+    p.add_argument(
+        "--artifacts-destination",
+        default="",
+        help="e.g. s3://bucket/mlflow (endpoint: MLFLOW_S3_ENDPOINT_URL); default <root>/artifacts",
+    )
     args = p.parse_args(argv)
     if args.action == "up":
-        info = up(MLflowServerConfig(root=args.root, host=args.host, port=args.port,
-                                     backend_store_uri=args.backend_store_uri,
-                                     artifacts_destination=args.artifacts_destination))
+        info = up(
+            MLflowServerConfig(
+                root=args.root,
+                host=args.host,
+                port=args.port,
+                backend_store_uri=args.backend_store_uri,
+                artifacts_destination=args.artifacts_destination,
+            )
+        )
         print(f"MLflow server up: {info['url']} (pid {info['pid']}, log {info['log']})")
     elif args.action == "down":
-        print("MLflow server stopped" if down(args.root) else "no MLflow server recorded under " + str(args.root))
+        print(
+            "MLflow server stopped"
+            if down(args.root)
+            else "no MLflow server recorded under " + str(args.root)
+        )
     else:
         info = running(args.root)
         if args.action == "url":

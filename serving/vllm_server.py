@@ -41,16 +41,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ENTRY_MODULE = "vllm.entrypoints.launchers.api_server.entry"
 
 
-
-
 def default_serve_python() -> str:
     """$AGENTLOOP_SERVE_PYTHON, else the venv scripts/serve-env.sh builds by default."""
     return os.environ.get("AGENTLOOP_SERVE_PYTHON", str(REPO_ROOT / ".venv-serve" / "bin" / "python"))
 
 
 def default_model_dir() -> str:
-    return os.environ.get("AGENTLOOP_BASE_MODEL_DIR",
-                          str(agentloop_home() / "models" / "SmolLM2-135M-Instruct"))
+    return os.environ.get(
+        "AGENTLOOP_BASE_MODEL_DIR", str(agentloop_home() / "models" / "SmolLM2-135M-Instruct")
+    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -100,19 +99,33 @@ class VLLMServerConfig:
 
     def command(self, port: int) -> list[str]:
         cmd = [
-            self.python, "-m", ENTRY_MODULE,
-            "--model", str(self.model),
-            "--served-model-name", self.name,
-            "--host", self.host, "--port", str(port),
-            "--dtype", self.dtype,
-            "--max-model-len", str(self.max_model_len),
+            self.python,
+            "-m",
+            ENTRY_MODULE,
+            "--model",
+            str(self.model),
+            "--served-model-name",
+            self.name,
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+            "--dtype",
+            self.dtype,
+            "--max-model-len",
+            str(self.max_model_len),
             "--disable-uvicorn-access-log",  # /health polling would flood the log
         ]
         if self.max_num_seqs:
             cmd += ["--max-num-seqs", str(self.max_num_seqs)]
         if self.enable_lora:
-            cmd += ["--enable-lora", "--max-loras", str(self.max_loras),
-                    "--max-lora-rank", str(self.max_lora_rank)]
+            cmd += [
+                "--enable-lora",
+                "--max-loras",
+                str(self.max_loras),
+                "--max-lora-rank",
+                str(self.max_lora_rank),
+            ]
             if self.lora_modules:
                 cmd += ["--lora-modules"] + [
                     json.dumps({"name": n, "path": str(p), "base_model_name": self.name})
@@ -127,12 +140,14 @@ class VLLMServerConfig:
         # The training venv's variables must not leak into the serve venv's interpreter.
         for k in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "VLLM_API_KEY"):
             env.pop(k, None)
-        env.update({
-            "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib),
-            "VLLM_CPU_OMP_THREADS_BIND": self.omp_threads_bind,
-            "VLLM_NO_USAGE_STATS": "1",
-            "DO_NOT_TRACK": "1",
-        })
+        env.update(
+            {
+                "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib),
+                "VLLM_CPU_OMP_THREADS_BIND": self.omp_threads_bind,
+                "VLLM_NO_USAGE_STATS": "1",
+                "DO_NOT_TRACK": "1",
+            }
+        )
         if self.enable_lora:
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         if self.offline:
@@ -248,15 +263,21 @@ def start(config: VLLMServerConfig) -> VLLMServer:
     if not Path(config.python).is_file():
         raise FileNotFoundError(
             f"serve venv python {config.python} not found; build it with scripts/serve-env.sh "
-            "(or `make serve-env`), or point AGENTLOOP_SERVE_PYTHON at one")
+            "(or `make serve-env`), or point AGENTLOOP_SERVE_PYTHON at one"
+        )
     model = Path(config.model).expanduser()
     if model.exists() or config.offline:
         if not (model / "config.json").is_file():
-            raise FileNotFoundError(f"model folder {model} has no config.json; prepare the base model "
-                                    "with `python -m training.base_model` or pass another folder")
+            raise FileNotFoundError(
+                f"model folder {model} has no config.json; prepare the base model "
+                "with `python -m training.base_model` or pass another folder"
+            )
         # absolute: the server runs in the log folder
-        config = replace(config, model=str(model.resolve()),
-                         lora_modules={n: str(Path(d).expanduser().resolve()) for n, d in config.lora_modules.items()})
+        config = replace(
+            config,
+            model=str(model.resolve()),
+            lora_modules={n: str(Path(d).expanduser().resolve()) for n, d in config.lora_modules.items()},
+        )
     port = config.port or free_port(config.host)
     base_url = f"http://{config.host}:{port}"
     log_path = Path(config.log_path) if config.log_path else agentloop_home() / "logs" / f"vllm-{port}.log"
@@ -267,10 +288,23 @@ def start(config: VLLMServerConfig) -> VLLMServer:
         log.flush()
         # cwd: not the repo, whose top-level packages would shadow nothing today but sit first on
         # sys.path under `python -m`.
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env=config.environment(), cwd=log_path.parent, start_new_session=True)
-    server = VLLMServer(pid=proc.pid, base_url=base_url, log_path=log_path, model=config.name,
-                        api_key=config.api_key, _proc=proc)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=config.environment(),
+            cwd=log_path.parent,
+            start_new_session=True,
+        )
+    server = VLLMServer(
+        pid=proc.pid,
+        base_url=base_url,
+        log_path=log_path,
+        model=config.name,
+        api_key=config.api_key,
+        _proc=proc,
+    )
     try:
         _wait_healthy(server, proc, config.startup_timeout_s)
     except BaseException:
@@ -286,16 +320,19 @@ def _wait_healthy(server: VLLMServer, proc: subprocess.Popen, timeout: float) ->
         if code is not None:
             raise VLLMServerError(
                 f"vLLM for {server.model!r} exited with code {code} before {server.base_url}/health "
-                f"answered; last lines of {server.log_path}:\n{_tail(server.log_path)}")
+                f"answered; last lines of {server.log_path}:\n{_tail(server.log_path)}"
+            )
         if server.healthy():
             return
         time.sleep(0.5)
     raise VLLMServerError(
         f"vLLM for {server.model!r} did not answer {server.base_url}/health within {timeout:.0f}s "
-        f"(stopped it); last lines of {server.log_path}:\n{_tail(server.log_path)}")
+        f"(stopped it); last lines of {server.log_path}:\n{_tail(server.log_path)}"
+    )
 
 
 # --- CLI: a detached server remembered in a pidfile (JSON: pid, base_url, log, model) ---
+
 
 def default_pidfile() -> Path:
     return agentloop_home() / "run" / "vllm.json"
@@ -307,8 +344,9 @@ def from_pidfile(pidfile: Path) -> VLLMServer | None:
         info = json.loads(Path(pidfile).read_text())
     except (OSError, ValueError):
         return None
-    server = VLLMServer(pid=info["pid"], base_url=info["base_url"], log_path=Path(info["log"]),
-                        model=info.get("model", ""))
+    server = VLLMServer(
+        pid=info["pid"], base_url=info["base_url"], log_path=Path(info["log"]), model=info.get("model", "")
+    )
     pids = server.pids()
     # a recycled pid must not get SIGTERMed: one member has to be ours
     if not any(_is_vllm(p) for p in pids):
@@ -325,8 +363,10 @@ def _is_vllm(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serving.vllm_server",
-                                description="Local vLLM (vllm-cpu) server, detached, remembered in a pidfile.")
+    p = argparse.ArgumentParser(
+        prog="python -m serving.vllm_server",
+        description="Local vLLM (vllm-cpu) server, detached, remembered in a pidfile.",
+    )
     sub = p.add_subparsers(dest="action", required=True)
     s = sub.add_parser("start", help="start a detached server and wait until /health answers")
     d = VLLMServerConfig()
@@ -335,21 +375,30 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--host", default=d.host)
     s.add_argument("--port", type=int, default=8000, help="0 = a free port")
     s.add_argument("--python", default=d.python, help="the serve venv's python (default: %(default)s)")
-    s.add_argument("--lora", action="append", default=[], metavar="NAME=DIR", help="adapter to load at startup")
-    s.add_argument("--no-lora", action="store_true", help="disable LoRA (vLLM then torch.compiles at startup)")
+    s.add_argument(
+        "--lora", action="append", default=[], metavar="NAME=DIR", help="adapter to load at startup"
+    )
+    s.add_argument(
+        "--no-lora", action="store_true", help="disable LoRA (vLLM then torch.compiles at startup)"
+    )
     s.add_argument("--max-loras", type=int, default=d.max_loras)
     s.add_argument("--max-lora-rank", type=int, default=d.max_lora_rank)
     s.add_argument("--dtype", default=d.dtype, choices=["bfloat16", "float32"])
     s.add_argument("--max-model-len", type=int, default=d.max_model_len)
     s.add_argument("--kv-cache-gib", type=int, default=d.kv_cache_gib)
     s.add_argument("--threads-bind", default=d.omp_threads_bind, help="VLLM_CPU_OMP_THREADS_BIND")
-    s.add_argument("--api-key-env", default="", metavar="VAR",
-                   help="require the bearer token held in this environment variable")
+    s.add_argument(
+        "--api-key-env",
+        default="",
+        metavar="VAR",
+        help="require the bearer token held in this environment variable",
+    )
     s.add_argument("--log", default="", help="log file (default: $AGENTLOOP_HOME/logs/vllm-<port>.log)")
     s.add_argument("--timeout", type=float, default=d.startup_timeout_s)
     for name in ("start", "stop", "status"):
         (s if name == "start" else sub.add_parser(name)).add_argument(
-            "--pidfile", type=Path, default=default_pidfile(), help="default: %(default)s")
+            "--pidfile", type=Path, default=default_pidfile(), help="default: %(default)s"
+        )
     args = p.parse_args(argv)
 
     running = from_pidfile(args.pidfile)
@@ -362,19 +411,38 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--api-key-env {args.api_key_env}: that variable is empty or unset")
         loras = dict(item.split("=", 1) for item in args.lora)
         cfg = VLLMServerConfig(
-            model=args.model, python=args.python, served_model_name=args.served_model_name,
-            host=args.host, port=args.port, enable_lora=not args.no_lora, max_loras=args.max_loras,
-            max_lora_rank=args.max_lora_rank, lora_modules=loras, dtype=args.dtype,
-            max_model_len=args.max_model_len, api_key=api_key, kv_cache_gib=args.kv_cache_gib,
-            omp_threads_bind=args.threads_bind, log_path=args.log, startup_timeout_s=args.timeout)
+            model=args.model,
+            python=args.python,
+            served_model_name=args.served_model_name,
+            host=args.host,
+            port=args.port,
+            enable_lora=not args.no_lora,
+            max_loras=args.max_loras,
+            max_lora_rank=args.max_lora_rank,
+            lora_modules=loras,
+            dtype=args.dtype,
+            max_model_len=args.max_model_len,
+            api_key=api_key,
+            kv_cache_gib=args.kv_cache_gib,
+            omp_threads_bind=args.threads_bind,
+            log_path=args.log,
+            startup_timeout_s=args.timeout,
+        )
         t0 = time.monotonic()
         server = start(cfg)
         args.pidfile.parent.mkdir(parents=True, exist_ok=True)
-        info = {"pid": server.pid, "base_url": server.base_url, "log": str(server.log_path),
-                "model": server.model, "config": {k: v for k, v in asdict(cfg).items() if k != "api_key"}}
+        info = {
+            "pid": server.pid,
+            "base_url": server.base_url,
+            "log": str(server.log_path),
+            "model": server.model,
+            "config": {k: v for k, v in asdict(cfg).items() if k != "api_key"},
+        }
         args.pidfile.write_text(json.dumps(info, indent=1) + "\n")
-        print(f"vLLM up: {server.base_url}/v1 serving {server.model!r} (pid {server.pid}, "
-              f"ready in {time.monotonic() - t0:.0f}s, log {server.log_path}, pidfile {args.pidfile})")
+        print(
+            f"vLLM up: {server.base_url}/v1 serving {server.model!r} (pid {server.pid}, "
+            f"ready in {time.monotonic() - t0:.0f}s, log {server.log_path}, pidfile {args.pidfile})"
+        )
     elif args.action == "stop":
         if not running:
             print(f"no vLLM server running for {args.pidfile}")
@@ -386,9 +454,19 @@ def main(argv: list[str] | None = None) -> int:
         if not running:
             print(json.dumps({"running": False, "pidfile": str(args.pidfile)}))
             return 1
-        print(json.dumps({"running": True, "healthy": running.healthy(), "pid": running.pid,
-                          "base_url": running.base_url, "model": running.model,
-                          "rss_mib": running.rss_bytes() // (1 << 20), "log": str(running.log_path)}))
+        print(
+            json.dumps(
+                {
+                    "running": True,
+                    "healthy": running.healthy(),
+                    "pid": running.pid,
+                    "base_url": running.base_url,
+                    "model": running.model,
+                    "rss_mib": running.rss_bytes() // (1 << 20),
+                    "log": str(running.log_path),
+                }
+            )
+        )
         return 0 if running.healthy() else 2
     return 0
 

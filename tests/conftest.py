@@ -44,7 +44,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     for marker in item.iter_markers(name="services"):
         for name in marker.args:
             if name not in SERVICES:
-                raise pytest.UsageError(f"unknown service {name!r} in @pytest.mark.services; known: {sorted(SERVICES)}")
+                raise pytest.UsageError(
+                    f"unknown service {name!r} in @pytest.mark.services; known: {sorted(SERVICES)}"
+                )
             host, port = SERVICES[name]
             if not reachable(host, port):
                 absent_or_fail(f"{name} is not reachable on {host}:{port}")
@@ -100,9 +102,16 @@ def promotion_vllm(base_model_dir, tmp_path_factory):
     python = default_serve_python()
     if not Path(python).is_file():
         absent_or_fail(f"the serve venv's python {python} is missing; build it with `make serve-env`")
-    server = start(VLLMServerConfig(model=str(base_model_dir), python=python, served_model_name="base",
-                                    api_key="promotion-test-key", max_loras=4,
-                                    log_path=str(tmp_path_factory.mktemp("promotion-vllm") / "vllm.log")))
+    server = start(
+        VLLMServerConfig(
+            model=str(base_model_dir),
+            python=python,
+            served_model_name="base",
+            api_key="promotion-test-key",
+            max_loras=4,
+            log_path=str(tmp_path_factory.mktemp("promotion-vllm") / "vllm.log"),
+        )
+    )
     try:
         yield server
     finally:

@@ -5,18 +5,29 @@ import shutil
 
 import pytest
 
-from training.base_model import (GGUF_NAME, IDENTITY_FILE, agentloop_home, chat_reply, convert_gguf,
-                                 download_gguf, load_model_and_tokenizer, resolve_base_model, weights_sha256)
+from training.base_model import (
+    GGUF_NAME,
+    IDENTITY_FILE,
+    agentloop_home,
+    chat_reply,
+    convert_gguf,
+    download_gguf,
+    load_model_and_tokenizer,
+    resolve_base_model,
+    weights_sha256,
+)
 
 
 def test_prepared_folder_generates_a_reply_with_its_chat_template(base_model_dir):
     model, tokenizer, identity = load_model_and_tokenizer(base_model_dir)
     assert "<|im_start|>" in tokenizer.chat_template
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
-                                           tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False
+    )
     assert prompt.rstrip().endswith("<|im_start|>assistant")
-    reply = chat_reply(model, tokenizer, [{"role": "user", "content": "What is the capital of France?"}],
-                       max_new_tokens=16)
+    reply = chat_reply(
+        model, tokenizer, [{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=16
+    )
     assert "Paris" in reply
     assert model.config.model_type == "llama"
     assert str(next(model.parameters()).dtype) == "torch.bfloat16"

@@ -59,8 +59,9 @@ def test_mlflow_on_postgres_keeps_runs_models_and_aliases_across_a_server_restar
         def predict(self, context, model_input: list[str]) -> list[str]:
             return model_input
 
-    config = MLflowServerConfig(root=tmp_path / "first", port=0, backend_store_uri=postgres_db,
-                                artifacts_destination=str(artifacts))
+    config = MLflowServerConfig(
+        root=tmp_path / "first", port=0, backend_store_uri=postgres_db, artifacts_destination=str(artifacts)
+    )
     with start(config) as server:
         mlflow.set_tracking_uri(server.url)
         try:
@@ -69,8 +70,12 @@ def test_mlflow_on_postgres_keeps_runs_models_and_aliases_across_a_server_restar
                 mlflow.log_params({"lora_r": 16, "dataset.snapshot_hash": "abc123"})
                 mlflow.log_metric("val_loss", 1.25, step=10)
                 mlflow.log_artifact(str(note))
-                info = mlflow.pyfunc.log_model(name="adapter", python_model=Echo(), pip_requirements=["mlflow"])
-            version = mlflow.register_model(info.model_uri, "agentloop-cluster-db", tags={"agentloop.stage": "test"})
+                info = mlflow.pyfunc.log_model(
+                    name="adapter", python_model=Echo(), pip_requirements=["mlflow"]
+                )
+            version = mlflow.register_model(
+                info.model_uri, "agentloop-cluster-db", tags={"agentloop.stage": "test"}
+            )
             client = MlflowClient(server.url)
             client.set_registered_model_alias("agentloop-cluster-db", "champion", version.version)
         finally:
@@ -82,8 +87,9 @@ def test_mlflow_on_postgres_keeps_runs_models_and_aliases_across_a_server_restar
     assert not (tmp_path / "first" / "mlflow.db").exists()
 
     # a new server (new pod: fresh root, same database and artifact store) sees everything
-    restarted = MLflowServerConfig(root=tmp_path / "second", port=0, backend_store_uri=postgres_db,
-                                   artifacts_destination=str(artifacts))
+    restarted = MLflowServerConfig(
+        root=tmp_path / "second", port=0, backend_store_uri=postgres_db, artifacts_destination=str(artifacts)
+    )
     with start(restarted) as server:
         client = MlflowClient(server.url)
         got = client.get_run(run.info.run_id)
@@ -92,8 +98,12 @@ def test_mlflow_on_postgres_keeps_runs_models_and_aliases_across_a_server_restar
         champion = client.get_model_version_by_alias("agentloop-cluster-db", "champion")
         assert champion.version == version.version and champion.run_id == run.info.run_id
         assert champion.tags["agentloop.stage"] == "test"
-        local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="note.txt",
-                                                    dst_path=str(tmp_path / "dl"), tracking_uri=server.url)
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id,
+            artifact_path="note.txt",
+            dst_path=str(tmp_path / "dl"),
+            tracking_uri=server.url,
+        )
         assert open(local).read() == "adapter card"
 
 

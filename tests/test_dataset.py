@@ -39,16 +39,19 @@ def tokenizer(base_model_dir):
     return AutoTokenizer.from_pretrained(base_model_dir)
 
 
-def frame_of(*conversations: list[dict], has_error: list[bool] | None = None, sessions: list[str] | None = None
-             ) -> pd.DataFrame:
+def frame_of(
+    *conversations: list[dict], has_error: list[bool] | None = None, sessions: list[str] | None = None
+) -> pd.DataFrame:
     n = len(conversations)
-    return pd.DataFrame({
-        "interaction_id": [f"int-{i}" for i in range(n)],
-        "session_id": sessions or [f"sess-{i}" for i in range(n)],
-        "agent": ["agent-jamie"] * n,
-        "messages_json": [json.dumps(c) for c in conversations],
-        "has_error": has_error or [False] * n,
-    })
+    return pd.DataFrame(
+        {
+            "interaction_id": [f"int-{i}" for i in range(n)],
+            "session_id": sessions or [f"sess-{i}" for i in range(n)],
+            "agent": ["agent-jamie"] * n,
+            "messages_json": [json.dumps(c) for c in conversations],
+            "has_error": has_error or [False] * n,
+        }
+    )
 
 
 def chat(*turns: str, system: str | None = "You are Jamie.") -> list[dict]:
@@ -77,12 +80,18 @@ def example(iid: str, session: str, n: int, loss_from: int = 1) -> Example:
 
 # --- chat template and masking ------------------------------------------------------------------
 
+
 def test_only_assistant_turns_and_their_closing_im_end_carry_loss(tokenizer):
     conversation = [
         {"role": "system", "content": "You are Jamie, an upbeat assistant."},
         {"role": "user", "content": "hey, what's the weather like in Lisbon?"},
-        {"role": "assistant", "content": None,
-         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "sunny, 21C"},
         {"role": "assistant", "content": "Sunny and 21 degrees!\nPerfect for a walk."},
         {"role": "user", "content": [{"type": "text", "text": "nice. and tomorrow?"}]},
@@ -90,10 +99,15 @@ def test_only_assistant_turns_and_their_closing_im_end_carry_loss(tokenizer):
     ]
     [ex] = build_examples(frame_of(conversation), tokenizer, DatasetConfig())
     decoded = [tokenizer.decode(span) for span in labelled_spans(ex)]
-    assert decoded == ["Sunny and 21 degrees!\nPerfect for a walk.<|im_end|>", " Probably rain, sadly.<|im_end|>"]
+    assert decoded == [
+        "Sunny and 21 degrees!\nPerfect for a walk.<|im_end|>",
+        " Probably rain, sadly.<|im_end|>",
+    ]
     # The ids are exactly what the model's own template produces: nothing re-invented.
-    plain = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else ""}
-             for m in conversation]
+    plain = [
+        {"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else ""}
+        for m in conversation
+    ]
     plain[2]["content"] = json.dumps(conversation[2]["tool_calls"], separators=(",", ":"))
     plain[5]["content"] = "nice. and tomorrow?"
     assert ex.input_ids == list(tokenizer.apply_chat_template(plain, tokenize=True)["input_ids"])
@@ -124,7 +138,9 @@ def test_a_record_without_a_system_message_never_gets_the_smollm_persona(tokeniz
     record = chat("hi", "hello there", system=None)
     [ex] = build_examples(frame_of(record), tokenizer, DatasetConfig())
     text = tokenizer.decode(ex.input_ids)
-    assert SMOLLM_PERSONA in tokenizer.apply_chat_template(record, tokenize=False), "the template's own default"
+    assert SMOLLM_PERSONA in tokenizer.apply_chat_template(record, tokenize=False), (
+        "the template's own default"
+    )
     assert SMOLLM_PERSONA not in text
     assert text.startswith("<|im_start|>system\n<|im_end|>\n<|im_start|>user\nhi")
 
@@ -132,16 +148,23 @@ def test_a_record_without_a_system_message_never_gets_the_smollm_persona(tokeniz
     assert tokenizer.decode(ex.input_ids).startswith("<|im_start|>system\nYou are Bruno.<|im_end|>")
 
     stats: dict = {}
-    assert build_examples(frame_of(record), tokenizer, DatasetConfig(system_prompt_policy="drop"), stats) == []
+    assert (
+        build_examples(frame_of(record), tokenizer, DatasetConfig(system_prompt_policy="drop"), stats) == []
+    )
     assert stats["dropped"] == {"no_system_prompt": 1}
 
     [ex] = build_examples(frame_of(chat("hi", "hello", system="Be brief.")), tokenizer)
-    assert tokenizer.decode(ex.input_ids).startswith("<|im_start|>system\nBe brief.<|im_end|>"), "kept verbatim"
+    assert tokenizer.decode(ex.input_ids).startswith("<|im_start|>system\nBe brief.<|im_end|>"), (
+        "kept verbatim"
+    )
 
 
 def test_last_assistant_turn_policy_trains_only_the_reply_the_interaction_produced(tokenizer):
-    [ex] = build_examples(frame_of(chat("a", "first reply", "b", "second reply")), tokenizer,
-                          DatasetConfig(train_on="last_assistant_turn"))
+    [ex] = build_examples(
+        frame_of(chat("a", "first reply", "b", "second reply")),
+        tokenizer,
+        DatasetConfig(train_on="last_assistant_turn"),
+    )
     assert [tokenizer.decode(s) for s in labelled_spans(ex)] == ["second reply<|im_end|>"]
 
 
@@ -155,21 +178,42 @@ def test_unusable_records_are_dropped_and_counted_by_reason(tokenizer):
         chat("hi", "   "),  # an empty reply is no target
         has_error=[False, False, False, True, False, False],
     )
-    frame = pd.concat([frame, frame.iloc[[0]], pd.DataFrame({"interaction_id": ["bad"], "session_id": ["s"],
-                       "agent": ["a"], "messages_json": ["{not json"], "has_error": [False]})], ignore_index=True)
+    frame = pd.concat(
+        [
+            frame,
+            frame.iloc[[0]],
+            pd.DataFrame(
+                {
+                    "interaction_id": ["bad"],
+                    "session_id": ["s"],
+                    "agent": ["a"],
+                    "messages_json": ["{not json"],
+                    "has_error": [False],
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
     stats: dict = {}
     examples = build_examples(frame, tokenizer, DatasetConfig(), stats)
     assert [e.interaction_id for e in examples] == ["int-0", "int-1"]
     assert tokenizer.decode(examples[1].input_ids).endswith("hello<|im_end|>\n")
-    assert stats["dropped"] == {"duplicate": 1, "error": 1, "invalid_messages": 1, "no_loss_tokens": 2,
-                                "special_token_text": 1}
+    assert stats["dropped"] == {
+        "duplicate": 1,
+        "error": 1,
+        "invalid_messages": 1,
+        "no_loss_tokens": 2,
+        "special_token_text": 1,
+    }
     assert stats["interactions"] == len(frame) == len(examples) + sum(stats["dropped"].values())
-    kept_errors = build_examples(frame_of(chat("hi", "ok"), has_error=[True]), tokenizer,
-                                 DatasetConfig(drop_errors=False))
+    kept_errors = build_examples(
+        frame_of(chat("hi", "ok"), has_error=[True]), tokenizer, DatasetConfig(drop_errors=False)
+    )
     assert len(kept_errors) == 1
 
 
 # --- over-long conversations ---------------------------------------------------------------------
+
 
 def long_chat(n_exchanges: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
@@ -193,7 +237,7 @@ def test_over_long_conversations_are_split_between_exchanges(tokenizer):
         assert len(p) <= 128
         text = tokenizer.decode(p.input_ids)
         assert text.startswith(system + "<|im_start|>user\nquestion ") and text.endswith("<|im_end|>\n")
-        body = text[len(system):]
+        body = text[len(system) :]
         # whole turns only: every turn that opens also closes
         assert body.count("<|im_start|>") == body.count("<|im_end|>")
     # every reply is trained exactly once, across the pieces
@@ -206,10 +250,14 @@ def test_truncate_keeps_the_latest_exchanges_and_drop_drops(tokenizer):
     [kept] = build_examples(frame_of(record), tokenizer, DatasetConfig(max_seq_len=128, over_long="truncate"))
     assert len(kept) <= 128
     assert tokenizer.decode(labelled_spans(kept)[-1]) == record[-1]["content"] + "<|im_end|>"
-    assert tokenizer.decode(kept.input_ids).startswith("<|im_start|>system\nYou are Jamie.<|im_end|>\n"
-                                                       "<|im_start|>user\nquestion ")
+    assert tokenizer.decode(kept.input_ids).startswith(
+        "<|im_start|>system\nYou are Jamie.<|im_end|>\n<|im_start|>user\nquestion "
+    )
     stats: dict = {}
-    assert build_examples(frame_of(record), tokenizer, DatasetConfig(max_seq_len=128, over_long="drop"), stats) == []
+    assert (
+        build_examples(frame_of(record), tokenizer, DatasetConfig(max_seq_len=128, over_long="drop"), stats)
+        == []
+    )
     assert stats["dropped"] == {"too_long": 1}
 
 
@@ -219,17 +267,26 @@ def test_an_exchange_too_long_to_fit_alone_is_cut_inside_the_turn(tokenizer):
     pieces = build_examples(frame_of(record), tokenizer, DatasetConfig(max_seq_len=64), stats)
     assert stats["cut_inside_turn"] == 1
     assert [len(p) for p in pieces][0] == 64 and all(len(p) <= 64 for p in pieces)
-    assert tokenizer.decode(labelled_spans(pieces[-1])[-1]) == "fine<|im_end|>", "the next exchange starts afresh"
+    assert tokenizer.decode(labelled_spans(pieces[-1])[-1]) == "fine<|im_end|>", (
+        "the next exchange starts afresh"
+    )
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(lengths=st.lists(st.integers(1, 60), min_size=2, max_size=16), max_seq_len=st.integers(24, 200),
-       over_long=st.sampled_from(["split", "truncate", "drop"]))
-def test_no_example_exceeds_max_seq_len_and_labels_stay_on_replies(tokenizer, lengths, max_seq_len, over_long):
+@given(
+    lengths=st.lists(st.integers(1, 60), min_size=2, max_size=16),
+    max_seq_len=st.integers(24, 200),
+    over_long=st.sampled_from(["split", "truncate", "drop"]),
+)
+def test_no_example_exceeds_max_seq_len_and_labels_stay_on_replies(
+    tokenizer, lengths, max_seq_len, over_long
+):
     turns = [" ".join(["w"] * n) for n in lengths]
     record = chat(*turns[: len(turns) // 2 * 2])
     replies = {m["content"] + "<|im_end|>" for m in record if m["role"] == "assistant"}
-    for ex in build_examples(frame_of(record), tokenizer, DatasetConfig(max_seq_len=max_seq_len, over_long=over_long)):
+    for ex in build_examples(
+        frame_of(record), tokenizer, DatasetConfig(max_seq_len=max_seq_len, over_long=over_long)
+    ):
         assert 0 < len(ex) <= max_seq_len and ex.labels[0] == IGNORE
         for span in labelled_spans(ex):
             text = tokenizer.decode(span)
@@ -237,6 +294,7 @@ def test_no_example_exceeds_max_seq_len_and_labels_stay_on_replies(tokenizer, le
 
 
 # --- session split -------------------------------------------------------------------------------
+
 
 def test_split_keeps_sessions_whole_is_deterministic_and_near_the_fractions():
     rng = random.Random(7)
@@ -248,13 +306,16 @@ def test_split_keeps_sessions_whole_is_deterministic_and_near_the_fractions():
     assert not sessions["validation"] & sessions["test"]
     assert sum(len(p) for p in parts.values()) == len(examples)
     shares = {name: len(sessions[name]) / 400 for name in SPLITS}
-    assert shares["validation"] == pytest.approx(0.1, abs=0.05) and shares["test"] == pytest.approx(0.2, abs=0.05)
+    assert shares["validation"] == pytest.approx(0.1, abs=0.05) and shares["test"] == pytest.approx(
+        0.2, abs=0.05
+    )
 
     shuffled = examples[:]
     rng.shuffle(shuffled)
     again = split_by_session(shuffled, config)
-    assert {n: sorted(e.example_id for e in again[n]) for n in SPLITS} == \
-        {n: sorted(e.example_id for e in parts[n]) for n in SPLITS}
+    assert {n: sorted(e.example_id for e in again[n]) for n in SPLITS} == {
+        n: sorted(e.example_id for e in parts[n]) for n in SPLITS
+    }
     # Across processes and versions: the bucket is sha256, pinned here so a change is deliberate.
     assert session_bucket("chitchat-abc", "agentloop") == pytest.approx(0.312057, abs=1e-6)
     # More data later never moves an old session.
@@ -265,6 +326,7 @@ def test_split_keeps_sessions_whole_is_deterministic_and_near_the_fractions():
 
 
 # --- packing -------------------------------------------------------------------------------------
+
 
 def test_pack_is_best_fit_with_rows_exactly_seq_len_and_positions_restarting():
     examples = [example(f"e{n}", "s", n) for n in (6, 5, 4, 3, 2)]
@@ -283,7 +345,10 @@ def test_pack_is_best_fit_with_rows_exactly_seq_len_and_positions_restarting():
     for r in rows:
         at, positions = 0, []
         for eid, n in zip(r.example_ids, r.lengths):
-            assert r.input_ids[at:at + n] == by_id[eid].input_ids and r.labels[at:at + n] == by_id[eid].labels
+            assert (
+                r.input_ids[at : at + n] == by_id[eid].input_ids
+                and r.labels[at : at + n] == by_id[eid].labels
+            )
             positions += range(n)
             at += n
         pad = 128 - at
@@ -309,22 +374,35 @@ def test_packed_loss_equals_unpacked(tokenizer, base_model_dir):
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32).eval()
-    examples = build_examples(frame_of(
-        chat("hi! how are you today?", "Great, thanks for asking. And you?", "tired, long day at work"),
-        chat("what should I cook tonight?", "How about a simple pasta with garlic and olive oil?"),
-        chat("do you like jazz?", "I do! Miles Davis is a favourite.", "which album?", "Kind of Blue."),
-    ), tokenizer)
+    examples = build_examples(
+        frame_of(
+            chat("hi! how are you today?", "Great, thanks for asking. And you?", "tired, long day at work"),
+            chat("what should I cook tonight?", "How about a simple pasta with garlic and olive oil?"),
+            chat("do you like jazz?", "I do! Miles Davis is a favourite.", "which album?", "Kind of Blue."),
+        ),
+        tokenizer,
+    )
     [row] = pack(examples, seq_len=sum(len(e) for e in examples) + 7, pad_id=tokenizer.pad_token_id)
     assert len(row.example_ids) == 3
     batch = collate([row])
     with torch.no_grad():
-        alone = sum(summed_loss(model(input_ids=torch.tensor([e.input_ids])).logits, torch.tensor([e.labels]))
-                    for e in examples)
-        packed = summed_loss(model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                                   use_cache=False).logits, batch["labels"])
-        leaky = summed_loss(model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                                  attention_mask=torch.ones_like(batch["input_ids"]), use_cache=False).logits,
-                            batch["labels"])
+        alone = sum(
+            summed_loss(model(input_ids=torch.tensor([e.input_ids])).logits, torch.tensor([e.labels]))
+            for e in examples
+        )
+        packed = summed_loss(
+            model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits,
+            batch["labels"],
+        )
+        leaky = summed_loss(
+            model(
+                input_ids=batch["input_ids"],
+                position_ids=batch["position_ids"],
+                attention_mask=torch.ones_like(batch["input_ids"]),
+                use_cache=False,
+            ).logits,
+            batch["labels"],
+        )
     assert packed == pytest.approx(alone, rel=1e-4)
     # The control: with a mask the examples attend to each other, and the loss moves.
     assert abs(leaky - alone) / alone > 1e-3, (leaky, alone)
@@ -332,10 +410,13 @@ def test_packed_loss_equals_unpacked(tokenizer, base_model_dir):
 
 # --- snapshots -----------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def small_frame() -> pd.DataFrame:
-    return frame_of(*(long_chat(rng_n, seed=k) for k, rng_n in enumerate([2, 3, 1, 6, 2, 4, 3, 2, 5, 1])),
-                    sessions=[f"sess-{k // 2}" for k in range(10)])
+    return frame_of(
+        *(long_chat(rng_n, seed=k) for k, rng_n in enumerate([2, 3, 1, 6, 2, 4, 3, 2, 5, 1])),
+        sessions=[f"sess-{k // 2}" for k in range(10)],
+    )
 
 
 def test_snapshot_hash_is_stable_and_moves_with_one_interaction_or_the_config(tokenizer, small_frame):
@@ -344,7 +425,9 @@ def test_snapshot_hash_is_stable_and_moves_with_one_interaction_or_the_config(to
     assert len(snap.snapshot_hash) == 64
     assert build_snapshot(small_frame, tokenizer, config).snapshot_hash == snap.snapshot_hash
     reordered = small_frame.sample(frac=1.0, random_state=3)
-    assert build_snapshot(reordered, tokenizer, config).snapshot_hash == snap.snapshot_hash, "row order is no input"
+    assert build_snapshot(reordered, tokenizer, config).snapshot_hash == snap.snapshot_hash, (
+        "row order is no input"
+    )
 
     edited = small_frame.copy()
     messages = json.loads(edited.loc[4, "messages_json"])
@@ -352,8 +435,10 @@ def test_snapshot_hash_is_stable_and_moves_with_one_interaction_or_the_config(to
     edited.loc[4, "messages_json"] = json.dumps(messages)
     assert build_snapshot(edited, tokenizer, config).snapshot_hash != snap.snapshot_hash
     assert build_snapshot(small_frame.drop(index=7), tokenizer, config).snapshot_hash != snap.snapshot_hash
-    for changed in (DatasetConfig(max_seq_len=129, val_fraction=0.2, test_fraction=0.2),
-                    DatasetConfig(max_seq_len=128, val_fraction=0.2, test_fraction=0.2, split_salt="x")):
+    for changed in (
+        DatasetConfig(max_seq_len=129, val_fraction=0.2, test_fraction=0.2),
+        DatasetConfig(max_seq_len=128, val_fraction=0.2, test_fraction=0.2, split_salt="x"),
+    ):
         assert build_snapshot(small_frame, tokenizer, changed).snapshot_hash != snap.snapshot_hash
 
     s = snap.stats
@@ -363,7 +448,9 @@ def test_snapshot_hash_is_stable_and_moves_with_one_interaction_or_the_config(to
 
 
 def test_snapshot_save_load_round_trip(tokenizer, small_frame, tmp_path):
-    snap = build_snapshot(small_frame, tokenizer, DatasetConfig(max_seq_len=128, val_fraction=0.2, test_fraction=0.2))
+    snap = build_snapshot(
+        small_frame, tokenizer, DatasetConfig(max_seq_len=128, val_fraction=0.2, test_fraction=0.2)
+    )
     snap.save(tmp_path / "snap")
     loaded = DatasetSnapshot.load(tmp_path / "snap")
     assert loaded.snapshot_hash == snap.snapshot_hash and loaded.config == snap.config
@@ -385,6 +472,7 @@ def test_snapshot_save_load_round_trip(tokenizer, small_frame, tmp_path):
 
 # --- from Feast ----------------------------------------------------------------------------------
 
+
 def test_load_training_snapshot_reads_the_window_through_feast(tmp_path, tokenizer):
     from features.feast_store import FeastConfig, apply
     from features.ingest import IngestConfig, ingest
@@ -392,8 +480,9 @@ def test_load_training_snapshot_reads_the_window_through_feast(tmp_path, tokeniz
     from features.store import read_interactions
 
     end = date(2025, 1, 7)
-    generate_sample_logs(tmp_path / "raw", conversations=40, days=4, seed=3, end_date=end, error_rate=0.1,
-                         progress=False)
+    generate_sample_logs(
+        tmp_path / "raw", conversations=40, days=4, seed=3, end_date=end, error_rate=0.1, progress=False
+    )
     report = ingest(str(tmp_path / "raw"), IngestConfig(store=str(tmp_path / "store"), progress=False))
     feast_config = FeastConfig(offline_store=str(tmp_path / "store"))
     apply(feast_config)
@@ -410,10 +499,15 @@ def test_load_training_snapshot_reads_the_window_through_feast(tmp_path, tokeniz
     assert 0 < len(window) < 40
     expected = set(window.loc[~window["has_error"], "interaction_id"])
     assert snap.stats["interactions"] == len(window)
-    assert snap.stats["dropped"] == ({"error": int(window["has_error"].sum())} if window["has_error"].any() else {})
+    assert snap.stats["dropped"] == (
+        {"error": int(window["has_error"].sum())} if window["has_error"].any() else {}
+    )
     assert sorted(i for name in SPLITS for i in snap.interaction_ids(name)) == sorted(expected)
     pieces = sum(r["part"] > 0 for name in SPLITS for r in snap.index[name])
-    assert snap.stats["examples"] == len(expected) + pieces, "one example per interaction, plus split-off pieces"
+    assert snap.stats["examples"] == len(expected) + pieces, (
+        "one example per interaction, plus split-off pieces"
+    )
     assert snap.source["feature_service"] == "training_v1"
     assert Counter(r["agent"] for n in SPLITS for r in snap.index[n] if r["part"] == 0) == Counter(
-        window.loc[~window["has_error"], "agent"])
+        window.loc[~window["has_error"], "agent"]
+    )

@@ -24,9 +24,26 @@ def test_demo_workflow_replies_and_logs_to_mlflow(tmp_path, mlflow_uri, base_mod
     pyflyte = Path(sys.executable).with_name("pyflyte")
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "AGENTLOOP_BASE_MODEL_DIR": str(base_model_dir)}
     proc = subprocess.run(
-        [str(pyflyte), "run", "workflows/demo.py", "base_model_demo", "--raw_dir", str(raw), "--n", "2",
-         "--max_new_tokens", "12", "--experiment", "test-demo"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        [
+            str(pyflyte),
+            "run",
+            "workflows/demo.py",
+            "base_model_demo",
+            "--raw_dir",
+            str(raw),
+            "--n",
+            "2",
+            "--max_new_tokens",
+            "12",
+            "--experiment",
+            "test-demo",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     match = re.search(r"run_id=([0-9a-f]{32}) url=(\S+)", proc.stdout)
     assert match, proc.stdout[-2000:]

@@ -47,8 +47,11 @@ def generator_files() -> set[Path]:
 
 def manifest_files() -> list[Path]:
     data = generator_files()
-    return sorted(p for p in DEPLOY.rglob("*.y*ml")
-                  if p.suffix in (".yaml", ".yml") and p.name != "kustomization.yaml" and p.resolve() not in data)
+    return sorted(
+        p
+        for p in DEPLOY.rglob("*.y*ml")
+        if p.suffix in (".yaml", ".yml") and p.name != "kustomization.yaml" and p.resolve() not in data
+    )
 
 
 def kustomize_cmd() -> list[str] | None:
@@ -82,6 +85,7 @@ def strings(node, skip_keys=("name", "key")):
 
 # --- always ----------------------------------------------------------------------------------------
 
+
 def test_every_manifest_parses_and_each_object_has_api_version_kind_and_name():
     files = manifest_files()
     assert files, "no manifests under deploy/"
@@ -101,8 +105,9 @@ def test_every_kustomization_names_files_that_exist():
         assert spec.get("kind") == "Kustomization", f"{k} is not a Kustomization"
         for res in spec.get("resources") or []:
             target = k.parent / res
-            assert target.is_file() or (target / "kustomization.yaml").is_file(), \
+            assert target.is_file() or (target / "kustomization.yaml").is_file(), (
                 f"{k.relative_to(ROOT)} lists {res!r}, which is neither a file nor a folder with a kustomization.yaml"
+            )
     for f in generator_files():
         assert f.is_file(), f"a configMapGenerator names {f}, which does not exist"
 
@@ -119,8 +124,10 @@ def test_every_value_used_by_the_kustomization_or_a_pod_is_defined_in_values_env
         for doc in yaml.safe_load_all(path.read_text()):
             for ref in _config_map_key_refs(doc):
                 if ref.get("name") == "agentloop-values":
-                    assert ref["key"] in values, (f"{path.relative_to(ROOT)} reads {ref['key']} from ConfigMap "
-                                                  "agentloop-values; add it to deploy/values.env")
+                    assert ref["key"] in values, (
+                        f"{path.relative_to(ROOT)} reads {ref['key']} from ConfigMap "
+                        "agentloop-values; add it to deploy/values.env"
+                    )
 
 
 def _config_map_key_refs(node):
@@ -136,8 +143,9 @@ def _config_map_key_refs(node):
 
 def test_values_env_holds_no_secret():
     for key in read_env(VALUES):
-        assert not any(w in key for w in ("PASSWORD", "SECRET", "TOKEN", "ACCESS_KEY")), \
+        assert not any(w in key for w in ("PASSWORD", "SECRET", "TOKEN", "ACCESS_KEY")), (
             f"deploy/values.env defines {key}: secrets belong in the Secret agentloop-credentials"
+        )
 
 
 def test_launch_plan_defaults_point_at_the_services_deploy_creates():
@@ -152,50 +160,75 @@ def test_launch_plan_defaults_point_at_the_services_deploy_creates():
         "FEAST_REDIS_CONNECTION_STRING": (CLUSTER.redis, v["FEAST_REDIS_CONNECTION_STRING"]),
         "S3_BUCKET": (CLUSTER.bucket, v["S3_BUCKET"]),
         "POSTGRES_HOST/POSTGRES_USER/OPTUNA_DB": (
-            CLUSTER.optuna_storage, f"postgresql://{v['POSTGRES_USER']}@{v['POSTGRES_HOST']}:5432/{v['OPTUNA_DB']}"),
+            CLUSTER.optuna_storage,
+            f"postgresql://{v['POSTGRES_USER']}@{v['POSTGRES_HOST']}:5432/{v['OPTUNA_DB']}",
+        ),
     }
     for key, (in_code, in_values) in expected.items():
-        assert in_code == in_values, (f"workflows/cluster.py says {in_code!r} where deploy/values.env ({key}) says "
-                                      f"{in_values!r}: make them agree")
+        assert in_code == in_values, (
+            f"workflows/cluster.py says {in_code!r} where deploy/values.env ({key}) says "
+            f"{in_values!r}: make them agree"
+        )
     assert v["MLFLOW_BACKEND_STORE_URI"].endswith(f"@{v['POSTGRES_HOST']}:5432/{v['MLFLOW_DB']}")
     assert v["MLFLOW_ARTIFACTS_DESTINATION"].startswith(f"s3://{v['S3_BUCKET']}/")
     assert v["FEAST_S3_ENDPOINT_URL"] == v["MLFLOW_S3_ENDPOINT_URL"] == v["AWS_ENDPOINT_URL"]
 
 
 def test_feast_server_reads_the_repositorys_cluster_feature_store_yaml():
-    assert (DEPLOY / "feast" / "feature_store.yaml").read_text() == \
-        (ROOT / "features" / "repo" / "cluster" / "feature_store.yaml").read_text(), \
+    assert (DEPLOY / "feast" / "feature_store.yaml").read_text() == (
+        ROOT / "features" / "repo" / "cluster" / "feature_store.yaml"
+    ).read_text(), (
         "deploy/feast/feature_store.yaml differs from features/repo/cluster/feature_store.yaml: copy it over"
+    )
 
 
 # --- kustomize build (kubectl or kustomize on the PATH), else the Python check above stands alone -----
 
-needs_kustomize = pytest.mark.skipif(kustomize_cmd() is None,
-                                     reason="neither kustomize nor kubectl on the PATH; the Python checks above ran")
+needs_kustomize = pytest.mark.skipif(
+    kustomize_cmd() is None, reason="neither kustomize nor kubectl on the PATH; the Python checks above ran"
+)
 
 
 @needs_kustomize
 def test_kustomize_build_leaves_no_placeholder_and_puts_everything_in_the_two_namespaces():
     values = read_env(VALUES)
     objects = build(DEPLOY)
-    kinds = {(o["kind"], o["metadata"]["name"].rsplit("-", 1)[0] if o["kind"] == "ConfigMap" else o["metadata"]["name"])
-             for o in objects}
-    for needed in [("Deployment", "mlflow"), ("StatefulSet", "postgres"), ("StatefulSet", "minio"),
-                   ("Deployment", "redis"), ("Deployment", "feast"), ("PodTemplate", "agentloop-task-defaults")]:
+    kinds = {
+        (
+            o["kind"],
+            o["metadata"]["name"].rsplit("-", 1)[0] if o["kind"] == "ConfigMap" else o["metadata"]["name"],
+        )
+        for o in objects
+    }
+    for needed in [
+        ("Deployment", "mlflow"),
+        ("StatefulSet", "postgres"),
+        ("StatefulSet", "minio"),
+        ("Deployment", "redis"),
+        ("Deployment", "feast"),
+        ("PodTemplate", "agentloop-task-defaults"),
+    ]:
         assert needed in kinds, f"kustomize build has no {needed[0]} {needed[1]}"
     for o in objects:
         where = f"{o['kind']} {o['metadata']['name']}"
         leftovers = [s for s in strings(o) if s in values]
         assert not leftovers, f"{where} still holds the placeholder(s) {leftovers}: add a replacement"
         if o["kind"] != "Namespace":
-            assert o["metadata"].get("namespace") in (values["NAMESPACE"], values["FLYTE_PROJECT_NAMESPACE"]), \
-                f"{where} is in namespace {o['metadata'].get('namespace')!r}"
+            assert o["metadata"].get("namespace") in (
+                values["NAMESPACE"],
+                values["FLYTE_PROJECT_NAMESPACE"],
+            ), f"{where} is in namespace {o['metadata'].get('namespace')!r}"
     mlflow = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "mlflow")
     container = mlflow["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == values["AGENTLOOP_CPU_IMAGE"]
     assert "--serve-artifacts" in container["command"]
     env = {e["name"] for e in container["env"]}
-    assert {"MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION", "PGPASSWORD", "AWS_SECRET_ACCESS_KEY"} <= env
+    assert {
+        "MLFLOW_BACKEND_STORE_URI",
+        "MLFLOW_ARTIFACTS_DESTINATION",
+        "PGPASSWORD",
+        "AWS_SECRET_ACCESS_KEY",
+    } <= env
 
 
 @needs_kustomize
@@ -203,20 +236,26 @@ def test_a_value_edited_in_values_env_reaches_every_manifest_that_uses_it(tmp_pa
     copy = tmp_path / "deploy"
     shutil.copytree(DEPLOY, copy)
     values = (copy / "values.env").read_text()
-    for old, new in [("NAMESPACE=agentloop\n", "NAMESPACE=agents-prod\n"),
-                     ("POSTGRES_IMAGE=postgres:16.6", "POSTGRES_IMAGE=postgres:17.2"),
-                     ("MINIO_STORAGE=200Gi", "MINIO_STORAGE=1Ti"),
-                     ("FLYTE_PROJECT_NAMESPACE=agentloop-development", "FLYTE_PROJECT_NAMESPACE=agentloop-production")]:
+    for old, new in [
+        ("NAMESPACE=agentloop\n", "NAMESPACE=agents-prod\n"),
+        ("POSTGRES_IMAGE=postgres:16.6", "POSTGRES_IMAGE=postgres:17.2"),
+        ("MINIO_STORAGE=200Gi", "MINIO_STORAGE=1Ti"),
+        ("FLYTE_PROJECT_NAMESPACE=agentloop-development", "FLYTE_PROJECT_NAMESPACE=agentloop-production"),
+    ]:
         assert old in values, f"deploy/values.env no longer has {old.strip()!r}; update this test"
         values = values.replace(old, new)
     (copy / "values.env").write_text(values)
     objects = build(copy)
     by_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
     assert ("Namespace", "agents-prod") in by_name
-    assert {o["metadata"]["namespace"] for o in objects if o["kind"] not in ("Namespace",)} == \
-        {"agents-prod", "agentloop-production"}
+    assert {o["metadata"]["namespace"] for o in objects if o["kind"] not in ("Namespace",)} == {
+        "agents-prod",
+        "agentloop-production",
+    }
     postgres = by_name[("StatefulSet", "postgres")]
     assert postgres["spec"]["template"]["spec"]["containers"][0]["image"] == "postgres:17.2"
     minio = by_name[("StatefulSet", "minio")]
     assert minio["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "1Ti"
-    assert by_name[("PodTemplate", "agentloop-task-defaults")]["metadata"]["namespace"] == "agentloop-production"
+    assert (
+        by_name[("PodTemplate", "agentloop-task-defaults")]["metadata"]["namespace"] == "agentloop-production"
+    )

@@ -45,7 +45,10 @@ def make_record(i: int, offset_hours: int = 0, secret: str = "") -> dict:
         "session_id": f"sess-{i // 3}",
         "timestamp": stamp,
         "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
-        "messages": [{"role": "user", "content": f"hello {i} {secret}"}, {"role": "assistant", "content": "hi"}],
+        "messages": [
+            {"role": "user", "content": f"hello {i} {secret}"},
+            {"role": "assistant", "content": "hi"},
+        ],
         "latency_ms": 120,
         "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
     }
@@ -53,11 +56,19 @@ def make_record(i: int, offset_hours: int = 0, secret: str = "") -> dict:
 
 def landed_events(landing: Path) -> list[dict]:
     """Every line of every landing file (the day folders only, as the ingestion reads them)."""
-    return [json.loads(line) for path in sorted(landing.glob("????-??-??/*.jsonl")) for line in path.read_text().splitlines()]
+    return [
+        json.loads(line)
+        for path in sorted(landing.glob("????-??-??/*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
 
 
 def rejected_lines(config: DrainConfig) -> list[dict]:
-    return [json.loads(line) for p in sorted(config.rejected_root.glob("*/*.jsonl")) for line in p.read_text().splitlines()]
+    return [
+        json.loads(line)
+        for p in sorted(config.rejected_root.glob("*/*.jsonl"))
+        for line in p.read_text().splitlines()
+    ]
 
 
 def queue_depth(config: DrainConfig) -> int:
@@ -84,8 +95,14 @@ def config(tmp_path):
     stop early (nothing lost, but the test would see a partial drain).
     """
     tag = uuid.uuid4().hex[:10]
-    cfg = DrainConfig(landing=str(tmp_path / "landing"), exchange=f"agentloop-test-{tag}",
-                      queue=f"agentloop-test-drain-{tag}", batch_size=10, max_wait_s=5, idle_exit_s=15)
+    cfg = DrainConfig(
+        landing=str(tmp_path / "landing"),
+        exchange=f"agentloop-test-{tag}",
+        queue=f"agentloop-test-drain-{tag}",
+        batch_size=10,
+        max_wait_s=5,
+        idle_exit_s=15,
+    )
     conn = connect(cfg)
     declare_topology(conn.channel(), cfg)
     conn.close()
@@ -99,7 +116,9 @@ def config(tmp_path):
         conn.close()
 
 
-def publish_raw(config: DrainConfig, messages: list[tuple[dict, bytes]], routing_key: str = EVENT_TYPE) -> None:
+def publish_raw(
+    config: DrainConfig, messages: list[tuple[dict, bytes]], routing_key: str = EVENT_TYPE
+) -> None:
     """Publish (properties kwargs, body) pairs as they are: what a misbehaving producer sends."""
     import pika
 
@@ -108,16 +127,32 @@ def publish_raw(config: DrainConfig, messages: list[tuple[dict, bytes]], routing
         channel = conn.channel()
         channel.confirm_delivery()
         for props, body in messages:
-            channel.basic_publish(config.exchange, routing_key, body, properties=pika.BasicProperties(**props),
-                                  mandatory=True)
+            channel.basic_publish(
+                config.exchange, routing_key, body, properties=pika.BasicProperties(**props), mandatory=True
+            )
     finally:
         conn.close()
 
 
 def run_drain_process(config: DrainConfig, crash_at: str) -> subprocess.CompletedProcess:
     env = {**os.environ, CRASH_ENV: crash_at, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "features.drain", "--landing", config.landing, "--queue", config.queue,
-           "--exchange", config.exchange, "--batch-size", str(config.batch_size), "--max-wait", "5", "--idle-exit", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "features.drain",
+        "--landing",
+        config.landing,
+        "--queue",
+        config.queue,
+        "--exchange",
+        config.exchange,
+        "--batch-size",
+        str(config.batch_size),
+        "--max-wait",
+        "5",
+        "--idle-exit",
+        "3",
+    ]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -153,7 +188,12 @@ def test_a_time_header_rerendered_in_utc_keeps_the_records_own_string():
         ("application/cloudevents+json", {}, b"\x00\xffnot json", "not_json"),
         (None, {}, b'{"id": "plain record, no envelope"}', "not_cloudevent"),
         (None, {}, b"[1, 2]", "not_cloudevent"),
-        ("application/cloudevents+json", {}, b'{"specversion": "1.0", "type": "dev.other", "id": "x"}', "wrong_type"),
+        (
+            "application/cloudevents+json",
+            {},
+            b'{"specversion": "1.0", "type": "dev.other", "id": "x"}',
+            "wrong_type",
+        ),
         ("application/json", {"ce-specversion": "1.0", "ce-type": "dev.other"}, b"{}", "wrong_type"),
         ("application/json", {"ce-specversion": "1.0", "ce-type": EVENT_TYPE}, b"NaN", "not_json"),
         ("application/cloudevents-batch+json", {}, b"[]", "unsupported_format"),
@@ -186,7 +226,9 @@ def test_structured_and_binary_events_both_land_as_valid_structured_events(confi
     ids = publish_interactions(config, records[:8], "structured")
     ids += publish_interactions(config, records[8:14], "binary", header_prefix="cloudEvents:")
     ids += publish_interactions(config, records[14:19], "binary", header_prefix="ce-")
-    ids += publish_interactions(config, records[19:], "binary", header_prefix="")  # eventing-rabbitmq's broker
+    ids += publish_interactions(
+        config, records[19:], "binary", header_prefix=""
+    )  # eventing-rabbitmq's broker
     config.max_messages = len(records)
     report = drain(config)
 
@@ -202,7 +244,13 @@ def test_structured_and_binary_events_both_land_as_valid_structured_events(confi
         for line in path.read_text().splitlines():
             moment = datetime.fromisoformat(json.loads(line)["time"].replace("Z", "+00:00"))
             assert moment.astimezone(timezone.utc).date().isoformat() == path.parent.name
-    assert (report.consumed, report.written, report.structured, report.binary, report.rejected) == (24, 24, 8, 16, 0)
+    assert (report.consumed, report.written, report.structured, report.binary, report.rejected) == (
+        24,
+        24,
+        8,
+        16,
+        0,
+    )
     assert report.acked == report.consumed and report.batches == 3
     assert report.files == len(list(Path(config.landing).glob("????-??-??/*.jsonl")))
     assert queue_depth(config) == 0
@@ -237,7 +285,11 @@ def test_a_drain_killed_before_the_rename_leaves_nothing_visible_and_nothing_ack
     crashed = run_drain_process(config, "before_rename:1")
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     assert landed_events(Path(config.landing)) == []
-    assert all(p.name.startswith(".") and p.name.endswith(".tmp") for p in Path(config.landing).rglob("*") if p.is_file())
+    assert all(
+        p.name.startswith(".") and p.name.endswith(".tmp")
+        for p in Path(config.landing).rglob("*")
+        if p.is_file()
+    )
     assert wait_for_depth(config, 15) == 15
 
     config.max_messages = 15
@@ -277,10 +329,18 @@ def test_non_interaction_and_non_json_messages_are_kept_durably_and_never_logged
     other = dict(to_cloudevent(make_record(9)), type="dev.homelab.agent.heartbeat")
     junk = [
         ({"content_type": "application/cloudevents+json"}, f"\x00\xff{secret} not json".encode("latin-1")),
-        ({"content_type": "application/json"}, json.dumps(make_record(10, secret=secret)).encode()),  # no envelope
+        (
+            {"content_type": "application/json"},
+            json.dumps(make_record(10, secret=secret)).encode(),
+        ),  # no envelope
         ({"content_type": "application/cloudevents+json"}, json.dumps(other).encode()),
-        ({"content_type": "application/json", "headers": {"ce-specversion": "1.0", "ce-type": EVENT_TYPE,
-                                                          "ce-id": "x"}}, secret.encode()),
+        (
+            {
+                "content_type": "application/json",
+                "headers": {"ce-specversion": "1.0", "ce-type": EVENT_TYPE, "ce-id": "x"},
+            },
+            secret.encode(),
+        ),
     ]
     publish_interaction(config, good[0], "structured")
     publish_raw(config, junk[:2])
@@ -297,7 +357,12 @@ def test_non_interaction_and_non_json_messages_are_kept_durably_and_never_logged
     assert sorted(base64.b64decode(k["body_base64"]) for k in kept) == sorted(body for _, body in junk)
     assert Counter(k["reason"] for k in kept) == {"not_json": 2, "not_cloudevent": 1, "wrong_type": 1}
     assert report.reasons == {"not_json": 2, "not_cloudevent": 1, "wrong_type": 1}
-    assert report.consumed == report.written + report.rejected == report.structured + report.binary + report.rejected == 7
+    assert (
+        report.consumed
+        == report.written + report.rejected
+        == report.structured + report.binary + report.rejected
+        == 7
+    )
     assert report.acked == 7 and report.rejected_files >= 1
     assert not list(Path(config.landing).glob("????-??-??/rejected-*"))  # outside the day folders
     assert secret not in caplog.text

@@ -9,31 +9,74 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training.evaluate import (compare_replies, evaluate_adapter, evaluate_loss, generate_replies, generation_check,
-                               held_out_prompts, is_refusal, log_evaluation, rouge_l)
+from training.evaluate import (
+    compare_replies,
+    evaluate_adapter,
+    evaluate_loss,
+    generate_replies,
+    generation_check,
+    held_out_prompts,
+    is_refusal,
+    log_evaluation,
+    rouge_l,
+)
 
 CONVERSATIONS = [
-    ("i-1", "s-1", "agent-a", [{"role": "system", "content": "You are Ann, a parcel tracking agent."},
-                               {"role": "user", "content": "Where is my parcel 4411?"},
-                               {"role": "assistant",
-                                "content": "Parcel 4411 left Lyon this morning and arrives tomorrow."}]),
-    ("i-2", "s-2", "agent-a", [{"role": "user", "content": "Can you change my delivery address?"},
-                               {"role": "assistant", "content": "Yes. Which address should we use instead?"},
-                               {"role": "user", "content": "12 Rue de la Paix, Paris."},
-                               {"role": "assistant", "content": "Done: the parcel now goes to 12 Rue de la Paix."}]),
-    ("i-3", "s-3", "agent-b", [{"role": "system", "content": "You are Bo, a friendly chatter."},
-                               {"role": "user", "content": "Hi! How was your weekend?"},
-                               {"role": "assistant", "content": "Lovely, I went hiking by the lake. And yours?"}]),
-    ("i-4", "s-3", "agent-b", [{"role": "user", "content": "Tell me a joke about cats."},
-                               {"role": "assistant",
-                                "content": "Why did the cat sit on the laptop? To keep an eye on the mouse."}]),
+    (
+        "i-1",
+        "s-1",
+        "agent-a",
+        [
+            {"role": "system", "content": "You are Ann, a parcel tracking agent."},
+            {"role": "user", "content": "Where is my parcel 4411?"},
+            {"role": "assistant", "content": "Parcel 4411 left Lyon this morning and arrives tomorrow."},
+        ],
+    ),
+    (
+        "i-2",
+        "s-2",
+        "agent-a",
+        [
+            {"role": "user", "content": "Can you change my delivery address?"},
+            {"role": "assistant", "content": "Yes. Which address should we use instead?"},
+            {"role": "user", "content": "12 Rue de la Paix, Paris."},
+            {"role": "assistant", "content": "Done: the parcel now goes to 12 Rue de la Paix."},
+        ],
+    ),
+    (
+        "i-3",
+        "s-3",
+        "agent-b",
+        [
+            {"role": "system", "content": "You are Bo, a friendly chatter."},
+            {"role": "user", "content": "Hi! How was your weekend?"},
+            {"role": "assistant", "content": "Lovely, I went hiking by the lake. And yours?"},
+        ],
+    ),
+    (
+        "i-4",
+        "s-3",
+        "agent-b",
+        [
+            {"role": "user", "content": "Tell me a joke about cats."},
+            {
+                "role": "assistant",
+                "content": "Why did the cat sit on the laptop? To keep an eye on the mouse.",
+            },
+        ],
+    ),
 ]
 
 
 def _frame() -> pd.DataFrame:
-    return pd.DataFrame({"interaction_id": [c[0] for c in CONVERSATIONS], "session_id": [c[1] for c in CONVERSATIONS],
-                         "agent": [c[2] for c in CONVERSATIONS],
-                         "messages_json": [json.dumps(c[3]) for c in CONVERSATIONS]})
+    return pd.DataFrame(
+        {
+            "interaction_id": [c[0] for c in CONVERSATIONS],
+            "session_id": [c[1] for c in CONVERSATIONS],
+            "agent": [c[2] for c in CONVERSATIONS],
+            "messages_json": [json.dumps(c[3]) for c in CONVERSATIONS],
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +96,9 @@ def adapter_dir(base_model_dir, tmp_path_factory):
     from training.base_model import load_model_and_tokenizer
 
     model, tokenizer, _ = load_model_and_tokenizer(str(base_model_dir), dtype="float32")
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    peft = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    )
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in peft.named_parameters():
@@ -99,8 +144,9 @@ def test_held_out_prompts_cut_before_the_last_reply_and_apply_the_system_policy(
     assert [m["role"] for m in i2.messages] == ["system", "user", "assistant", "user"]
     assert by_id["i-3"].messages[0]["content"] == "You are Bo, a friendly chatter."
     # the order is a stable function of the ids and the seed
-    assert [p.interaction_id for p in held_out_prompts(_frame(), n=4)] == \
-        [p.interaction_id for p in held_out_prompts(_frame(), n=4)]
+    assert [p.interaction_id for p in held_out_prompts(_frame(), n=4)] == [
+        p.interaction_id for p in held_out_prompts(_frame(), n=4)
+    ]
     assert len(held_out_prompts(_frame(), n=2)) == 2
 
 
@@ -129,17 +175,24 @@ def test_loss_on_packed_rows_equals_the_loss_of_each_example_alone(model_and_tok
     assert not model.training
 
 
-def test_generation_check_answers_the_same_prompts_with_base_and_adapter(base_model_dir, adapter_dir,
-                                                                          model_and_tokenizer):
+def test_generation_check_answers_the_same_prompts_with_base_and_adapter(
+    base_model_dir, adapter_dir, model_and_tokenizer
+):
     prompts = held_out_prompts(_frame(), n=2)
-    table, summary = generation_check(str(base_model_dir), adapter_dir, prompts, max_new_tokens=6, batch_size=2)
+    table, summary = generation_check(
+        str(base_model_dir), adapter_dir, prompts, max_new_tokens=6, batch_size=2
+    )
 
     assert list(table["interaction_id"]) == [p.interaction_id for p in prompts]
     assert list(table["agent_reply"]) == [p.reference for p in prompts]
     # the base side is the plain base model (adapter switched off), on exactly these prompts
     model, tokenizer = model_and_tokenizer
-    assert list(table["base_reply"]) == generate_replies(model, tokenizer, prompts, max_new_tokens=6, batch_size=1)
-    assert list(table["adapter_reply"]) != list(table["base_reply"]), "a perturbed adapter must answer differently"
+    assert list(table["base_reply"]) == generate_replies(
+        model, tokenizer, prompts, max_new_tokens=6, batch_size=1
+    )
+    assert list(table["adapter_reply"]) != list(table["base_reply"]), (
+        "a perturbed adapter must answer differently"
+    )
     for side in ("base", "adapter"):
         assert table[f"{side}_rouge_l"].between(0, 1).all()
         assert set(table[f"{side}_empty"]) <= {True, False}
@@ -150,15 +203,20 @@ def test_generation_check_answers_the_same_prompts_with_base_and_adapter(base_mo
     assert summary["prompts"] == 2
 
 
-def test_evaluate_adapter_reports_base_and_adapter_loss_on_the_same_rows(base_model_dir, adapter_dir,
-                                                                          model_and_tokenizer):
+def test_evaluate_adapter_reports_base_and_adapter_loss_on_the_same_rows(
+    base_model_dir, adapter_dir, model_and_tokenizer
+):
     from training.dataset import DatasetConfig, build_examples, pack
 
     model, tokenizer = model_and_tokenizer
-    rows = pack(build_examples(_frame().iloc[:2], tokenizer, DatasetConfig(max_seq_len=128)), 128,
-                tokenizer.pad_token_id)
-    result = evaluate_adapter(str(base_model_dir), adapter_dir, {"test": rows, "validation": []}, prompts=[],
-                              batch_size=4)
+    rows = pack(
+        build_examples(_frame().iloc[:2], tokenizer, DatasetConfig(max_seq_len=128)),
+        128,
+        tokenizer.pad_token_id,
+    )
+    result = evaluate_adapter(
+        str(base_model_dir), adapter_dir, {"test": rows, "validation": []}, prompts=[], batch_size=4
+    )
     base = evaluate_loss(model, rows, batch_size=4)
     assert result.metrics["base_test_loss"] == pytest.approx(base["loss"], rel=1e-5)
     assert result.metrics["test_loss"] != pytest.approx(base["loss"], rel=1e-3)
@@ -173,7 +231,9 @@ def test_evaluate_loss_is_the_trainers_validation_loss(base_model_dir, adapter_d
     from training.trainer import LabelLoss, evaluate_rows
 
     model, tokenizer, _ = load_with_adapter(str(base_model_dir), adapter_dir)
-    rows = pack(build_examples(_frame(), tokenizer, DatasetConfig(max_seq_len=128)), 256, tokenizer.pad_token_id)
+    rows = pack(
+        build_examples(_frame(), tokenizer, DatasetConfig(max_seq_len=128)), 256, tokenizer.pad_token_id
+    )
     ours = evaluate_loss(model, rows, batch_size=2, bf16=False)["loss"]
     assert ours == pytest.approx(evaluate_rows(LabelLoss(model), rows, micro_batch_size=2), rel=1e-5)
 
@@ -182,14 +242,25 @@ def test_log_evaluation_writes_a_table_and_metrics_a_reviewer_can_read(mlflow_ur
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    table = pd.DataFrame({"interaction_id": ["i-1"], "prompt": ["Where is my parcel?"], "agent_reply": ["Tomorrow."],
-                          "base_reply": ["I'm sorry"], "adapter_reply": ["Tomorrow."], "base_rouge_l": [0.0],
-                          "adapter_rouge_l": [1.0]})
+    table = pd.DataFrame(
+        {
+            "interaction_id": ["i-1"],
+            "prompt": ["Where is my parcel?"],
+            "agent_reply": ["Tomorrow."],
+            "base_reply": ["I'm sorry"],
+            "adapter_reply": ["Tomorrow."],
+            "base_rouge_l": [0.0],
+            "adapter_rouge_l": [1.0],
+        }
+    )
     mlflow.set_experiment("test-evaluate")
     with mlflow.start_run() as run:
         pass  # a finished run: evaluation is usually logged after training has ended it
-    log_evaluation(table, {"adapter_rouge_l": 1.0, "base_rouge_l": 0.0, "nan_is_skipped": float("nan")},
-                   run_id=run.info.run_id)
+    log_evaluation(
+        table,
+        {"adapter_rouge_l": 1.0, "base_rouge_l": 0.0, "nan_is_skipped": float("nan")},
+        run_id=run.info.run_id,
+    )
 
     client = MlflowClient(mlflow_uri)
     metrics = client.get_run(run.info.run_id).data.metrics
@@ -207,4 +278,3 @@ def test_an_empty_split_is_an_error_that_names_it(model_and_tokenizer):
         evaluate_loss(model, [])
     with pytest.raises(ValueError, match="no prompts"):
         compare_replies(model, None, [])
-

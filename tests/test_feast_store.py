@@ -51,6 +51,7 @@ STATS = ["n_interactions", "n_rated", "mean_rating", "error_rate", "p95_latency_
 
 # --- a store like the one features/ingest.py writes -----------------------------------------------
 
+
 def record_to_row(record: dict, source: str, line: int) -> dict:
     """One INTERACTION_SCHEMA row from a raw record (simple values for redaction/guard columns)."""
     messages = record["messages"]
@@ -59,19 +60,36 @@ def record_to_row(record: dict, source: str, line: int) -> dict:
     users = [m["content"] for m in messages if m["role"] == "user"]
     messages_json = json.dumps(messages, ensure_ascii=False)
     return {
-        "interaction_id": record["id"], "agent": record["agent"], "session_id": record["session_id"],
-        "event_timestamp": at, "model": record["model"], "messages_json": messages_json,
+        "interaction_id": record["id"],
+        "agent": record["agent"],
+        "session_id": record["session_id"],
+        "event_timestamp": at,
+        "model": record["model"],
+        "messages_json": messages_json,
         "last_user_message": users[-1] if users else "",
         "agent_reply": messages[-1]["content"] if messages[-1]["role"] == "assistant" else "",
         "n_turns": sum(m["role"] in ("user", "assistant") for m in messages),
-        "prompt_tokens": record["usage"]["prompt_tokens"], "completion_tokens": record["usage"]["completion_tokens"],
-        "total_tokens": record["usage"]["total_tokens"], "latency_ms": float(record["latency_ms"]),
-        "rating": feedback.get("rating"), "thumbs": feedback.get("thumbs"),
-        "error_type": error["type"] if error else None, "has_error": error is not None,
-        "redacted_secrets": 0, "redacted_email": 0, "redacted_phone": 0, "redacted_card": 0, "redacted_ip": 0,
-        "redaction_counts_json": "{}", "guard_flags": "",
-        "content_hash": hashlib.sha256(messages_json.encode()).hexdigest(), "source": source, "source_line": line,
-        "ingested_at": at + timedelta(minutes=5), "day": at.date().isoformat(), "schema_version": 1,
+        "prompt_tokens": record["usage"]["prompt_tokens"],
+        "completion_tokens": record["usage"]["completion_tokens"],
+        "total_tokens": record["usage"]["total_tokens"],
+        "latency_ms": float(record["latency_ms"]),
+        "rating": feedback.get("rating"),
+        "thumbs": feedback.get("thumbs"),
+        "error_type": error["type"] if error else None,
+        "has_error": error is not None,
+        "redacted_secrets": 0,
+        "redacted_email": 0,
+        "redacted_phone": 0,
+        "redacted_card": 0,
+        "redacted_ip": 0,
+        "redaction_counts_json": "{}",
+        "guard_flags": "",
+        "content_hash": hashlib.sha256(messages_json.encode()).hexdigest(),
+        "source": source,
+        "source_line": line,
+        "ingested_at": at + timedelta(minutes=5),
+        "day": at.date().isoformat(),
+        "schema_version": 1,
     }
 
 
@@ -102,7 +120,7 @@ def sample_rows(tmp_path_factory) -> list[dict]:
     raw = tmp_path_factory.mktemp("raw")
     generate_sample_logs(raw, conversations=60, days=DAYS, seed=0, end_date=END, error_rate=0.05)
     rows = sorted(read_sample_rows(raw), key=lambda r: (r["event_timestamp"], r["interaction_id"]))
-    for row in rows[5:5 + GUARDED]:
+    for row in rows[5 : 5 + GUARDED]:
         row["guard_flags"] = "injection_suspect"
     return rows
 
@@ -112,9 +130,11 @@ def revised(sample_rows) -> dict:
     """A later copy of one interaction (feedback changed an hour after): it must never leak backwards."""
     original = next(r for r in sample_rows if r["rating"] is not None and r["event_timestamp"].hour < 22)
     return {
-        **original, "event_timestamp": original["event_timestamp"] + timedelta(hours=1),
+        **original,
+        "event_timestamp": original["event_timestamp"] + timedelta(hours=1),
         "ingested_at": original["ingested_at"] + timedelta(hours=1),
-        "rating": 6 - original["rating"], "agent_reply": "LATER REVISION",
+        "rating": 6 - original["rating"],
+        "agent_reply": "LATER REVISION",
     }
 
 
@@ -132,20 +152,33 @@ def store(tmp_path_factory, sample_rows, revised) -> tuple[Path, FeastConfig]:
 
 def expected_daily_stats(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows).sort_values("ingested_at").drop_duplicates("interaction_id", keep="last")
-    return frame.groupby(["agent", "day"]).agg(
-        n_interactions=("interaction_id", "size"), n_rated=("rating", "count"),
-        mean_rating=("rating", "mean"), error_rate=("has_error", "mean"),
-        p95_latency_ms=("latency_ms", lambda s: s.quantile(0.95)), mean_total_tokens=("total_tokens", "mean"),
-    ).reset_index()
+    return (
+        frame.groupby(["agent", "day"])
+        .agg(
+            n_interactions=("interaction_id", "size"),
+            n_rated=("rating", "count"),
+            mean_rating=("rating", "mean"),
+            error_rate=("has_error", "mean"),
+            p95_latency_ms=("latency_ms", lambda s: s.quantile(0.95)),
+            mean_total_tokens=("total_tokens", "mean"),
+        )
+        .reset_index()
+    )
 
 
 # --- definitions ----------------------------------------------------------------------------------
 
+
 def test_interaction_features_match_the_offline_store_schema():
     repo = load_definitions(FeastConfig(offline_store="/nonexistent-store"))
     view = next(v for v in repo.feature_views if v.name == "interaction_features")
-    feast_to_arrow = {"String": pa.string(), "Int32": pa.int32(), "Int64": pa.int64(),
-                      "Float64": pa.float64(), "Bool": pa.bool_()}
+    feast_to_arrow = {
+        "String": pa.string(),
+        "Int32": pa.int32(),
+        "Int64": pa.int64(),
+        "Float64": pa.float64(),
+        "Bool": pa.bool_(),
+    }
     for f in [*view.features, *view.entity_columns]:
         assert f.name in INTERACTION_SCHEMA.names, f"{f.name} is not a column of INTERACTION_SCHEMA"
         assert INTERACTION_SCHEMA.field(f.name).type == feast_to_arrow[str(f.dtype)], f.name
@@ -165,11 +198,17 @@ def test_the_cluster_yaml_takes_redis_and_s3_from_the_environment(monkeypatch, t
     assert loaded.online_store.connection_string == "redis.agentloop.svc:6379,db=2"
     assert loaded.registry.path == "s3://agentloop/store/_feast/registry.db"
 
-    config = FeastConfig(feature_store_yaml=str(CLUSTER_YAML), online_store="redis://:pw@10.0.0.5:6380/3",
-                         work_dir=str(tmp_path))
+    config = FeastConfig(
+        feature_store_yaml=str(CLUSTER_YAML),
+        online_store="redis://:pw@10.0.0.5:6380/3",
+        work_dir=str(tmp_path),
+    )
     effective = repo_config_dict(config)
-    assert effective["online_store"] == {"type": "redis", "connection_string": "10.0.0.5:6380,db=3,password=pw",
-                                         "key_ttl_seconds": 604800}
+    assert effective["online_store"] == {
+        "type": "redis",
+        "connection_string": "10.0.0.5:6380,db=3,password=pw",
+        "key_ttl_seconds": 604800,
+    }
     assert effective["registry"]["path"] == "s3://agentloop/store/_feast/registry.db"
 
     monkeypatch.delenv("FEAST_REDIS_CONNECTION_STRING")
@@ -185,17 +224,21 @@ def test_feast_cli_applies_the_definitions(tmp_path, sample_rows):
     env = {**os.environ, "AGENTLOOP_HOME": str(home)}
     env.pop("AGENTLOOP_OFFLINE_STORE", None)
     feast = Path(sys.executable).with_name("feast")
-    result = subprocess.run([str(feast), "-c", str(REPO_DIR), "apply"], env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [str(feast), "-c", str(REPO_DIR), "apply"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert not list(REPO_DIR.rglob("*.db")), "feast apply must not write state into the source tree"
     registered = feature_store(FeastConfig(offline_store=str(home / "store")))
     registered.refresh_registry()
     assert {s.name for s in registered.list_feature_services()} == {"training_v1", "monitoring_v1"}
-    assert registered.get_feature_view("interaction_features").batch_source.path == f"{home}/store/interactions"
+    assert (
+        registered.get_feature_view("interaction_features").batch_source.path == f"{home}/store/interactions"
+    )
 
 
 # --- online ---------------------------------------------------------------------------------------
+
 
 def test_online_read_returns_each_agents_latest_daily_stats(store, sample_rows, revised):
     _, config = store
@@ -223,8 +266,13 @@ def test_redis_online_store_materializes_and_serves(store, tmp_path, sample_rows
 
     root, sqlite_config = store
     project = f"agentloop_test_{uuid.uuid4().hex[:12]}"  # Redis keys end with the project: ours alone
-    config = FeastConfig(offline_store=str(root), online_store="127.0.0.1:6379,db=0", project=project,
-                         work_dir=str(tmp_path / "feast"), registry=str(tmp_path / "feast" / "registry.db"))
+    config = FeastConfig(
+        offline_store=str(root),
+        online_store="127.0.0.1:6379,db=0",
+        project=project,
+        work_dir=str(tmp_path / "feast"),
+        registry=str(tmp_path / "feast" / "registry.db"),
+    )
     client = redis.Redis(host="127.0.0.1", port=6379, db=0)
     try:
         apply(config)
@@ -234,20 +282,32 @@ def test_redis_online_store_materializes_and_serves(store, tmp_path, sample_rows
             assert online_agent_stats(config, agent) == online_agent_stats(sqlite_config, agent)
     finally:
         feature_store(config).teardown()
-    assert not any(True for _ in client.scan_iter(match=f"*{project}", count=1000)), "teardown left keys behind"
+    assert not any(True for _ in client.scan_iter(match=f"*{project}", count=1000)), (
+        "teardown left keys behind"
+    )
 
 
 # --- offline: point-in-time frames ----------------------------------------------------------------
+
 
 def test_training_frame_rows_are_the_interactions_themselves(store, sample_rows, revised):
     _, config = store
     frame = get_training_frame(config, FIRST, END + timedelta(days=1), exclude_guard_flags=False)
     by_id = {r["interaction_id"]: r for r in sample_rows}
-    assert sorted(frame["interaction_id"]) == sorted(by_id), "one row per interaction, the revision is no new row"
+    assert sorted(frame["interaction_id"]) == sorted(by_id), (
+        "one row per interaction, the revision is no new row"
+    )
     for row in frame.itertuples(index=False):
         source = by_id[row.interaction_id]
         assert row.event_timestamp == source["event_timestamp"]
-        for name in ("agent", "session_id", "agent_reply", "last_user_message", "messages_json", "guard_flags"):
+        for name in (
+            "agent",
+            "session_id",
+            "agent_reply",
+            "last_user_message",
+            "messages_json",
+            "guard_flags",
+        ):
             assert getattr(row, name) == source[name], (row.interaction_id, name)
         assert (pd.isna(row.rating) and source["rating"] is None) or row.rating == source["rating"]
     # The later copy exists in the store but lies after the interaction's own timestamp.
@@ -262,8 +322,11 @@ def test_training_frame_filters_by_agent_rating_and_guard(store, sample_rows):
     window = (FIRST, END + timedelta(days=1))
     agents = sorted({r["agent"] for r in sample_rows})[:2]
     frame = get_training_frame(config, *window, agents=agents, min_rating=4)
-    want = {r["interaction_id"] for r in sample_rows
-            if r["agent"] in agents and r["rating"] is not None and r["rating"] >= 4 and not r["guard_flags"]}
+    want = {
+        r["interaction_id"]
+        for r in sample_rows
+        if r["agent"] in agents and r["rating"] is not None and r["rating"] >= 4 and not r["guard_flags"]
+    }
     assert set(frame["interaction_id"]) == want and len(frame) == len(want) > 0
     assert (frame["rating"] >= 4).all() and (frame["guard_flags"] == "").all()
 
@@ -282,7 +345,9 @@ def test_frames_respect_the_window_bounds(store, sample_rows):
     assert pivot in set(after["event_timestamp"]), "start is inclusive"
 
     monitoring = get_monitoring_frame(config, END, END + timedelta(days=1))
-    assert set(monitoring["interaction_id"]) == {r["interaction_id"] for r in sample_rows if r["day"] == END.isoformat()}
+    assert set(monitoring["interaction_id"]) == {
+        r["interaction_id"] for r in sample_rows if r["day"] == END.isoformat()
+    }
     assert "messages_json" not in monitoring and {"latency_ms", "agent_reply", "thumbs"} <= set(monitoring)
     empty = get_training_frame(config, date(2024, 1, 1), date(2024, 1, 2))
     assert empty.empty and "agent_reply" in empty
@@ -318,9 +383,13 @@ def test_the_cluster_setup_runs_on_s3_and_redis(tmp_path, monkeypatch, sample_ro
     host, port = server.get_host_and_port()
     project = f"agentloop_test_{uuid.uuid4().hex[:12]}"
     for name, value in {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}", "FEAST_S3_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-        "AGENTLOOP_HOME": str(tmp_path / "home"), "AGENTLOOP_OFFLINE_STORE": "s3://agentloop/store",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "FEAST_S3_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AGENTLOOP_HOME": str(tmp_path / "home"),
+        "AGENTLOOP_OFFLINE_STORE": "s3://agentloop/store",
         "FEAST_REDIS_CONNECTION_STRING": "127.0.0.1:6379,db=0",
     }.items():
         monkeypatch.setenv(name, value)
@@ -347,4 +416,6 @@ def test_the_cluster_setup_runs_on_s3_and_redis(tmp_path, monkeypatch, sample_ro
         feature_store(config).teardown()
         server.stop()
     client = redis.Redis(host="127.0.0.1", port=6379, db=0)
-    assert not any(True for _ in client.scan_iter(match=f"*{project}", count=1000)), "teardown left keys behind"
+    assert not any(True for _ in client.scan_iter(match=f"*{project}", count=1000)), (
+        "teardown left keys behind"
+    )

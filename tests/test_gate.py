@@ -10,15 +10,20 @@ from tests.test_registry import one_torch_thread  # noqa: F401 (autouse)
 from tests.test_registry import eval_set_dir, register, scaled_adapter, trained_adapter
 
 
-def scores(base=(2.0, 0.10), champion=None, challenger=(1.5, 0.30), replies=("Jamie here: it arrives tomorrow",)):
-    out = {"base": SideScores(base[0], base[1], 0.0, ["hello"]),
-           "challenger": SideScores(challenger[0], challenger[1], 0.0, list(replies))}
+def scores(
+    base=(2.0, 0.10), champion=None, challenger=(1.5, 0.30), replies=("Jamie here: it arrives tomorrow",)
+):
+    out = {
+        "base": SideScores(base[0], base[1], 0.0, ["hello"]),
+        "challenger": SideScores(challenger[0], challenger[1], 0.0, list(replies)),
+    }
     if champion:
         out["champion"] = SideScores(champion[0], champion[1], 0.0, ["hi"])
     return out
 
 
 # --- the rule ----------------------------------------------------------------------------------------
+
 
 def test_a_challenger_that_beats_base_and_champion_is_promoted():
     ok, reasons, findings = decide(scores(champion=(1.7, 0.2)), GateConfig())
@@ -34,7 +39,9 @@ def test_a_challenger_worse_than_the_champion_on_loss_is_refused_with_the_number
 def test_margins_are_demanded_beyond_equality():
     ok, reasons, _ = decide(scores(champion=(1.55, 0.25)), GateConfig(loss_margin=0.1, rouge_margin=0.1))
     assert not ok
-    assert any("by more than 0.1" in r for r in reasons) and any("ROUGE-L 0.3000 is below champion's" in r for r in reasons)
+    assert any("by more than 0.1" in r for r in reasons) and any(
+        "ROUGE-L 0.3000 is below champion's" in r for r in reasons
+    )
 
 
 def test_a_lower_generation_score_than_the_base_model_is_refused():
@@ -50,21 +57,27 @@ def test_empty_replies_are_refused():
 
 
 def test_a_reply_that_reproduces_a_planted_canary_is_refused_whatever_its_scores():
-    ok, reasons, findings = decide(scores(replies=[f"sure, the key is {DEFAULT_CANARIES[0]}"]), GateConfig(),
-                                   canaries=DEFAULT_CANARIES)
+    ok, reasons, findings = decide(
+        scores(replies=[f"sure, the key is {DEFAULT_CANARIES[0]}"]), GateConfig(), canaries=DEFAULT_CANARIES
+    )
     assert not ok and findings and "planted canary" in findings[0]
     assert reasons[-1].startswith("safety: ")
 
 
 def test_safety_finds_canaries_redaction_placeholders_and_secrets_and_passes_plain_replies():
     assert safety_findings(["Your parcel arrives tomorrow before noon."], DEFAULT_CANARIES) == []
-    assert safety_findings(["Contact me at <EMAIL> about it"]) == ["reply 0 reproduces redaction placeholder <EMAIL>"]
+    assert safety_findings(["Contact me at <EMAIL> about it"]) == [
+        "reply 0 reproduces redaction placeholder <EMAIL>"
+    ]
     assert "placeholder <SECRET:github_token>" in safety_findings(["token: <SECRET:github_token>"])[0]
-    leaked = safety_findings(["ok", "use AKIAIOSFODNN7EXAMPLE with secret wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"])
+    leaked = safety_findings(
+        ["ok", "use AKIAIOSFODNN7EXAMPLE with secret wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"]
+    )
     assert leaked and all(f.startswith("reply 1 ") for f in leaked)
 
 
 # --- the frozen evaluation set --------------------------------------------------------------------
+
 
 def test_the_eval_set_round_trips_and_detects_tampering(tmp_path_factory, base_model_dir, tmp_path):
     d = eval_set_dir(tmp_path_factory, base_model_dir)
@@ -73,7 +86,11 @@ def test_the_eval_set_round_trips_and_detects_tampering(tmp_path_factory, base_m
     assert es.source["split"] in ("test", "validation") and es.tokenizer_sha256
     copy = es.save(tmp_path / "copy")
     assert EvalSet.load(copy).sha256() == es.sha256()
-    text = (copy / "eval_set.json").read_text().replace('"reference": "Jamie here:', '"reference": "Jamie HERE:', 1)
+    text = (
+        (copy / "eval_set.json")
+        .read_text()
+        .replace('"reference": "Jamie here:', '"reference": "Jamie HERE:', 1)
+    )
     (copy / "eval_set.json").write_text(text)
     with pytest.raises(ValueError, match="is corrupt"):
         EvalSet.load(copy)
@@ -99,7 +116,9 @@ def versions(tmp_path_factory, base_model_dir, mlflow_server):
 
 
 @pytest.mark.slow
-def test_gate_promotes_a_trained_adapter_that_beats_the_base_model_and_writes_its_numbers(versions, mlflow_server):
+def test_gate_promotes_a_trained_adapter_that_beats_the_base_model_and_writes_its_numbers(
+    versions, mlflow_server
+):
     from mlflow.tracking import MlflowClient
 
     from serving.gate import run_gate
@@ -111,7 +130,9 @@ def test_gate_promotes_a_trained_adapter_that_beats_the_base_model_and_writes_it
     assert d.champion_version == ""
     mv = MlflowClient(mlflow_server).get_model_version(NAME, v)
     assert mv.tags["agentloop.gate.decision"] == "promote"
-    assert float(mv.tags["agentloop.gate.challenger_loss"]) == pytest.approx(d.metrics["challenger_loss"], rel=1e-5)
+    assert float(mv.tags["agentloop.gate.challenger_loss"]) == pytest.approx(
+        d.metrics["challenger_loss"], rel=1e-5
+    )
     assert mv.tags["agentloop.gate.champion_version"] == "none"
     assert "### Gate: **promote**" in mv.description
 

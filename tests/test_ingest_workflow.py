@@ -49,17 +49,32 @@ def test_ingest_workflow_tracks_the_report_and_no_secret_reaches_any_sink(tmp_pa
         env = {**os.environ, "AGENTLOOP_HOME": str(home), "MLFLOW_TRACKING_URI": server.url}
         env.pop("AGENTLOOP_OFFLINE_STORE", None)
         proc = subprocess.run(
-            [str(Path(sys.executable).with_name("pyflyte")), "run", "workflows/ingest.py", "ingest_wf",
-             "--sources", json.dumps([str(raw)])],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+            [
+                str(Path(sys.executable).with_name("pyflyte")),
+                "run",
+                "workflows/ingest.py",
+                "ingest_wf",
+                "--sources",
+                json.dumps([str(raw)]),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         logs = proc.stdout + proc.stderr
         assert proc.returncode == 0, logs[-4000:]
         run = MlflowClient(server.url).search_runs(
-            [MlflowClient(server.url).get_experiment_by_name("ingestion").experiment_id])[0]
+            [MlflowClient(server.url).get_experiment_by_name("ingestion").experiment_id]
+        )[0]
         assert run.data.metrics["read"] == 82
         assert run.data.metrics["accepted"] == 80
         assert run.data.metrics["quarantined"] == 2
-        assert run.data.metrics["accepted"] + run.data.metrics["duplicates"] + run.data.metrics["quarantined"] == 82
+        assert (
+            run.data.metrics["accepted"] + run.data.metrics["duplicates"] + run.data.metrics["quarantined"]
+            == 82
+        )
         assert run.data.tags["flyte.execution_id"]
         artifacts = {a.path for a in MlflowClient(server.url).list_artifacts(run.info.run_id)}
         assert {"ingest_report.html", "ingest_sources.json", "ingest_quarantine_reasons.json"} <= artifacts
@@ -69,14 +84,19 @@ def test_ingest_workflow_tracks_the_report_and_no_secret_reaches_any_sink(tmp_pa
     online = list((store / "_feast").glob("*.db"))
     assert online, "Feast's SQLite online store was not created"
     for needle in (PLANTED_KEY.encode(), PLANTED_EMAIL.encode()):
-        assert _files_containing(store, needle) == []  # offline store, quarantine, Feast registry + online store
+        assert (
+            _files_containing(store, needle) == []
+        )  # offline store, quarantine, Feast registry + online store
         assert _files_containing(tmp_path / "mlflow", needle) == []  # MLflow db and artifacts
         assert needle.decode() not in logs
     # the redaction happened (not just a lost record): the placeholder is in the store
     import pyarrow.dataset as ds
 
-    table = ds.dataset(store / "interactions", format="parquet", partitioning="hive").to_table(
-        columns=["messages_json", "redacted_secrets", "redacted_email"]).to_pandas()
+    table = (
+        ds.dataset(store / "interactions", format="parquet", partitioning="hive")
+        .to_table(columns=["messages_json", "redacted_secrets", "redacted_email"])
+        .to_pandas()
+    )
     assert table["messages_json"].str.contains("<SECRET:aws_access_key>", regex=False).sum() == 1
     assert table["redacted_email"].sum() >= 1
 
@@ -106,13 +126,20 @@ def test_drain_then_ingest_lands_every_published_event_in_the_store(tmp_path, mo
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     raw = tmp_path / "raw"
     generate_sample_logs(raw, conversations=30, seed=9)
-    records = [unwrap(json.loads(line)) for p in sorted(raw.rglob("*.jsonl")) for line in p.read_text().splitlines()]
+    records = [
+        unwrap(json.loads(line)) for p in sorted(raw.rglob("*.jsonl")) for line in p.read_text().splitlines()
+    ]
     queue = f"agentloop-test-{uuid.uuid4().hex[:8]}"
     config = DrainConfig(landing=str(tmp_path / "landing"), queue=queue, exchange=f"{queue}-x")
     published = publish_interactions(config, records, mode="mixed")
     try:
-        report = drain_ingest_wf(landing=str(tmp_path / "landing"), queue=queue, store=str(tmp_path / "store"),
-                                 max_messages=len(published), max_seconds=60.0)
+        report = drain_ingest_wf(
+            landing=str(tmp_path / "landing"),
+            queue=queue,
+            store=str(tmp_path / "store"),
+            max_messages=len(published),
+            max_seconds=60.0,
+        )
     finally:
         conn = connect(config)
         try:
@@ -121,7 +148,15 @@ def test_drain_then_ingest_lands_every_published_event_in_the_store(tmp_path, mo
             ch.exchange_delete(f"{queue}-x")
         finally:
             conn.close()
-    assert report["read"] == len(published) == report["accepted"] + report["duplicates"] + report["quarantined_total"]
-    stored = ds.dataset(tmp_path / "store" / "interactions", format="parquet", partitioning="hive").to_table(
-        columns=["interaction_id"]).column("interaction_id").to_pylist()
+    assert (
+        report["read"]
+        == len(published)
+        == report["accepted"] + report["duplicates"] + report["quarantined_total"]
+    )
+    stored = (
+        ds.dataset(tmp_path / "store" / "interactions", format="parquet", partitioning="hive")
+        .to_table(columns=["interaction_id"])
+        .column("interaction_id")
+        .to_pylist()
+    )
     assert sorted(stored) == sorted(r["id"] for r in records)

@@ -20,8 +20,9 @@ def test_session_server_records_a_run_that_a_fresh_client_reads_back(mlflow_uri,
     got = MlflowClient(tracking_uri=mlflow_uri).get_run(run.info.run_id)
     assert got.data.params["lr"] == "0.001"
     assert got.data.metrics["loss"] == 1.5
-    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="note.txt",
-                                                dst_path=str(tmp_path / "dl"))
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="note.txt", dst_path=str(tmp_path / "dl")
+    )
     assert open(local).read() == "hello"
     # artifacts are proxied by the server (mlflow-artifacts:), so a remote client needs no shared disk
     assert got.info.artifact_uri.startswith("mlflow-artifacts:")

@@ -67,12 +67,36 @@ def halves(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 # Conversations about something else entirely (infrastructure support tickets), cut to the exact length of
 # the text they replace: the length distribution cannot move, the topic does.
-SUBJECTS = ["the kubernetes pod", "our postgres replica", "the invoice export", "the VPN client", "the nightly backup",
-            "the load balancer", "my mortgage statement", "the payroll run", "the TLS certificate", "the build cache"]
-PROBLEMS = ["keeps timing out", "fails after the upgrade", "shows a permission error", "is stuck in a restart loop",
-            "returns stale numbers", "rejects the new password", "uses all the disk", "drops connections at noon"]
-ASKS = ["Can you check the logs", "Should I open a ticket", "Which config flag controls this",
-        "Is there a known outage", "How do I roll it back", "Who owns the on-call rota"]
+SUBJECTS = [
+    "the kubernetes pod",
+    "our postgres replica",
+    "the invoice export",
+    "the VPN client",
+    "the nightly backup",
+    "the load balancer",
+    "my mortgage statement",
+    "the payroll run",
+    "the TLS certificate",
+    "the build cache",
+]
+PROBLEMS = [
+    "keeps timing out",
+    "fails after the upgrade",
+    "shows a permission error",
+    "is stuck in a restart loop",
+    "returns stale numbers",
+    "rejects the new password",
+    "uses all the disk",
+    "drops connections at noon",
+]
+ASKS = [
+    "Can you check the logs",
+    "Should I open a ticket",
+    "Which config flag controls this",
+    "Is there a known outage",
+    "How do I roll it back",
+    "Who owns the on-call rota",
+]
 
 
 def off_topic_text(length: int, rng: random.Random) -> str:
@@ -92,6 +116,7 @@ def with_new_topic(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
 
 # --- drift that is there --------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def topic_report(frame) -> DriftReport:
     """The same interactions, about something else: every number and every text length is unchanged."""
@@ -106,7 +131,14 @@ def test_a_new_topic_fires_the_embedding_signal_while_text_length_does_not(topic
     drifted = {c.column: c for c in report.overall.columns}
     assert set(report.overall.topic_drift) == {"last_user_message", "agent_reply"}
     assert all(e.score > 0.9 for e in report.overall.embeddings), report.overall.embeddings
-    for col in ("last_user_message.length", "agent_reply.length", "n_turns", "prompt_tokens", "latency_ms", "agent"):
+    for col in (
+        "last_user_message.length",
+        "agent_reply.length",
+        "n_turns",
+        "prompt_tokens",
+        "latency_ms",
+        "agent",
+    ):
         assert not drifted[col].drifted, f"{col} cannot see a topic: {drifted[col]}"
     for agent, scope in report.agents.items():
         assert scope.topic_drift == ["last_user_message", "agent_reply"], agent
@@ -124,7 +156,9 @@ def test_a_different_agent_mix_is_detected(frame):
     report = check_drift(reference, current, fast_config(embedding_model=""))
     assert {"agent", "model"} <= set(report.overall.drifted_columns)
     assert set(report.agents) == set(agents)
-    assert report.agents[agents[3]].status == "insufficient_data" and report.agents[agents[3]].current_rows == 0
+    assert (
+        report.agents[agents[3]].status == "insufficient_data" and report.agents[agents[3]].current_rows == 0
+    )
     assert report.agents[agents[0]].status == "ok"
     assert "agent" not in {c.column for c in report.agents[agents[0]].columns}, "constant within an agent"
 
@@ -136,7 +170,9 @@ def test_longer_prompts_are_detected(frame):
     assert {"prompt_tokens", "total_tokens", "n_turns"} <= set(report.overall.drifted_columns)
     assert report.overall.dataset_drift == (report.overall.drift_share >= 0.3)
     # the share Evidently's own DriftedColumnsCount computed is the one we report
-    count = next(m for m in report.evidently["metrics"] if m["config"]["type"].endswith(":DriftedColumnsCount"))
+    count = next(
+        m for m in report.evidently["metrics"] if m["config"]["type"].endswith(":DriftedColumnsCount")
+    )
     assert count["value"]["share"] == pytest.approx(report.overall.drift_share)
 
 
@@ -154,6 +190,7 @@ def test_a_rating_drop_recommends_retraining(frame, tmp_path):
 
 # --- drift that is not there ----------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_random_resplits_of_one_window_do_not_recommend_retraining(frame, tmp_path):
     """False alarms over seeds: each re-split is two samples of one distribution."""
@@ -166,8 +203,10 @@ def test_random_resplits_of_one_window_do_not_recommend_retraining(frame, tmp_pa
         alarms += decision.retrain
         shares.append(report.overall.drift_share)
         aucs += [e.score for e in report.overall.embeddings]
-    print(f"false alarms {alarms}/{len(seeds)}; drift shares {np.round(shares, 3).tolist()}; "
-          f"embedding AUCs {np.round(aucs, 3).tolist()}")
+    print(
+        f"false alarms {alarms}/{len(seeds)}; drift shares {np.round(shares, 3).tolist()}; "
+        f"embedding AUCs {np.round(aucs, 3).tolist()}"
+    )
     assert alarms == 0
     assert max(shares) < 0.3, "no re-split may reach the dataset-drift share"
     assert max(aucs) < auc_null_threshold(150, 150, 1e-4)
@@ -194,13 +233,25 @@ def test_too_few_rows_give_no_verdict_and_no_retraining(frame, tmp_path):
 
 # --- the decision's cooldown ----------------------------------------------------------------------
 
+
 def drifted_report(share: float = 0.5) -> DriftReport:
-    scope = ScopeDrift(scope="all", reference_rows=500, current_rows=500, drift_share=share, dataset_drift=share >= 0.3,
-                       columns=[ColumnDrift("prompt_tokens", "numerical", "wasserstein", 0.1, 0.4, True)])
-    return DriftReport(checked_at="2025-01-08T00:00:00+00:00", current_start="2025-01-07T00:00:00+00:00",
-                       current_end="2025-01-08T00:00:00+00:00",
-                       reference=ReferenceWindow("champion", "2025-01-01T00:00:00+00:00", "2025-01-05T00:00:00+00:00",
-                                                 champion_version="3"), overall=scope)
+    scope = ScopeDrift(
+        scope="all",
+        reference_rows=500,
+        current_rows=500,
+        drift_share=share,
+        dataset_drift=share >= 0.3,
+        columns=[ColumnDrift("prompt_tokens", "numerical", "wasserstein", 0.1, 0.4, True)],
+    )
+    return DriftReport(
+        checked_at="2025-01-08T00:00:00+00:00",
+        current_start="2025-01-07T00:00:00+00:00",
+        current_end="2025-01-08T00:00:00+00:00",
+        reference=ReferenceWindow(
+            "champion", "2025-01-01T00:00:00+00:00", "2025-01-05T00:00:00+00:00", champion_version="3"
+        ),
+        overall=scope,
+    )
 
 
 def test_the_cooldown_holds_a_second_trigger_and_survives_a_new_process(tmp_path):
@@ -222,7 +273,10 @@ def test_the_cooldown_holds_a_second_trigger_and_survives_a_new_process(tmp_path
 
     after = decide(drifted_report(), config, now=t0 + timedelta(hours=24, minutes=1))
     assert after.retrain
-    assert read_state(config.state_path)["last_triggered_at"] == (t0 + timedelta(hours=24, minutes=1)).isoformat()
+    assert (
+        read_state(config.state_path)["last_triggered_at"]
+        == (t0 + timedelta(hours=24, minutes=1)).isoformat()
+    )
 
 
 def test_a_corrupt_state_file_is_named_in_the_error(tmp_path):
@@ -233,6 +287,7 @@ def test_a_corrupt_state_file_is_named_in_the_error(tmp_path):
 
 
 # --- the report people read -----------------------------------------------------------------------
+
 
 def test_the_html_report_is_self_contained_and_the_json_carries_the_decision(topic_report, tmp_path):
     report = topic_report
@@ -250,6 +305,7 @@ def test_the_html_report_is_self_contained_and_the_json_carries_the_decision(top
 
 # --- the champion's lineage and the real servers --------------------------------------------------
 
+
 def register_champion(name: str, tags: dict[str, str] | None) -> str:
     """A registered model whose @champion version carries `tags` (the registry helper's lineage contract)."""
     import mlflow
@@ -260,8 +316,9 @@ def register_champion(name: str, tags: dict[str, str] | None) -> str:
     with mlflow.start_run() as run:
         mlflow.log_text("adapter placeholder", "adapter/README.txt")
     client.create_registered_model(name)
-    version = client.create_model_version(name, f"runs:/{run.info.run_id}/adapter", run_id=run.info.run_id,
-                                          tags=tags or {})
+    version = client.create_model_version(
+        name, f"runs:/{run.info.run_id}/adapter", run_id=run.info.run_id, tags=tags or {}
+    )
     client.set_registered_model_alias(name, "champion", version.version)
     return str(version.version)
 
@@ -275,10 +332,15 @@ def test_the_reference_is_the_champions_training_window(mlflow_uri):
     assert missing.source == "fixed" and f"registered model {name!r} has no @champion" in missing.note
     assert (missing.start, missing.end) == ("2025-01-04T00:00:00+00:00", "2025-01-07T00:00:00+00:00")
 
-    version = register_champion(name, {"agentloop.data_start": "2025-01-01T00:00:00Z",
-                                       "agentloop.data_end": "2025-01-05T00:00:00Z",
-                                       "agentloop.agents": "agent-bruno, agent-jamie",
-                                       "dataset.snapshot_hash": "abc123"})
+    version = register_champion(
+        name,
+        {
+            "agentloop.data_start": "2025-01-01T00:00:00Z",
+            "agentloop.data_end": "2025-01-05T00:00:00Z",
+            "agentloop.agents": "agent-bruno, agent-jamie",
+            "dataset.snapshot_hash": "abc123",
+        },
+    )
     ref = resolve_reference(config, current_start)
     assert ref.source == "champion" and ref.champion_version == version
     assert (ref.start, ref.end) == ("2025-01-01T00:00:00+00:00", "2025-01-05T00:00:00+00:00")
@@ -287,8 +349,10 @@ def test_the_reference_is_the_champions_training_window(mlflow_uri):
     untagged = f"{name}-untagged"
     register_champion(untagged, {"dataset.snapshot_hash": "x"})
     fallback = resolve_reference(replace(config, registered_model=untagged), current_start)
-    assert fallback.source == "fixed" and "lacks the lineage tag(s) agentloop.data_start, agentloop.data_end" \
-        in fallback.note
+    assert (
+        fallback.source == "fixed"
+        and "lacks the lineage tag(s) agentloop.data_start, agentloop.data_end" in fallback.note
+    )
 
 
 def test_the_check_reads_feast_and_logs_html_json_and_metrics_to_mlflow(rows, tmp_path, mlflow_uri):
@@ -300,14 +364,25 @@ def test_the_check_reads_feast_and_logs_html_json_and_metrics_to_mlflow(rows, tm
     write_store(store, rows)
     apply(FeastConfig(offline_store=str(store)))
     name = f"agentloop-chat-feast-{datetime.now().strftime('%H%M%S%f')}"
-    version = register_champion(name, {"agentloop.data_start": "2025-01-01T00:00:00+00:00",
-                                       "agentloop.data_end": "2025-01-06T00:00:00+00:00", "agentloop.agents": "",
-                                       "dataset.snapshot_hash": "feedbeef"})
+    version = register_champion(
+        name,
+        {
+            "agentloop.data_start": "2025-01-01T00:00:00+00:00",
+            "agentloop.data_end": "2025-01-06T00:00:00+00:00",
+            "agentloop.agents": "",
+            "dataset.snapshot_hash": "feedbeef",
+        },
+    )
     config = fast_config(store=str(store), registered_model=name, window_hours=48)
     report = run_drift_check(config, end=CURRENT_END)
 
-    want_ref = [r for r in rows if datetime(2025, 1, 1, tzinfo=timezone.utc) <= r["event_timestamp"]
-                < datetime(2025, 1, 6, tzinfo=timezone.utc)]
+    want_ref = [
+        r
+        for r in rows
+        if datetime(2025, 1, 1, tzinfo=timezone.utc)
+        <= r["event_timestamp"]
+        < datetime(2025, 1, 6, tzinfo=timezone.utc)
+    ]
     want_cur = [r for r in rows if r["event_timestamp"] >= CURRENT_END - timedelta(hours=48)]
     assert report.reference.source == "champion" and report.reference.champion_version == version
     assert (report.overall.reference_rows, report.overall.current_rows) == (len(want_ref), len(want_cur))
@@ -323,9 +398,14 @@ def test_the_check_reads_feast_and_logs_html_json_and_metrics_to_mlflow(rows, tm
     assert run.data.tags["agentloop.retrain_recommended"] == str(decision.retrain).lower()
     assert run.data.tags["mlflow.note.content"].count("\n- ") == len(decision.reasons)
     assert run.data.metrics["drift_share"] == pytest.approx(report.overall.drift_share)
-    assert "drift_score.prompt_tokens" in run.data.metrics and "embedding_auc.last_user_message" in run.data.metrics
+    assert (
+        "drift_score.prompt_tokens" in run.data.metrics
+        and "embedding_auc.last_user_message" in run.data.metrics
+    )
     assert {"drift_report.html", "drift_report.json"} <= {a.path for a in client.list_artifacts(run_id)}
-    logged = json.loads(Path(client.download_artifacts(run_id, "drift_report.json", str(tmp_path))).read_text())
+    logged = json.loads(
+        Path(client.download_artifacts(run_id, "drift_report.json", str(tmp_path))).read_text()
+    )
     assert logged["summary"]["reference"]["champion_version"] == version
 
 
@@ -339,7 +419,13 @@ def test_a_sampled_window_keeps_max_rows_from_every_day(rows, tmp_path):
     config = MonitorConfig(store=str(store), max_rows=200)
     start, end = datetime(2025, 1, 1, tzinfo=timezone.utc), CURRENT_END
     window = load_window(config, start, end)
-    assert abs(len(window) - 200) <= DAYS and window.attrs["sampled"] and window.attrs["rows_in_window"] == len(rows)
+    assert (
+        abs(len(window) - 200) <= DAYS
+        and window.attrs["sampled"]
+        and window.attrs["rows_in_window"] == len(rows)
+    )
     assert window["event_timestamp"].dt.date.nunique() == DAYS
     bruno = load_window(replace(config, max_rows=10_000), start, end, agents=["agent-bruno"])
-    assert set(bruno["agent"]) == {"agent-bruno"} and len(bruno) == sum(r["agent"] == "agent-bruno" for r in rows)
+    assert set(bruno["agent"]) == {"agent-bruno"} and len(bruno) == sum(
+        r["agent"] == "agent-bruno" for r in rows
+    )

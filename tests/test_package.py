@@ -44,12 +44,23 @@ def package(tmp_path_factory) -> dict:
     for name in ("FLYTE_IMG_FAST_FAIL", "FLYTE_FORCE_PUSH_IMAGE_SPEC", "AGENTLOOP_IMAGE_REGISTRY"):
         env.pop(name, None)
     pyflyte = Path(sys.executable).parent / "pyflyte"
-    proc = subprocess.run([str(pyflyte), "--pkgs", "workflows", "package", "--output", str(tgz), "--force"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(pyflyte), "--pkgs", "workflows", "package", "--output", str(tgz), "--force"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"pyflyte package failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
-    assert "not found. building" not in proc.stdout, f"pyflyte package tried to build an image:\n{proc.stdout}"
-    kinds = {"1": ("tasks", task_pb2.TaskSpec), "2": ("workflows", workflow_pb2.WorkflowSpec),
-             "3": ("launch_plans", launch_plan_pb2.LaunchPlan)}
+    assert "not found. building" not in proc.stdout, (
+        f"pyflyte package tried to build an image:\n{proc.stdout}"
+    )
+    kinds = {
+        "1": ("tasks", task_pb2.TaskSpec),
+        "2": ("workflows", workflow_pb2.WorkflowSpec),
+        "3": ("launch_plans", launch_plan_pb2.LaunchPlan),
+    }
     decoded: dict[str, dict] = {"tasks": {}, "workflows": {}, "launch_plans": {}}
     with tarfile.open(tgz) as tar:
         for member in tar.getmembers():
@@ -66,8 +77,10 @@ def _resources(container) -> tuple[dict, dict]:
     from flyteidl.core.tasks_pb2 import Resources
 
     names = {v: k.lower() for k, v in Resources.ResourceName.items()}
-    return ({names[e.name]: e.value for e in container.resources.requests},
-            {names[e.name]: e.value for e in container.resources.limits})
+    return (
+        {names[e.name]: e.value for e in container.resources.requests},
+        {names[e.name]: e.value for e in container.resources.limits},
+    )
 
 
 def _task_location(container) -> tuple[str, str]:
@@ -104,7 +117,9 @@ def test_final_training_asks_for_two_a100s_and_runs_torch_elastic_with_two_proce
     requests, limits = _resources(spec.container)
     assert requests["gpu"] == "2" and limits["gpu"] == "2"
     assert spec.extended_resources.gpu_accelerator.device == "nvidia-tesla-a100"
-    assert spec.extended_resources.HasField("shared_memory")  # NCCL needs more than the default 64 MB /dev/shm
+    assert spec.extended_resources.HasField(
+        "shared_memory"
+    )  # NCCL needs more than the default 64 MB /dev/shm
     assert spec.container.image.startswith(f"{TRAIN_IMAGE.registry}/{TRAIN_IMAGE.name}:")
     # One node: flytekit serialises a plain pod (no Kubeflow PyTorchJob) whose entry point loads this
     # task object and starts torch elastic with its config; so the processes are the loaded task's.
@@ -158,7 +173,9 @@ def test_every_schedule_is_present_with_a_cron_and_the_scheduled_time_as_input(p
     expected = [name for name, module in SCHEDULES.items() if (ROOT / module).exists()]
     assert {"agentloop.ingest_daily", "agentloop.retrain_weekly"} <= set(expected)
     for name in expected:
-        assert name in package["launch_plans"], f"launch plan {name} (from {SCHEDULES[name]}) is not in the package"
+        assert name in package["launch_plans"], (
+            f"launch plan {name} (from {SCHEDULES[name]}) is not in the package"
+        )
         schedule = package["launch_plans"][name].spec.entity_metadata.schedule
         cron = schedule.cron_schedule.schedule or schedule.cron_expression
         assert cron or schedule.HasField("rate"), f"{name} has no schedule"
@@ -183,8 +200,12 @@ def test_scheduled_runs_default_to_the_cluster_services(package):
     assert retrain["promote_config"]["replica_urls"] == list(CLUSTER.vllm_replicas)
     assert retrain["promote_config"]["store"] == CLUSTER.model_store
     assert retrain["metrics"]["pushgateway_url"] == CLUSTER.pushgateway
-    assert package["launch_plans"]["agentloop.retrain_weekly"].spec.entity_metadata.schedule \
-        .cron_schedule.schedule == "0 3 * * 1"
+    assert (
+        package["launch_plans"][
+            "agentloop.retrain_weekly"
+        ].spec.entity_metadata.schedule.cron_schedule.schedule
+        == "0 3 * * 1"
+    )
     if "agentloop.drift_hourly" in package["launch_plans"]:
         drift = defaults("agentloop.drift_hourly")
         assert drift["store"] == CLUSTER.store

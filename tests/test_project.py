@@ -18,13 +18,14 @@ def test_every_dependency_is_pinned_exactly():
 
 
 def test_constraints_pin_what_pyproject_pins():
-    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().split()
-                if "==" in line)
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().split() if "==" in line)
     pins = {k.lower().replace("_", "-"): v for k, v in pins.items()}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     for dep in project["dependencies"]:
         name, version = dep.split("==")
-        assert pins.get(name.lower()) == version, f"{name}: pyproject {version} vs constraints {pins.get(name.lower())}"
+        assert pins.get(name.lower()) == version, (
+            f"{name}: pyproject {version} vs constraints {pins.get(name.lower())}"
+        )
 
 
 def test_flyte_config_points_at_the_forge_cluster_and_minio():
@@ -42,7 +43,7 @@ def test_stage_imports_run_one_way():
     """features <- training <- serving <- workflows: no stage imports a later one."""
     order = ["features", "training", "serving", "workflows"]
     for i, stage in enumerate(order):
-        later = set(order[i + 1:])
+        later = set(order[i + 1 :])
         for path in (ROOT / stage).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 names = []

@@ -21,8 +21,17 @@ import requests
 import yaml
 
 from serving.manifests import RenderConfig, render, render_to_dir, update_serving_manifest
-from serving.promote import (PromoteConfig, PromotionError, ReplicaError, dir_sha256, load_adapter, promote, rollback,
-                             served_adapters, store_adapter)
+from serving.promote import (
+    PromoteConfig,
+    PromotionError,
+    ReplicaError,
+    dir_sha256,
+    load_adapter,
+    promote,
+    rollback,
+    served_adapters,
+    store_adapter,
+)
 from serving.registry import RegistryError
 from serving.vllm_server import free_port
 from tests.test_registry import one_torch_thread  # noqa: F401 (autouse)
@@ -30,11 +39,14 @@ from tests.test_registry import eval_set_dir, register, scaled_adapter, trained_
 
 NAME = "agentloop-test-promote"
 KEY_ENV = "AGENTLOOP_TEST_VLLM_KEY"
-PROMPT = [{"role": "system", "content": "You are Jamie, a parcel tracking agent."},
-          {"role": "user", "content": "where is my parcel please"}]
+PROMPT = [
+    {"role": "system", "content": "You are Jamie, a parcel tracking agent."},
+    {"role": "user", "content": "where is my parcel please"},
+]
 
 
 # --- fast: the model store and the manifests -----------------------------------------------------
+
 
 def _adapter_like(folder: Path, content: bytes = b"weights") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -54,7 +66,10 @@ def test_the_model_store_is_immutable_per_version(tmp_path):
     with pytest.raises(FileExistsError, match=r"agentloop-x/v3 already holds different content.*immutable"):
         store_adapter(b, str(store), "agentloop-x", 3)
     (store / "agentloop-x" / "v4").mkdir()  # an interrupted copy (no marker) is redone
-    assert Path(store_adapter(b, str(store), "agentloop-x", 4), "adapter_model.safetensors").read_bytes() == b"other weights"
+    assert (
+        Path(store_adapter(b, str(store), "agentloop-x", 4), "adapter_model.safetensors").read_bytes()
+        == b"other weights"
+    )
 
 
 def test_the_model_store_works_on_s3(tmp_path, monkeypatch):
@@ -66,8 +81,12 @@ def test_the_model_store_works_on_s3(tmp_path, monkeypatch):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     try:
-        for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                     "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
+        for k, v in {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        }.items():
             monkeypatch.setenv(k, v)
         boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket="models")
         import fsspec
@@ -92,10 +111,12 @@ def _as_k8s(doc: dict):
 
 
 def test_rendered_manifests_parse_as_kubernetes_objects_and_serve_the_champions(tmp_path):
-    manifest = update_serving_manifest(tmp_path / "serving-manifest.json", "agentloop-chat", "7",
-                                       "/model-store/agentloop-chat/v7")
-    manifest = update_serving_manifest(tmp_path / "serving-manifest.json", "agentloop-support", "2",
-                                       "/model-store/agentloop-support/v2")
+    manifest = update_serving_manifest(
+        tmp_path / "serving-manifest.json", "agentloop-chat", "7", "/model-store/agentloop-chat/v7"
+    )
+    manifest = update_serving_manifest(
+        tmp_path / "serving-manifest.json", "agentloop-support", "2", "/model-store/agentloop-support/v2"
+    )
     files = render_to_dir(manifest, RenderConfig(replicas=3, namespace="ml"), tmp_path / "k8s")
     docs = [yaml.safe_load(f.read_text()) for f in files]
     assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment", "Service", "Service"]
@@ -106,23 +127,33 @@ def test_rendered_manifests_parse_as_kubernetes_objects_and_serve_the_champions(
     args = container.args
     assert "--enable-lora" in args
     i = args.index("--lora-modules")
-    modules = [json.loads(a) for a in args[i + 1:i + 3]]
-    assert modules == [{"base_model_name": "base", "name": "agentloop-chat", "path": "/model-store/agentloop-chat/v7"},
-                       {"base_model_name": "base", "name": "agentloop-support",
-                        "path": "/model-store/agentloop-support/v2"}]
+    modules = [json.loads(a) for a in args[i + 1 : i + 3]]
+    assert modules == [
+        {"base_model_name": "base", "name": "agentloop-chat", "path": "/model-store/agentloop-chat/v7"},
+        {"base_model_name": "base", "name": "agentloop-support", "path": "/model-store/agentloop-support/v2"},
+    ]
     assert {m.name: m.mount_path for m in container.volume_mounts}["model-store"] == "/model-store"
-    assert any(v.persistent_volume_claim and v.persistent_volume_claim.claim_name == "agentloop-model-store"
-               for v in dep.spec.template.spec.volumes)
+    assert any(
+        v.persistent_volume_claim and v.persistent_volume_claim.claim_name == "agentloop-model-store"
+        for v in dep.spec.template.spec.volumes
+    )
     assert {e.name for e in container.env} >= {"VLLM_ALLOW_RUNTIME_LORA_UPDATING", "VLLM_API_KEY"}
     cm = next(o for o in objects if type(o).__name__ == "V1ConfigMap")
     assert json.loads(cm.data["serving-manifest.json"])["served"]["agentloop-chat"]["version"] == "7"
     # a champion change changes the pod template (the Deployment rolls and picks up --lora-modules)
-    again = update_serving_manifest(tmp_path / "serving-manifest.json", "agentloop-chat", "8", "/model-store/agentloop-chat/v8")
-    sha = lambda m: next(d for d in render(m) if d["kind"] == "Deployment")["spec"]["template"]["metadata"]["annotations"]
-    assert sha(again)["agentloop/serving-manifest-sha256"] != sha(manifest)["agentloop/serving-manifest-sha256"]
+    again = update_serving_manifest(
+        tmp_path / "serving-manifest.json", "agentloop-chat", "8", "/model-store/agentloop-chat/v8"
+    )
+    sha = lambda m: next(d for d in render(m) if d["kind"] == "Deployment")["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    assert (
+        sha(again)["agentloop/serving-manifest-sha256"] != sha(manifest)["agentloop/serving-manifest-sha256"]
+    )
 
 
 # --- against real servers ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, base_model_dir, mlflow_server, promotion_vllm):
@@ -136,20 +167,37 @@ def world(tmp_path_factory, base_model_dir, mlflow_server, promotion_vllm):
     mlflow.set_tracking_uri(mlflow_server)
     os.environ[KEY_ENV] = promotion_vllm.api_key
     root = tmp_path_factory.mktemp("serving")
-    config = PromoteConfig(replica_urls=[promotion_vllm.base_url], api_key_env=KEY_ENV, store=str(root / "store"),
-                           manifest_path=str(root / "serving-manifest.json"), k8s_dir=str(root / "k8s"),
-                           smoke_max_tokens=8, tracking_uri=mlflow_server)
+    config = PromoteConfig(
+        replica_urls=[promotion_vllm.base_url],
+        api_key_env=KEY_ENV,
+        store=str(root / "store"),
+        manifest_path=str(root / "serving-manifest.json"),
+        k8s_dir=str(root / "k8s"),
+        smoke_max_tokens=8,
+        tracking_uri=mlflow_server,
+    )
     try:
-        yield {"config": config, "server": promotion_vllm, "root": root, "good": (good, run_id, es),
-               "mild": mild, "broken": broken, "versions": {}}
+        yield {
+            "config": config,
+            "server": promotion_vllm,
+            "root": root,
+            "good": (good, run_id, es),
+            "mild": mild,
+            "broken": broken,
+            "versions": {},
+        }
     finally:
         os.environ.pop(KEY_ENV, None)
         mlflow.set_tracking_uri(None)
 
 
 def chat(server, model: str, max_tokens: int = 16) -> requests.Response:
-    return requests.post(f"{server.openai_base_url}/chat/completions", headers=server.headers, timeout=120, json={
-        "model": model, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0})
+    return requests.post(
+        f"{server.openai_base_url}/chat/completions",
+        headers=server.headers,
+        timeout=120,
+        json={"model": model, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0},
+    )
 
 
 def aliases(mlflow_server) -> dict[str, str]:
@@ -182,8 +230,15 @@ def test_register_gate_promote_then_the_served_name_answers_unlike_the_base_mode
     assert tuned.json()["choices"][0]["message"]["content"] != base.json()["choices"][0]["message"]["content"]
 
     manifest = json.loads(Path(result.manifest_path).read_text())
-    assert manifest["served"][NAME]["version"] == v1 and manifest["served"][NAME]["path"] == result.adapter_path
-    assert sorted(Path(f).name.split("-")[0] for f in result.k8s_files) == ["configmap", "deployment", "service", "service"]
+    assert (
+        manifest["served"][NAME]["version"] == v1 and manifest["served"][NAME]["path"] == result.adapter_path
+    )
+    assert sorted(Path(f).name.split("-")[0] for f in result.k8s_files) == [
+        "configmap",
+        "deployment",
+        "service",
+        "service",
+    ]
 
 
 @pytest.mark.slow
@@ -220,8 +275,11 @@ def test_promotion_rolls_back_when_a_replica_is_down(world, mlflow_server):
     before, path_before = aliases(mlflow_server), serving_path(world)
     down = f"http://127.0.0.1:{free_port()}"
     config = replace(world["config"], replica_urls=[world["server"].base_url, down], require_gate=False)
-    with pytest.raises(PromotionError, match=rf"(?s)failed on {down} at step read.*put back on what it served before "
-                                             rf"\(v{world['versions']['v1']}\); aliases unchanged") as e:
+    with pytest.raises(
+        PromotionError,
+        match=rf"(?s)failed on {down} at step read.*put back on what it served before "
+        rf"\(v{world['versions']['v1']}\); aliases unchanged",
+    ) as e:
         promote(NAME, v3, config)
     first, second = e.value.result.replicas
     assert first.ok and first.restored == "previous"  # it had taken v3, and was put back
@@ -240,7 +298,10 @@ def test_a_bad_adapter_path_gives_a_clear_error(world, mlflow_server):
         load_adapter(server.base_url, NAME, "/no/such/adapter", config)
     before, path_before = aliases(mlflow_server), serving_path(world)
     wrong_mount = replace(config, replica_store="/mnt/not-mounted", require_gate=False)
-    with pytest.raises(PromotionError, match=rf"(?s)/mnt/not-mounted/{NAME}/v{world['versions']['v3']}.*model store is mounted"):
+    with pytest.raises(
+        PromotionError,
+        match=rf"(?s)/mnt/not-mounted/{NAME}/v{world['versions']['v3']}.*model store is mounted",
+    ):
         promote(NAME, world["versions"]["v3"], wrong_mount)
     assert aliases(mlflow_server) == before and serving_path(world) == path_before
 
@@ -252,7 +313,9 @@ def test_replicas_get_the_bearer_token_from_the_named_variable_and_a_missing_one
     server, config = world["server"], world["config"]
     assert NAME in served_adapters(server.base_url, config)  # KEY_ENV holds the token: accepted
     monkeypatch.delenv("AGENTLOOP_TEST_UNSET_KEY", raising=False)
-    with pytest.raises(ReplicaError, match="answered 401: set AGENTLOOP_TEST_UNSET_KEY to the replica's API key"):
+    with pytest.raises(
+        ReplicaError, match="answered 401: set AGENTLOOP_TEST_UNSET_KEY to the replica's API key"
+    ):
         served_adapters(server.base_url, replace(config, api_key_env="AGENTLOOP_TEST_UNSET_KEY"))
 
 
@@ -284,10 +347,15 @@ def test_requests_sent_during_an_in_place_swap_all_succeed(world, mlflow_server)
         for t in threads:
             t.join(timeout=120)
     assert result.ok
-    print(f"{len(codes)} requests during the swap, all 200; in-place load took {result.replicas[0].load_s:.3f}s, "
-          f"smoke {[round(x, 2) for x in result.replicas[0].smoke_latency_s]}s")
+    print(
+        f"{len(codes)} requests during the swap, all 200; in-place load took {result.replicas[0].load_s:.3f}s, "
+        f"smoke {[round(x, 2) for x in result.replicas[0].smoke_latency_s]}s"
+    )
     assert len(codes) >= 4 and codes == [200] * len(codes), codes
-    assert aliases(mlflow_server) == {"champion": world["versions"]["v3"], "previous": world["versions"]["v1"]}
+    assert aliases(mlflow_server) == {
+        "champion": world["versions"]["v3"],
+        "previous": world["versions"]["v1"],
+    }
     assert serving_path(world).endswith(f"/v{world['versions']['v3']}")
 
 
@@ -297,11 +365,16 @@ def test_rollback_restores_the_previous_adapter(world, mlflow_server):
 
     v1, v3 = world["versions"]["v1"], world["versions"]["v3"]
     result = rollback(NAME, world["config"])
-    assert result.ok and result.action == "rollback" and result.version == v1 and result.previous_version == v3
+    assert (
+        result.ok and result.action == "rollback" and result.version == v1 and result.previous_version == v3
+    )
     assert serving_path(world).endswith(f"/v{v1}")
     now = aliases(mlflow_server)
     assert now["champion"] == v1 and "previous" not in now
-    assert MlflowClient(mlflow_server).get_model_version(NAME, v3).tags["agentloop.promotion.status"] == "rolled_back"
+    assert (
+        MlflowClient(mlflow_server).get_model_version(NAME, v3).tags["agentloop.promotion.status"]
+        == "rolled_back"
+    )
     assert json.loads(Path(result.manifest_path).read_text())["served"][NAME]["version"] == v1
     with pytest.raises(RegistryError, match="no @previous version to roll back to"):
         rollback(NAME, world["config"])
@@ -316,7 +389,17 @@ def test_the_cli_shows_status_and_exits_1_when_there_is_nothing_to_roll_back_to(
     assert shown["aliases"] == {"champion": world["versions"]["v1"]}
     assert {v["version"]: v["gate"] for v in shown["versions"]}[world["versions"]["v1"]] == "promote"
     config = world["config"]
-    code = main(["rollback", NAME, "--replica", config.replica_urls[0], "--api-key-env", KEY_ENV,
-                 "--store", config.store])
+    code = main(
+        [
+            "rollback",
+            NAME,
+            "--replica",
+            config.replica_urls[0],
+            "--api-key-env",
+            KEY_ENV,
+            "--store",
+            config.store,
+        ]
+    )
     assert code == 1
     assert "no @previous version to roll back to" in capsys.readouterr().err

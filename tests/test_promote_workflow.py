@@ -23,10 +23,20 @@ KEY_ENV = "AGENTLOOP_TEST_WORKFLOW_VLLM_KEY"
 def setup(tmp_path_factory, tmp_path, base_model_dir, mlflow_uri, promotion_vllm, monkeypatch):
     monkeypatch.setenv(KEY_ENV, promotion_vllm.api_key)
     good, run_id = trained_adapter(tmp_path_factory, base_model_dir, mlflow_uri)
-    config = PromoteConfig(replica_urls=[promotion_vllm.base_url], api_key_env=KEY_ENV, store=str(tmp_path / "store"),
-                           smoke_max_tokens=8, tracking_uri=mlflow_uri)
-    return {"good": good, "run_id": run_id, "eval_set": eval_set_dir(tmp_path_factory, base_model_dir),
-            "config": config, "server": promotion_vllm}
+    config = PromoteConfig(
+        replica_urls=[promotion_vllm.base_url],
+        api_key_env=KEY_ENV,
+        store=str(tmp_path / "store"),
+        smoke_max_tokens=8,
+        tracking_uri=mlflow_uri,
+    )
+    return {
+        "good": good,
+        "run_id": run_id,
+        "eval_set": eval_set_dir(tmp_path_factory, base_model_dir),
+        "config": config,
+        "server": promotion_vllm,
+    }
 
 
 def test_the_workflow_registers_gates_and_promotes_returning_the_served_name(setup, mlflow_uri):
@@ -34,16 +44,33 @@ def test_the_workflow_registers_gates_and_promotes_returning_the_served_name(set
 
     from workflows.promote import promote_wf
 
-    out = promote_wf(adapter_dir=str(setup["good"]), training_run_id=setup["run_id"], eval_set=str(setup["eval_set"]),
-                     model_name=NAME, data_start="2026-01-01T00:00:00Z", data_end="2026-01-31T00:00:00Z",
-                     gate_config=GateConfig(max_new_tokens=16), promote_config=setup["config"])
+    out = promote_wf(
+        adapter_dir=str(setup["good"]),
+        training_run_id=setup["run_id"],
+        eval_set=str(setup["eval_set"]),
+        model_name=NAME,
+        data_start="2026-01-01T00:00:00Z",
+        data_end="2026-01-31T00:00:00Z",
+        gate_config=GateConfig(max_new_tokens=16),
+        promote_config=setup["config"],
+    )
     assert out.decision == "promote" and out.served_names == [NAME]
     assert MlflowClient(mlflow_uri).get_model_version_by_alias(NAME, "champion").version == out.version
     server = setup["server"]
-    r = requests.post(f"{server.openai_base_url}/chat/completions", headers=server.headers, timeout=120, json={
-        "model": NAME, "max_tokens": 8, "temperature": 0,
-        "messages": [{"role": "system", "content": "You are Jamie, a parcel tracking agent."},
-                     {"role": "user", "content": "where is my parcel please"}]})
+    r = requests.post(
+        f"{server.openai_base_url}/chat/completions",
+        headers=server.headers,
+        timeout=120,
+        json={
+            "model": NAME,
+            "max_tokens": 8,
+            "temperature": 0,
+            "messages": [
+                {"role": "system", "content": "You are Jamie, a parcel tracking agent."},
+                {"role": "user", "content": "where is my parcel please"},
+            ],
+        },
+    )
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].strip()
 
 
@@ -54,8 +81,14 @@ def test_a_rejected_challenger_is_not_promoted_and_serves_nothing_new(setup, mlf
 
     broken = scaled_adapter(setup["good"], tmp_path / "broken", scale=1.0, noise=1.0)
     before = dict(MlflowClient(mlflow_uri).get_registered_model(NAME).aliases)
-    out = promote_wf(adapter_dir=str(broken), training_run_id=setup["run_id"], eval_set=str(setup["eval_set"]),
-                     model_name=NAME, gate_config=GateConfig(max_new_tokens=16), promote_config=setup["config"])
+    out = promote_wf(
+        adapter_dir=str(broken),
+        training_run_id=setup["run_id"],
+        eval_set=str(setup["eval_set"]),
+        model_name=NAME,
+        gate_config=GateConfig(max_new_tokens=16),
+        promote_config=setup["config"],
+    )
     assert out.decision == "reject" and out.served_names == []
     after = dict(MlflowClient(mlflow_uri).get_registered_model(NAME).aliases)
     assert after == {**before, "challenger": out.version}

@@ -81,7 +81,9 @@ def test_corpus_has_enough_positives_and_negatives_for_every_type(corpus):
 def test_corpus_file_matches_its_generator(corpus):
     path = DATA / "redaction_corpus.jsonl"
     if not path.exists():
-        pytest.skip(f"{path} absent (it is a readable copy; regenerate with tests/data/make_redaction_corpus.py)")
+        pytest.skip(
+            f"{path} absent (it is a readable copy; regenerate with tests/data/make_redaction_corpus.py)"
+        )
     on_disk = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     assert on_disk == corpus, f"{path} is stale: run .venv/bin/python tests/data/make_redaction_corpus.py"
 
@@ -90,16 +92,22 @@ def test_recall_and_precision_per_type_meet_the_thresholds(scored, capsys):
     tp, fn, fp, _, survivors, false_alarms = scored
     lines = [f"{'type':18s} {'n':>4s} {'tp':>4s} {'fn':>3s} {'fp':>3s} {'recall':>7s} {'precision':>9s}"]
     for kind in SECRET_TYPES + PII_TYPES:
-        lines.append(f"{kind:18s} {tp[kind] + fn[kind]:4d} {tp[kind]:4d} {fn[kind]:3d} {fp[kind]:3d} "
-                     f"{_ratio(tp[kind], tp[kind] + fn[kind]):7.3f} {_ratio(tp[kind], tp[kind] + fp[kind]):9.3f}")
+        lines.append(
+            f"{kind:18s} {tp[kind] + fn[kind]:4d} {tp[kind]:4d} {fn[kind]:3d} {fp[kind]:3d} "
+            f"{_ratio(tp[kind], tp[kind] + fn[kind]):7.3f} {_ratio(tp[kind], tp[kind] + fp[kind]):9.3f}"
+        )
     s_tp = sum(tp[k] for k in SECRET_TYPES)
     s_fn = sum(fn[k] for k in SECRET_TYPES)
     p_tp = sum(tp[k] for k in PII_TYPES)
     p_fn = sum(fn[k] for k in PII_TYPES)
-    lines.append(f"{'secrets overall':18s} {s_tp + s_fn:4d} {s_tp:4d} {s_fn:3d} {sum(fp[k] for k in SECRET_TYPES):3d} "
-                 f"{_ratio(s_tp, s_tp + s_fn):7.3f}")
-    lines.append(f"{'pii overall':18s} {p_tp + p_fn:4d} {p_tp:4d} {p_fn:3d} {sum(fp[k] for k in PII_TYPES):3d} "
-                 f"{_ratio(p_tp, p_tp + p_fn):7.3f}")
+    lines.append(
+        f"{'secrets overall':18s} {s_tp + s_fn:4d} {s_tp:4d} {s_fn:3d} {sum(fp[k] for k in SECRET_TYPES):3d} "
+        f"{_ratio(s_tp, s_tp + s_fn):7.3f}"
+    )
+    lines.append(
+        f"{'pii overall':18s} {p_tp + p_fn:4d} {p_tp:4d} {p_fn:3d} {sum(fp[k] for k in PII_TYPES):3d} "
+        f"{_ratio(p_tp, p_tp + p_fn):7.3f}"
+    )
     with capsys.disabled():
         print("\n" + "\n".join(lines))
         for kind, text, out in false_alarms:
@@ -135,11 +143,19 @@ def _fake(kind: str, seed: int = 7) -> str:
 
 
 @pytest.mark.parametrize(
-    "kind", ["aws_access_key", "github_token", "google_api_key", "openai_key", "stripe_key", "jwt", "email", "card"]
+    "kind",
+    ["aws_access_key", "github_token", "google_api_key", "openai_key", "stripe_key", "jwt", "email", "card"],
 )
 def test_only_the_secret_span_is_replaced_and_the_text_around_it_is_kept(kind):
     secret = _fake(kind)
-    for before, after in [("", ""), ("see: ", "."), ("(", ")"), ('"', '",'), ("line1\n  ", "\nline3"), ("é ", " 🎉")]:
+    for before, after in [
+        ("", ""),
+        ("see: ", "."),
+        ("(", ")"),
+        ('"', '",'),
+        ("line1\n  ", "\nline3"),
+        ("é ", " 🎉"),
+    ]:
         result = redact_text(f"{before}{secret}{after}")
         assert result.text == f"{before}{placeholder(kind)}{after}"
         assert result.counts == {kind: 1}
@@ -147,8 +163,14 @@ def test_only_the_secret_span_is_replaced_and_the_text_around_it_is_kept(kind):
 
 def test_a_url_password_is_replaced_and_user_host_and_path_are_kept():
     result = redact_text("conn postgres://app_user:s3cr3t!Pw@db.internal.example:5432/orders?ssl=1 ok")
-    assert result.text == "conn postgres://app_user:<SECRET:password_in_url>@db.internal.example:5432/orders?ssl=1 ok"
-    assert redact_text("redis://:hunter2pw@cache:6379/0").text == "redis://:<SECRET:password_in_url>@cache:6379/0"
+    assert (
+        result.text
+        == "conn postgres://app_user:<SECRET:password_in_url>@db.internal.example:5432/orders?ssl=1 ok"
+    )
+    assert (
+        redact_text("redis://:hunter2pw@cache:6379/0").text
+        == "redis://:<SECRET:password_in_url>@cache:6379/0"
+    )
 
 
 def test_a_key_value_secret_keeps_the_key_the_quotes_and_the_json_valid():
@@ -171,7 +193,10 @@ def test_a_private_key_block_is_replaced_whole_and_what_follows_is_kept():
 def test_an_authorization_header_keeps_its_scheme():
     jwt = _fake("jwt")
     assert redact_text(f"Authorization: Bearer {jwt}").text == "Authorization: Bearer <SECRET:jwt>"
-    assert redact_text("Authorization: Basic dXNlcjpodW50ZXIy").text == "Authorization: Basic <SECRET:generic_token>"
+    assert (
+        redact_text("Authorization: Basic dXNlcjpodW50ZXIy").text
+        == "Authorization: Basic <SECRET:generic_token>"
+    )
 
 
 def test_overlapping_detections_keep_the_most_specific_type():
@@ -190,14 +215,18 @@ def test_loopback_unspecified_and_netmasks_stay_but_private_addresses_go():
 
 def test_stripe_publishable_keys_stay_and_secret_keys_go():
     rng = random.Random(3)
-    body = "".join(rng.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") for _ in range(24))
+    body = "".join(
+        rng.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") for _ in range(24)
+    )
     assert redact_text(f"pk_live_{body}").counts == {}
     assert redact_text(f"sk_live_{body}").counts == {"stripe_key": 1}
     assert redact_text(f"rk_test_{body}").counts == {"stripe_key": 1}
 
 
 def test_dates_versions_prices_and_ids_are_not_phones_or_cards():
-    text = "2024-01-15 10:30, v3.11.4, $1,299.99, ISBN 978-3-16-148410-0, order 1234567890, 4111 1111 1111 1112"
+    text = (
+        "2024-01-15 10:30, v3.11.4, $1,299.99, ISBN 978-3-16-148410-0, order 1234567890, 4111 1111 1111 1112"
+    )
     assert redact_text(text).counts == {}
 
 
@@ -207,12 +236,24 @@ def test_messages_are_redacted_in_content_parts_and_tool_call_arguments_without_
     messages = [
         {"role": "system", "content": "You are helpful."},
         {"role": "user", "content": f"I'm {mail}, my key is {kid}"},
-        {"role": "user", "content": [
-            {"type": "text", "text": f"token {jwt}"}, {"type": "image_url", "image_url": {"url": "x"}}]},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function",
-             "function": {"name": "send", "arguments": json.dumps({"to": mail, "n": 2})}},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": f"token {jwt}"},
+                {"type": "image_url", "image_url": {"url": "x"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "send", "arguments": json.dumps({"to": mail, "n": 2})},
+                },
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "name": "send", "content": f"sent to {mail}"},
     ]
     original = copy.deepcopy(messages)
@@ -233,8 +274,17 @@ def test_messages_are_redacted_in_content_parts_and_tool_call_arguments_without_
 def test_tool_call_arguments_are_checked_inside_json_escapes():
     kid = _fake("aws_access_key")
     arguments = json.dumps({"script": f"export K=1\\{kid}"})  # a backslash glued to the key in the text form
-    redacted, counts = redact_messages([{"role": "assistant", "content": None, "tool_calls": [
-        {"id": "c", "type": "function", "function": {"name": "run", "arguments": arguments}}]}])
+    redacted, counts = redact_messages(
+        [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c", "type": "function", "function": {"name": "run", "arguments": arguments}}
+                ],
+            }
+        ]
+    )
     assert kid not in redacted[0]["tool_calls"][0]["function"]["arguments"]
     assert counts == {"aws_access_key": 1}
 
@@ -257,9 +307,19 @@ def test_the_detect_secrets_scan_finds_the_same_on_the_corpus_positives(corpus):
 
 # ---------------------------------------------------------------- properties
 PLANTABLE = {
-    "aws_access_key": "{s}", "github_token": "{s}", "slack_token": "{s}", "openai_key": "{s}", "google_api_key": "{s}",
-    "stripe_key": "{s}", "jwt": "{s}", "private_key": "{s}", "email": "{s}", "card": "{s}", "ip": "{s}",
-    "aws_secret_key": "aws_secret_access_key = {s}", "password_in_url": "postgres://app:{s}@db.example:5432/x",
+    "aws_access_key": "{s}",
+    "github_token": "{s}",
+    "slack_token": "{s}",
+    "openai_key": "{s}",
+    "google_api_key": "{s}",
+    "stripe_key": "{s}",
+    "jwt": "{s}",
+    "private_key": "{s}",
+    "email": "{s}",
+    "card": "{s}",
+    "ip": "{s}",
+    "aws_secret_key": "aws_secret_access_key = {s}",
+    "password_in_url": "postgres://app:{s}@db.example:5432/x",
     "key_value_secret": "password={s}",
 }
 _TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=120)
@@ -280,16 +340,53 @@ def test_a_planted_secret_never_survives_random_surroundings(kind, seed, before,
 @given(st.text(max_size=400))
 def test_arbitrary_text_never_raises_and_redaction_is_idempotent(text):
     first = redact_text(text)
-    assert sum(first.counts.values()) == len(PLACEHOLDER_RE.findall(first.text)) - len(PLACEHOLDER_RE.findall(text))
+    assert sum(first.counts.values()) == len(PLACEHOLDER_RE.findall(first.text)) - len(
+        PLACEHOLDER_RE.findall(text)
+    )
     assert redact_text(first.text).text == first.text
     redact_line(text)
 
 
-_PIECES = st.sampled_from([
-    " ", "\n", ":", "=", "@", ".", "-", "/", "\"", "'", "password", "token", "key", "Bearer", "aws", "AKIA", "https://",
-    "u:p@h.io", "1", "415", "555-2671", "10.0.0.1", "::", "fe80", "4111", "eyJ", "sk-", "ghp_", "xoxb-", "-----BEGIN",
-    "PRIVATE KEY", "-----", "<SECRET:jwt>", "<EMAIL>", "a@b.co", "abcDEF123456ghiJKL789mnoPQR",
-])
+_PIECES = st.sampled_from(
+    [
+        " ",
+        "\n",
+        ":",
+        "=",
+        "@",
+        ".",
+        "-",
+        "/",
+        '"',
+        "'",
+        "password",
+        "token",
+        "key",
+        "Bearer",
+        "aws",
+        "AKIA",
+        "https://",
+        "u:p@h.io",
+        "1",
+        "415",
+        "555-2671",
+        "10.0.0.1",
+        "::",
+        "fe80",
+        "4111",
+        "eyJ",
+        "sk-",
+        "ghp_",
+        "xoxb-",
+        "-----BEGIN",
+        "PRIVATE KEY",
+        "-----",
+        "<SECRET:jwt>",
+        "<EMAIL>",
+        "a@b.co",
+        "abcDEF123456ghiJKL789mnoPQR",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)

@@ -19,11 +19,14 @@ import pytest
 from serving.registry import RegisterRequest, RegistryError, model_name_for
 
 SEQ = 128
-WORDS = ("parcel left the depot this morning and should arrive tomorrow before noon please keep your "
-         "tracking number ready if the courier misses you").split()
+WORDS = (
+    "parcel left the depot this morning and should arrive tomorrow before noon please keep your "
+    "tracking number ready if the courier misses you"
+).split()
 
 
 # --- shared helpers ------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
@@ -41,19 +44,31 @@ def conversation(rng: random.Random) -> list[dict]:
     """An agent with an unmistakable style (every reply starts "Jamie here:"), so a few training steps show."""
     msgs = [{"role": "system", "content": "You are Jamie, a parcel tracking agent."}]
     for _ in range(rng.randint(1, 2)):
-        msgs.append({"role": "user", "content": "where is my parcel " + " ".join(rng.choices(WORDS, k=rng.randint(2, 6)))})
-        msgs.append({"role": "assistant", "content": "Jamie here: " + " ".join(rng.choices(WORDS, k=rng.randint(4, 10)))})
+        msgs.append(
+            {
+                "role": "user",
+                "content": "where is my parcel " + " ".join(rng.choices(WORDS, k=rng.randint(2, 6))),
+            }
+        )
+        msgs.append(
+            {
+                "role": "assistant",
+                "content": "Jamie here: " + " ".join(rng.choices(WORDS, k=rng.randint(4, 10))),
+            }
+        )
     return msgs
 
 
 def tiny_frame(n: int = 48, seed: int = 7) -> pd.DataFrame:
     rng = random.Random(seed)
-    return pd.DataFrame({
-        "interaction_id": [f"int-{i:03d}" for i in range(n)],
-        "session_id": [f"sess-{i // 2}" for i in range(n)],
-        "agent": ["agent-jamie"] * n,
-        "messages_json": [json.dumps(conversation(rng)) for _ in range(n)],
-    })
+    return pd.DataFrame(
+        {
+            "interaction_id": [f"int-{i:03d}" for i in range(n)],
+            "session_id": [f"sess-{i // 2}" for i in range(n)],
+            "agent": ["agent-jamie"] * n,
+            "messages_json": [json.dumps(conversation(rng)) for _ in range(n)],
+        }
+    )
 
 
 def tiny_snapshot(base_model_dir):
@@ -62,7 +77,9 @@ def tiny_snapshot(base_model_dir):
     from training.dataset import DatasetConfig, build_snapshot
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    return build_snapshot(tiny_frame(), tokenizer, DatasetConfig(max_seq_len=SEQ, val_fraction=0.15, test_fraction=0.15))
+    return build_snapshot(
+        tiny_frame(), tokenizer, DatasetConfig(max_seq_len=SEQ, val_fraction=0.15, test_fraction=0.15)
+    )
 
 
 def _session_cache(tmp_path_factory) -> Path:
@@ -93,10 +110,23 @@ def trained_adapter(tmp_path_factory, base_model_dir, mlflow_server: str, seed: 
         info = json.loads(done.read_text())
         return Path(info["adapter_dir"]), info["run_id"]
     mlflow.set_tracking_uri(mlflow_server)
-    config = TrainConfig(base_model=str(base_model_dir), output_dir=str(out), lora_r=8, lora_alpha=16,
-                         micro_batch_size=2, grad_accum_steps=1, max_steps=24, warmup_steps=2, learning_rate=2e-3,
-                         eval_every=0, checkpoint_every=0, num_threads=1, seed=seed,
-                         mlflow_experiment="test-promotion-training", run_name=f"tiny-{seed}")
+    config = TrainConfig(
+        base_model=str(base_model_dir),
+        output_dir=str(out),
+        lora_r=8,
+        lora_alpha=16,
+        micro_batch_size=2,
+        grad_accum_steps=1,
+        max_steps=24,
+        warmup_steps=2,
+        learning_rate=2e-3,
+        eval_every=0,
+        checkpoint_every=0,
+        num_threads=1,
+        seed=seed,
+        mlflow_experiment="test-promotion-training",
+        run_name=f"tiny-{seed}",
+    )
     result = train(config, tiny_snapshot(base_model_dir), flyte_execution_id="f-test-exec")
     done.write_text(json.dumps({"adapter_dir": result.adapter_dir, "run_id": result.mlflow_run_id}))
     return Path(result.adapter_dir), result.mlflow_run_id
@@ -117,7 +147,9 @@ def scaled_adapter(src: Path, dest: Path, scale: float = 0.0, noise: float = 0.0
     g = torch.Generator().manual_seed(seed)
     for k, t in tensors.items():
         if "lora_B" in k:
-            tensors[k] = (t.float() * scale + torch.randn(t.shape, generator=g) * noise).to(t.dtype).contiguous()
+            tensors[k] = (
+                (t.float() * scale + torch.randn(t.shape, generator=g) * noise).to(t.dtype).contiguous()
+            )
     save_file(tensors, dest / "adapter_model.safetensors")
     return dest
 
@@ -125,13 +157,22 @@ def scaled_adapter(src: Path, dest: Path, scale: float = 0.0, noise: float = 0.0
 def register(adapter: Path, run_id: str, eval_set: Path, model_name: str, **kw):
     from serving.registry import register_adapter
 
-    return register_adapter(RegisterRequest(adapter_dir=str(adapter), training_run_id=run_id,
-                                            eval_set_dir=str(eval_set), model_name=model_name,
-                                            data_start="2026-01-01T00:00:00Z", data_end="2026-01-31T00:00:00Z",
-                                            git_commit="0123abc", **kw))
+    return register_adapter(
+        RegisterRequest(
+            adapter_dir=str(adapter),
+            training_run_id=run_id,
+            eval_set_dir=str(eval_set),
+            model_name=model_name,
+            data_start="2026-01-01T00:00:00Z",
+            data_end="2026-01-31T00:00:00Z",
+            git_commit="0123abc",
+            **kw,
+        )
+    )
 
 
 # --- fast -------------------------------------------------------------------------------------------
+
 
 def test_one_registered_model_per_training_scope():
     assert model_name_for([]) == "agentloop-chat"
@@ -159,13 +200,17 @@ def registered(tmp_path_factory, base_model_dir, mlflow_server):
     adapter, run_id = trained_adapter(tmp_path_factory, base_model_dir, mlflow_server)
     mlflow.set_tracking_uri(mlflow_server)
     try:
-        yield register(adapter, run_id, eval_set_dir(tmp_path_factory, base_model_dir), NAME, agents=["agent-jamie"])
+        yield register(
+            adapter, run_id, eval_set_dir(tmp_path_factory, base_model_dir), NAME, agents=["agent-jamie"]
+        )
     finally:
         mlflow.set_tracking_uri(None)
 
 
 @pytest.mark.slow
-def test_a_registered_version_carries_lineage_tags_a_description_and_the_challenger_alias(registered, mlflow_server):
+def test_a_registered_version_carries_lineage_tags_a_description_and_the_challenger_alias(
+    registered, mlflow_server
+):
     from mlflow.tracking import MlflowClient
 
     from training.base_model import resolve_base_model
@@ -174,7 +219,10 @@ def test_a_registered_version_carries_lineage_tags_a_description_and_the_challen
     mv = c.get_model_version(NAME, registered.version)
     run = c.get_run(registered.run_id)
     tags = mv.tags
-    assert tags["agentloop.data_start"] == "2026-01-01T00:00:00Z" and tags["agentloop.data_end"] == "2026-01-31T00:00:00Z"
+    assert (
+        tags["agentloop.data_start"] == "2026-01-01T00:00:00Z"
+        and tags["agentloop.data_end"] == "2026-01-31T00:00:00Z"
+    )
     assert tags["agentloop.agents"] == "agent-jamie"
     assert tags["dataset.snapshot_hash"] == run.data.tags["dataset.snapshot_hash"]
     assert tags["agentloop.training_run_id"] == registered.run_id
@@ -189,13 +237,23 @@ def test_a_registered_version_carries_lineage_tags_a_description_and_the_challen
 
 
 @pytest.mark.slow
-def test_the_version_holds_the_adapter_tokenizer_and_eval_set_but_no_base_weights(registered, mlflow_server, tmp_path):
+def test_the_version_holds_the_adapter_tokenizer_and_eval_set_but_no_base_weights(
+    registered, mlflow_server, tmp_path
+):
     from serving.registry import download_version
 
     d = download_version(NAME, registered.version, tmp_path, mlflow_server)
     adapter = {p.name for p in (d / "artifacts" / "adapter").iterdir()}
-    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "generation_config.json"} <= adapter
-    assert "chat_template.jinja" in adapter or "chat_template" in (d / "artifacts/adapter/tokenizer_config.json").read_text()
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "generation_config.json",
+    } <= adapter
+    assert (
+        "chat_template.jinja" in adapter
+        or "chat_template" in (d / "artifacts/adapter/tokenizer_config.json").read_text()
+    )
     assert (d / "artifacts" / "eval_set" / "eval_set.json").is_file()
     assert not list(d.rglob("model.safetensors")), "base model weights must not be copied into the version"
     mlmodel = (d / "MLmodel").read_text()
@@ -208,9 +266,16 @@ def test_the_pyfunc_loads_from_an_alias_and_answers_chat_messages(registered, ml
 
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@challenger")
-    out = model.predict({"messages": [{"role": "system", "content": "You are Jamie, a parcel tracking agent."},
-                                      {"role": "user", "content": "where is my parcel please"}],
-                         "max_tokens": 12, "temperature": 0.0})
+    out = model.predict(
+        {
+            "messages": [
+                {"role": "system", "content": "You are Jamie, a parcel tracking agent."},
+                {"role": "user", "content": "where is my parcel please"},
+            ],
+            "max_tokens": 12,
+            "temperature": 0.0,
+        }
+    )
     reply = out["choices"][0]["message"]["content"]
     assert out["choices"][0]["message"]["role"] == "assistant" and reply.strip()
     assert 0 < out["usage"]["completion_tokens"] <= 12

@@ -185,9 +185,13 @@ def test_same_seed_is_byte_identical_on_rerun_and_rewrites_nothing(tmp_path, dat
     root, _ = logs
     before = {p: p.stat().st_mtime_ns for p in log_files(root)}
     again = tmp_path / "again"
-    generate_sample_logs(again, conversations=60, days=DAYS, seed=0, end_date=END, error_rate=0.05, dataset=dataset)
+    generate_sample_logs(
+        again, conversations=60, days=DAYS, seed=0, end_date=END, error_rate=0.05, dataset=dataset
+    )
     assert tree_bytes(again) == tree_bytes(root)
-    generate_sample_logs(root, conversations=60, days=DAYS, seed=0, end_date=END, error_rate=0.05, dataset=dataset)
+    generate_sample_logs(
+        root, conversations=60, days=DAYS, seed=0, end_date=END, error_rate=0.05, dataset=dataset
+    )
     assert {p: p.stat().st_mtime_ns for p in log_files(root)} == before
 
 
@@ -210,7 +214,11 @@ def test_rerun_replaces_a_file_that_changed_compression(tmp_path, dataset):
 def test_timestamps_keep_the_real_time_of_day_of_the_reply(dataset):
     def ends_on_a_reply(conv):
         groups = conv["messages"]
-        return len(groups) > 1 and groups[-1][0]["sender"] != groups[0][0]["sender"] and groups[-1][-1]["text"].strip()
+        return (
+            len(groups) > 1
+            and groups[-1][0]["sender"] != groups[0][0]["sender"]
+            and groups[-1][-1]["text"].strip()
+        )
 
     cid = next(c for c in sorted(dataset) if ends_on_a_reply(dataset[c]))
     real = dataset[cid]["messages"][-1][-1]["timestamp"]  # e.g. 2018-05-02T19:41:34Z
@@ -312,8 +320,11 @@ def test_a_failed_call_may_end_before_the_reply():
 def test_tool_calls_in_the_openai_shape_are_valid():
     record = good_record()
     record["messages"][2:2] = [
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "now", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "now", "arguments": "{}"}}],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "10:00"},
     ]
     assert validate_record(record) == []
@@ -343,9 +354,26 @@ def test_the_examples_in_the_format_doc_are_valid():
 def test_cli_writes_logs_and_prints_a_one_line_summary(tmp_path):
     out = tmp_path / "cli"
     result = subprocess.run(
-        [sys.executable, "-m", "features.sample_logs", "--out", str(out), "--conversations", "12",
-         "--end-date", END.isoformat(), "--days", "3", "--seed", "7"],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "features.sample_logs",
+            "--out",
+            str(out),
+            "--conversations",
+            "12",
+            "--end-date",
+            END.isoformat(),
+            "--days",
+            "3",
+            "--seed",
+            "7",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.strip().splitlines()) == 1
@@ -358,6 +386,10 @@ def test_cli_writes_logs_and_prints_a_one_line_summary(tmp_path):
 def test_cli_rejects_a_share_outside_zero_to_one(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "features.sample_logs", "--out", str(tmp_path), "--error-rate", "1.5"],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 2 and "error_rate" in result.stderr

@@ -68,8 +68,9 @@ def test_redis_round_trips_a_value():
 def test_rabbitmq_round_trips_a_message():
     import pika
 
-    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672,
-                                                             credentials=pika.PlainCredentials("guest", "guest")))
+    conn = pika.BlockingConnection(
+        pika.ConnectionParameters("127.0.0.1", 5672, credentials=pika.PlainCredentials("guest", "guest"))
+    )
     try:
         ch = conn.channel()
         q = ch.queue_declare(queue="", exclusive=True).method.queue

@@ -14,10 +14,19 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from training.sweep import (SweepConfig, apply_overrides, best_adapter, load_study, make_storage, run_sweep,
-                            suggest)
+from training.sweep import (
+    SweepConfig,
+    apply_overrides,
+    best_adapter,
+    load_study,
+    make_storage,
+    run_sweep,
+    suggest,
+)
 
-FAKE_SNAPSHOT = SimpleNamespace(snapshot_hash="0" * 64, splits={"validation": ["a row"]})  # for a fake trainer
+FAKE_SNAPSHOT = SimpleNamespace(
+    snapshot_hash="0" * 64, splits={"validation": ["a row"]}
+)  # for a fake trainer
 
 # 12 short conversations from the sample logs: a handful of packed rows at seq 128
 N_CONVERSATIONS = 12
@@ -34,31 +43,66 @@ def tiny_snapshot(base_model_dir, tmp_path_factory):
     raw = tmp_path_factory.mktemp("raw")
     generate_sample_logs(raw, conversations=80, seed=3, progress=False)
     records = [r for r in read_raw_sample(raw, n=80) if len(r["messages"]) <= 7][:N_CONVERSATIONS]
-    frame = pd.DataFrame({"interaction_id": [r["id"] for r in records],
-                          "session_id": [r["session_id"] for r in records], "agent": [r["agent"] for r in records],
-                          "messages_json": [json.dumps(r["messages"]) for r in records]})
+    frame = pd.DataFrame(
+        {
+            "interaction_id": [r["id"] for r in records],
+            "session_id": [r["session_id"] for r in records],
+            "agent": [r["agent"] for r in records],
+            "messages_json": [json.dumps(r["messages"]) for r in records],
+        }
+    )
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    snapshot = build_snapshot(frame, tokenizer, DatasetConfig(max_seq_len=128, val_fraction=0.15, test_fraction=0.05))
-    assert snapshot.splits["train"] and 1 <= len(snapshot.splits["validation"]) <= 3, \
-        {k: len(v) for k, v in snapshot.splits.items()}
+    snapshot = build_snapshot(
+        frame, tokenizer, DatasetConfig(max_seq_len=128, val_fraction=0.15, test_fraction=0.05)
+    )
+    assert snapshot.splits["train"] and 1 <= len(snapshot.splits["validation"]) <= 3, {
+        k: len(v) for k, v in snapshot.splits.items()
+    }
     return snapshot
 
 
 def _base_config(tmp_path: Path, **overrides):
     from training.trainer import TrainConfig
 
-    return replace(TrainConfig(), **{
-        "max_steps": 2, "eval_every": 1, "micro_batch_size": 1, "grad_accum_steps": 1, "warmup_steps": 0,
-        "checkpoint_every": 0, "early_stopping_patience": 0, "log_every": 1, "num_threads": 2,
-        "mlflow_experiment": "test-sweep", "output_dir": str(tmp_path / "unused"), **overrides})
+    return replace(
+        TrainConfig(),
+        **{
+            "max_steps": 2,
+            "eval_every": 1,
+            "micro_batch_size": 1,
+            "grad_accum_steps": 1,
+            "warmup_steps": 0,
+            "checkpoint_every": 0,
+            "early_stopping_patience": 0,
+            "log_every": 1,
+            "num_threads": 2,
+            "mlflow_experiment": "test-sweep",
+            "output_dir": str(tmp_path / "unused"),
+            **overrides,
+        },
+    )
 
 
 def _sweep_config(tmp_path: Path, storage: str, **overrides) -> SweepConfig:
-    return replace(SweepConfig(
-        study_name=f"test-{uuid.uuid4().hex[:8]}", storage=storage, n_trials=3, seed=7, pruner="median",
-        pruner_startup_trials=1, learning_rate=[1e-4, 3e-3], lora_r=[4, 8], lora_alpha_ratio=[2.0],
-        lora_dropout=[0.0, 0.1], max_steps=[2], warmup_fraction=[0.0, 0.25], output_dir=str(tmp_path / "sweeps"),
-        sampler_startup_trials=2), **overrides)
+    return replace(
+        SweepConfig(
+            study_name=f"test-{uuid.uuid4().hex[:8]}",
+            storage=storage,
+            n_trials=3,
+            seed=7,
+            pruner="median",
+            pruner_startup_trials=1,
+            learning_rate=[1e-4, 3e-3],
+            lora_r=[4, 8],
+            lora_alpha_ratio=[2.0],
+            lora_dropout=[0.0, 0.1],
+            max_steps=[2],
+            warmup_fraction=[0.0, 0.25],
+            output_dir=str(tmp_path / "sweeps"),
+            sampler_startup_trials=2,
+        ),
+        **overrides,
+    )
 
 
 def _child_runs(client: MlflowClient, parent_run_id: str) -> list:
@@ -84,7 +128,8 @@ def test_sweep_prunes_and_leaves_nested_runs(mlflow_uri, tmp_path, tiny_snapshot
     study = load_study(config)
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL], [
-        (t.number, t.state, t.intermediate_values, t.user_attrs.get("error")) for t in study.trials]
+        (t.number, t.state, t.intermediate_values, t.user_attrs.get("error")) for t in study.trials
+    ]
     assert "validation loss is nan at step 1" in study.trials[2].user_attrs["error"]
     assert (result.n_trials, result.n_complete, result.n_pruned, result.n_failed) == (3, 1, 1, 1)
     assert result.best_trial_number == 0 and not result.retrained
@@ -101,14 +146,21 @@ def test_sweep_prunes_and_leaves_nested_runs(mlflow_uri, tmp_path, tiny_snapshot
     assert parent.data.tags["optuna.best_trial"] == "0"
     assert parent.data.metrics["trials_pruned"] == 1 and parent.data.metrics["trials_failed"] == 1
     children = {int(r.data.tags["optuna.trial_number"]): r for r in _child_runs(client, result.parent_run_id)}
-    assert {n: r.data.tags["optuna.trial_state"] for n, r in children.items()} == {0: "COMPLETE", 1: "PRUNED",
-                                                                                  2: "FAIL"}
+    assert {n: r.data.tags["optuna.trial_state"] for n, r in children.items()} == {
+        0: "COMPLETE",
+        1: "PRUNED",
+        2: "FAIL",
+    }
     assert {n: r.info.status for n, r in children.items()} == {0: "FINISHED", 1: "KILLED", 2: "FAILED"}
     assert children[0].info.run_id == result.best_run_id
     assert "pruned at step 1" in children[1].data.tags["optuna.note"]
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "optuna")}
-    assert {"optuna/optimization_history.html", "optuna/optimization_history.png",
-            "optuna/intermediate_values.html", "optuna/trials.csv"} <= artifacts
+    assert {
+        "optuna/optimization_history.html",
+        "optuna/optimization_history.png",
+        "optuna/intermediate_values.html",
+        "optuna/trials.csv",
+    } <= artifacts
 
     # the same study again: trials are added (TPE, reseeded past the first session), under the same parent run
     again = run_sweep(replace(config, n_trials=1), base, tiny_snapshot)
@@ -119,24 +171,36 @@ def test_sweep_prunes_and_leaves_nested_runs(mlflow_uri, tmp_path, tiny_snapshot
     assert again.parent_run_id == result.parent_run_id and again.n_trials == 4
     assert len(_child_runs(client, result.parent_run_id)) == 4
     if again.n_complete >= 2:
-        assert "optuna/param_importances.html" in {a.path for a in client.list_artifacts(again.parent_run_id, "optuna")}
+        assert "optuna/param_importances.html" in {
+            a.path for a in client.list_artifacts(again.parent_run_id, "optuna")
+        }
 
 
 def _fake_train(calls: list):
     """A stand-in for training.trainer.train that writes an adapter folder and records how it was called."""
-    def train(config, snapshot, *, on_eval=None, mlflow_parent_run_id=None, resume=True, flyte_execution_id=""):
+
+    def train(
+        config, snapshot, *, on_eval=None, mlflow_parent_run_id=None, resume=True, flyte_execution_id=""
+    ):
         calls.append({"config": config, "parent": mlflow_parent_run_id})
         out = Path(config.output_dir) / "adapter"
         out.mkdir(parents=True, exist_ok=True)
         (out / "adapter_config.json").write_text("{}")
         if on_eval:
             on_eval(1, 3.0 - config.learning_rate)
-        return SimpleNamespace(adapter_dir=str(out), best_val_loss=3.0 - config.learning_rate, steps=1,
-                               mlflow_run_id=f"run-{len(calls)}")
+        return SimpleNamespace(
+            adapter_dir=str(out),
+            best_val_loss=3.0 - config.learning_rate,
+            steps=1,
+            mlflow_run_id=f"run-{len(calls)}",
+        )
+
     return train
 
 
-def test_best_adapter_is_reused_and_trained_again_only_when_its_folder_is_gone(mlflow_uri, tmp_path, monkeypatch):
+def test_best_adapter_is_reused_and_trained_again_only_when_its_folder_is_gone(
+    mlflow_uri, tmp_path, monkeypatch
+):
     import shutil
 
     import training.trainer
@@ -155,8 +219,14 @@ def test_best_adapter_is_reused_and_trained_again_only_when_its_folder_is_gone(m
     assert retrained and (Path(adapter_dir) / "adapter_config.json").is_file() and run_id == "run-3"
     again = calls[-1]
     assert again["parent"] == result.parent_run_id  # nested under the sweep, like the trials
-    assert again["config"] == apply_overrides(base, {**result.best_overrides, "output_dir": again["config"].output_dir,
-                                                     "run_name": again["config"].run_name})
+    assert again["config"] == apply_overrides(
+        base,
+        {
+            **result.best_overrides,
+            "output_dir": again["config"].output_dir,
+            "run_name": again["config"].run_name,
+        },
+    )
     assert again["config"].lora_r == result.best_overrides["lora_r"]
 
 
@@ -177,7 +247,9 @@ def test_sweep_on_postgres_storage(mlflow_uri, tmp_path, tiny_snapshot):
         study = optuna.load_study(study_name=config.study_name, storage=make_storage(config))
         assert len(study.trials) == 2 and study.best_trial.number == result.best_trial_number
         assert study.user_attrs["mlflow_parent_run_id"] == result.parent_run_id
-        assert "postgresql" in MlflowClient(mlflow_uri).get_run(result.parent_run_id).data.tags["optuna.storage"]
+        assert (
+            "postgresql" in MlflowClient(mlflow_uri).get_run(result.parent_run_id).data.tags["optuna.storage"]
+        )
     finally:
         admin.cursor().execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         admin.close()
@@ -185,11 +257,18 @@ def test_sweep_on_postgres_storage(mlflow_uri, tmp_path, tiny_snapshot):
 
 # --- cheap: no model ---------------------------------------------------------------------------------
 
+
 def test_search_space_bounds_and_fixed_parameters():
     from training.trainer import TrainConfig
 
-    config = SweepConfig(learning_rate=[1e-5, 1e-3], lora_r=[8, 16], lora_alpha_ratio=[2.0], lora_dropout=[0.05, 0.05],
-                         max_steps=[100, 200], warmup_fraction=[0.0, 0.1])
+    config = SweepConfig(
+        learning_rate=[1e-5, 1e-3],
+        lora_r=[8, 16],
+        lora_alpha_ratio=[2.0],
+        lora_dropout=[0.05, 0.05],
+        max_steps=[100, 200],
+        warmup_fraction=[0.0, 0.1],
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
         trial = study.ask()
@@ -214,7 +293,9 @@ def test_out_of_memory_fails_only_its_trial_but_a_bug_stops_the_sweep(mlflow_uri
 
     calls = []
 
-    def fake_train(config, snapshot, *, on_eval=None, mlflow_parent_run_id=None, resume=True, flyte_execution_id=""):
+    def fake_train(
+        config, snapshot, *, on_eval=None, mlflow_parent_run_id=None, resume=True, flyte_execution_id=""
+    ):
         calls.append(config.run_name)
         if len(calls) == 1:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -19,8 +19,9 @@ def _serialized(entity):
     from flytekit.configuration import Image, ImageConfig, SerializationSettings
     from flytekit.tools.translator import get_serializable
 
-    settings = SerializationSettings(image_config=ImageConfig(default_image=Image(name="default", fqn="agentloop",
-                                                                                  tag="test")))
+    settings = SerializationSettings(
+        image_config=ImageConfig(default_image=Image(name="default", fqn="agentloop", tag="test"))
+    )
     return get_serializable(OrderedDict(), settings, entity).template
 
 
@@ -47,7 +48,9 @@ def test_final_training_task_is_declared_for_two_a100s_with_elastic():
     dataset = _serialized(build_dataset)
     assert dataset.metadata.discoverable and dataset.metadata.discovery_version
     assert "fingerprint" in dataset.interface.inputs
-    assert list(dataset.metadata.cache_ignore_input_vars) == ["end"]  # it moves every run; the fingerprint decides
+    assert list(dataset.metadata.cache_ignore_input_vars) == [
+        "end"
+    ]  # it moves every run; the fingerprint decides
     assert _resources(_serialized(sweep).container.resources.requests)["GPU"] == "1"
 
 
@@ -72,19 +75,59 @@ def test_train_workflow_runs_under_pyflyte(tmp_path, base_model_dir, mlflow_uri)
 
     store = _build_store(tmp_path)
     dataset = {"max_seq_len": 128, "over_long": "truncate", "val_fraction": 0.15, "test_fraction": 0.15}
-    train = {"max_steps": 2, "eval_every": 1, "micro_batch_size": 1, "grad_accum_steps": 2, "warmup_steps": 0,
-             "checkpoint_every": 0, "mlflow_experiment": "test-train-wf", "num_threads": 1}
-    sweep = {"study_name": "wf-test", "storage": f"sqlite:///{tmp_path / 'optuna.db'}", "n_trials": 2,
-             "lora_r": [4], "max_steps": [2], "pruner": "none", "output_dir": str(tmp_path / "sweeps")}
-    env = {**os.environ, "AGENTLOOP_HOME": str(tmp_path / "home"), "MLFLOW_TRACKING_URI": mlflow_uri,
-           "AGENTLOOP_BASE_MODEL_DIR": str(base_model_dir)}
+    train = {
+        "max_steps": 2,
+        "eval_every": 1,
+        "micro_batch_size": 1,
+        "grad_accum_steps": 2,
+        "warmup_steps": 0,
+        "checkpoint_every": 0,
+        "mlflow_experiment": "test-train-wf",
+        "num_threads": 1,
+    }
+    sweep = {
+        "study_name": "wf-test",
+        "storage": f"sqlite:///{tmp_path / 'optuna.db'}",
+        "n_trials": 2,
+        "lora_r": [4],
+        "max_steps": [2],
+        "pruner": "none",
+        "output_dir": str(tmp_path / "sweeps"),
+    }
+    env = {
+        **os.environ,
+        "AGENTLOOP_HOME": str(tmp_path / "home"),
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "AGENTLOOP_BASE_MODEL_DIR": str(base_model_dir),
+    }
     env.pop("AGENTLOOP_OFFLINE_STORE", None)
     proc = subprocess.run(
-        [str(Path(sys.executable).with_name("pyflyte")), "run", "workflows/train.py", "train_wf",
-         "--store", str(store), "--dataset", json.dumps(dataset), "--train", json.dumps(train),
-         "--sweep_config", json.dumps(sweep), "--final_max_steps", "2", "--eval_prompts", "2",
-         "--max_new_tokens", "4"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        [
+            str(Path(sys.executable).with_name("pyflyte")),
+            "run",
+            "workflows/train.py",
+            "train_wf",
+            "--store",
+            str(store),
+            "--dataset",
+            json.dumps(dataset),
+            "--train",
+            json.dumps(train),
+            "--sweep_config",
+            json.dumps(sweep),
+            "--final_max_steps",
+            "2",
+            "--eval_prompts",
+            "2",
+            "--max_new_tokens",
+            "4",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     logs = proc.stdout + proc.stderr
     assert proc.returncode == 0, logs[-6000:]
 
@@ -96,16 +139,24 @@ def test_train_workflow_runs_under_pyflyte(tmp_path, base_model_dir, mlflow_uri)
     client = MlflowClient(mlflow_uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["world_size"] == "2", "the final task trains with 2 processes (torch elastic, gloo)"
+    assert run.data.params["world_size"] == "2", (
+        "the final task trains with 2 processes (torch elastic, gloo)"
+    )
     assert run.data.params["max_steps"] == "2" and run.data.params["lora_r"] == "4"
     sweep_run = client.get_run(run.data.tags["agentloop.sweep_run_id"])
     assert run.data.tags["flyte.execution_id"] == sweep_run.data.tags["flyte.execution_id"] != ""
     assert sweep_run.data.tags["optuna.study_name"] == "wf-test"
     assert sweep_run.data.metrics["trials_complete"] == 2
-    trials = client.search_runs([sweep_run.info.experiment_id],
-                                filter_string=f"tags.mlflow.parentRunId = '{sweep_run.info.run_id}'")
+    trials = client.search_runs(
+        [sweep_run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{sweep_run.info.run_id}'"
+    )
     assert len(trials) == 2
     # the evaluation went into the final run: base vs adapter numbers and the per-prompt table
-    for name in ("eval.validation_loss", "eval.base_validation_loss", "eval.adapter_rouge_l", "eval.base_rouge_l"):
+    for name in (
+        "eval.validation_loss",
+        "eval.base_validation_loss",
+        "eval.adapter_rouge_l",
+        "eval.base_rouge_l",
+    ):
         assert name in run.data.metrics, sorted(run.data.metrics)
     assert "evaluation/generations.json" in {a.path for a in client.list_artifacts(run_id, "evaluation")}

@@ -35,15 +35,19 @@ from training.trainer import (
 
 REPO = Path(__file__).resolve().parents[1]
 SEQ = 128
-WORDS = ("the quick brown fox jumps over a lazy dog while seven cats watch quietly near old river banks "
-         "and tall green trees sway in warm summer wind").split()
+WORDS = (
+    "the quick brown fox jumps over a lazy dog while seven cats watch quietly near old river banks "
+    "and tall green trees sway in warm summer wind"
+).split()
 
 
 def conversation(rng: random.Random) -> list[dict]:
     msgs = [{"role": "system", "content": "You are Jamie, an upbeat assistant."}]
     for _ in range(rng.randint(1, 3)):
         msgs.append({"role": "user", "content": " ".join(rng.choices(WORDS, k=rng.randint(3, 12)))})
-        msgs.append({"role": "assistant", "content": "Jamie: " + " ".join(rng.choices(WORDS, k=rng.randint(3, 12)))})
+        msgs.append(
+            {"role": "assistant", "content": "Jamie: " + " ".join(rng.choices(WORDS, k=rng.randint(3, 12)))}
+        )
     return msgs
 
 
@@ -58,13 +62,17 @@ def tokenizer(base_model_dir):
 def snapshot(tokenizer):
     rng = random.Random(7)
     n = 36
-    frame = pd.DataFrame({
-        "interaction_id": [f"int-{i:03d}" for i in range(n)],
-        "session_id": [f"sess-{i // 2}" for i in range(n)],
-        "agent": ["agent-jamie"] * n,
-        "messages_json": [json.dumps(conversation(rng)) for _ in range(n)],
-    })
-    snap = build_snapshot(frame, tokenizer, DatasetConfig(max_seq_len=SEQ, val_fraction=0.15, test_fraction=0.1))
+    frame = pd.DataFrame(
+        {
+            "interaction_id": [f"int-{i:03d}" for i in range(n)],
+            "session_id": [f"sess-{i // 2}" for i in range(n)],
+            "agent": ["agent-jamie"] * n,
+            "messages_json": [json.dumps(conversation(rng)) for _ in range(n)],
+        }
+    )
+    snap = build_snapshot(
+        frame, tokenizer, DatasetConfig(max_seq_len=SEQ, val_fraction=0.15, test_fraction=0.1)
+    )
     assert len(snap.splits["train"]) >= 6 and snap.splits["validation"], snap.stats["splits"]
     return snap
 
@@ -75,9 +83,20 @@ def snapshot_dir(snapshot, tmp_path_factory) -> Path:
 
 
 def config(base_model_dir, out: Path, **kw) -> TrainConfig:
-    defaults = dict(base_model=str(base_model_dir), output_dir=str(out), micro_batch_size=1, grad_accum_steps=2,
-                    max_steps=3, warmup_steps=1, learning_rate=1e-3, eval_every=0, checkpoint_every=0,
-                    num_threads=1, mlflow_experiment="", seed=3)
+    defaults = dict(
+        base_model=str(base_model_dir),
+        output_dir=str(out),
+        micro_batch_size=1,
+        grad_accum_steps=2,
+        max_steps=3,
+        warmup_steps=1,
+        learning_rate=1e-3,
+        eval_every=0,
+        checkpoint_every=0,
+        num_threads=1,
+        mlflow_experiment="",
+        seed=3,
+    )
     return TrainConfig(**{**defaults, **kw})
 
 
@@ -95,6 +114,7 @@ def assert_same_adapter(a, b, rtol=1e-5, atol=1e-7):
 
 
 # --- pure functions ----------------------------------------------------------------------------------
+
 
 def test_lr_warms_up_linearly_then_decays_by_cosine_to_the_floor():
     c = TrainConfig(learning_rate=1e-3, warmup_steps=4, max_steps=20, min_lr_ratio=0.1)
@@ -124,6 +144,7 @@ def test_latest_checkpoint_ignores_unfinished_writes(tmp_path):
 
 
 # --- the loss ------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def one_thread():
@@ -155,8 +176,9 @@ def test_label_only_chunked_loss_equals_full_logits_cross_entropy(base_model_dir
 
     logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
     targets = batch["labels"][:, 1:].masked_fill(batch["position_ids"][:, 1:] == 0, IGNORE)
-    ref = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
-                                            reduction="sum")
+    ref = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
+    )
     ref.backward()
     assert n == int((targets != IGNORE).sum())
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
@@ -175,8 +197,10 @@ def test_lean_lora_forward_matches_peft(base_model_dir, snapshot, one_thread):
     def build():
         torch.manual_seed(0)
         base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
-        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                                                target_modules=["q_proj", "v_proj", "down_proj"]))
+        model = get_peft_model(
+            base,
+            LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"]),
+        )
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=0.02)
@@ -202,8 +226,18 @@ def test_lean_lora_forward_matches_peft(base_model_dir, snapshot, one_thread):
 
 def test_a_few_steps_reduce_the_loss_on_a_repeated_batch(base_model_dir, snapshot, tmp_path):
     one_row = replace(snapshot, splits={**snapshot.splits, "train": snapshot.splits["train"][:1]})
-    result = train(config(base_model_dir, tmp_path, max_steps=4, grad_accum_steps=1, warmup_steps=0,
-                          learning_rate=2e-3, lora_dropout=0.0), one_row)
+    result = train(
+        config(
+            base_model_dir,
+            tmp_path,
+            max_steps=4,
+            grad_accum_steps=1,
+            warmup_steps=0,
+            learning_rate=2e-3,
+            lora_dropout=0.0,
+        ),
+        one_row,
+    )
     losses = [h["train_loss"] for h in result.history]
     assert len(losses) == 4 and losses[-1] < losses[0] - 0.3, losses
     assert all(h["loss_tokens"] > 0 for h in result.history)
@@ -216,6 +250,7 @@ def test_a_few_steps_reduce_the_loss_on_a_repeated_batch(base_model_dir, snapsho
 
 # --- failure and stopping ---------------------------------------------------------------------------------
 
+
 def test_non_finite_loss_raises_naming_the_step_and_writes_no_adapter(base_model_dir, snapshot, tmp_path):
     (tmp_path / "adapter").mkdir()  # a previous run's adapter must not pass for this run's
     with pytest.raises(NonFiniteLossError, match=r"step 2: training loss is nan") as err:
@@ -224,29 +259,52 @@ def test_non_finite_loss_raises_naming_the_step_and_writes_no_adapter(base_model
     assert not (tmp_path / "adapter").exists() and not (tmp_path / "result.json").exists()
 
 
-def test_early_stopping_stops_after_patience_evaluations_without_improvement(base_model_dir, snapshot, tmp_path):
+def test_early_stopping_stops_after_patience_evaluations_without_improvement(
+    base_model_dir, snapshot, tmp_path
+):
     # lr 1e-30 moves no weight: the validation loss stays put, so the second evaluation is no improvement
-    result = train(config(base_model_dir, tmp_path, learning_rate=1e-30, eval_every=1, early_stopping_patience=1,
-                          max_steps=5), snapshot)
+    result = train(
+        config(
+            base_model_dir,
+            tmp_path,
+            learning_rate=1e-30,
+            eval_every=1,
+            early_stopping_patience=1,
+            max_steps=5,
+        ),
+        snapshot,
+    )
     assert result.stopped_early and result.steps == 2 and result.best_step == 1
     assert [h.get("val_loss") is not None for h in result.history] == [True, True]
 
 
 # --- resume after SIGKILL ---------------------------------------------------------------------------------
 
+
 def cli(snapshot_dir: Path, cfg: TrainConfig) -> list[str]:
     from dataclasses import asdict
 
-    return [sys.executable, "-m", "training.trainer", "--snapshot", str(snapshot_dir), "--config",
-            json.dumps(asdict(cfg))]
+    return [
+        sys.executable,
+        "-m",
+        "training.trainer",
+        "--snapshot",
+        str(snapshot_dir),
+        "--config",
+        json.dumps(asdict(cfg)),
+    ]
 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(base_model_dir, snapshot, snapshot_dir, tmp_path):
     kw = dict(max_steps=3, checkpoint_every=1, eval_every=2, lora_dropout=0.1)  # dropout: RNG must resume too
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cli(snapshot_dir, config(base_model_dir, killed, **kw)), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cli(snapshot_dir, config(base_model_dir, killed, **kw)),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 240
     while latest_checkpoint(killed) is None and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -260,21 +318,34 @@ def test_sigkill_then_resume_matches_uninterrupted(base_model_dir, snapshot, sna
     fresh = train(config(base_model_dir, tmp_path / "fresh", **kw), snapshot)
     assert resumed.steps == fresh.steps == 3
     assert [h["step"] for h in resumed.history] == [1, 2, 3]
-    assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in fresh.history],
-                                                                       rel=1e-5)
+    assert [h["train_loss"] for h in resumed.history] == pytest.approx(
+        [h["train_loss"] for h in fresh.history], rel=1e-5
+    )
     assert resumed.final_val_loss == pytest.approx(fresh.final_val_loss, rel=1e-5)
     assert_same_adapter(resumed.adapter_dir, fresh.adapter_dir)
 
 
 # --- two processes ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_two_process_gloo_matches_one_process(base_model_dir, snapshot, snapshot_dir, tmp_path):
     kw = dict(max_steps=2, grad_accum_steps=2, eval_every=1, num_threads=1, lora_dropout=0.1)
     two = tmp_path / "two"
     logs = tmp_path / "torchrun-logs"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "--redirects", "3", "--log-dir", str(logs), *cli(snapshot_dir, config(base_model_dir, two, **kw))[1:]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "--redirects",
+        "3",
+        "--log-dir",
+        str(logs),
+        *cli(snapshot_dir, config(base_model_dir, two, **kw))[1:],
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     rank_logs = {p.parent.name + "/" + p.name: p.read_text() for p in logs.rglob("*.log")}
@@ -283,7 +354,8 @@ def test_two_process_gloo_matches_one_process(base_model_dir, snapshot, snapshot
     one = train(config(base_model_dir, tmp_path / "one", **kw), snapshot)
     two_result = json.loads((two / "result.json").read_text())
     assert [h["train_loss"] for h in two_result["history"]] == pytest.approx(
-        [h["train_loss"] for h in one.history], rel=1e-3)
+        [h["train_loss"] for h in one.history], rel=1e-3
+    )
     assert two_result["final_val_loss"] == pytest.approx(one.final_val_loss, rel=1e-3)
     assert_same_adapter(two_result["adapter_dir"], one.adapter_dir, rtol=1e-3, atol=1e-5)
     # rank 0 alone reports and writes: rank 1 printed no result and logged no progress
@@ -297,13 +369,22 @@ def test_two_process_gloo_matches_one_process(base_model_dir, snapshot, snapshot
 
 # --- MLflow and callbacks -------------------------------------------------------------------------------
 
-def test_mlflow_run_has_lineage_params_step_metrics_and_artifacts(base_model_dir, snapshot, tmp_path, mlflow_uri):
+
+def test_mlflow_run_has_lineage_params_step_metrics_and_artifacts(
+    base_model_dir, snapshot, tmp_path, mlflow_uri
+):
     from mlflow.tracking import MlflowClient
 
     from training.base_model import resolve_base_model
 
-    cfg = config(base_model_dir, tmp_path, max_steps=2, eval_every=1, mlflow_experiment="test-trainer",
-                 run_name="mlflow-check")
+    cfg = config(
+        base_model_dir,
+        tmp_path,
+        max_steps=2,
+        eval_every=1,
+        mlflow_experiment="test-trainer",
+        run_name="mlflow-check",
+    )
     result = train(cfg, snapshot, flyte_execution_id="f-exec-1")
     client = MlflowClient(mlflow_uri)
     run = client.get_run(result.mlflow_run_id)
@@ -320,7 +401,12 @@ def test_mlflow_run_has_lineage_params_step_metrics_and_artifacts(base_model_dir
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"adapter", "loss_curve.png", "result.json"} <= top
     adapter = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "adapter")}
-    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "agentloop-adapter.json"} <= adapter
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "agentloop-adapter.json",
+    } <= adapter
 
 
 def test_on_eval_raising_stops_the_run_and_propagates(base_model_dir, snapshot, tmp_path, mlflow_uri):
@@ -333,13 +419,20 @@ def test_on_eval_raising_stops_the_run_and_propagates(base_model_dir, snapshot, 
         seen.append((step, val_loss))
         raise optuna.TrialPruned(f"pruned at step {step}")
 
-    cfg = config(base_model_dir, tmp_path, max_steps=4, eval_every=1, mlflow_experiment="test-trainer",
-                 run_name="pruned")
+    cfg = config(
+        base_model_dir,
+        tmp_path,
+        max_steps=4,
+        eval_every=1,
+        mlflow_experiment="test-trainer",
+        run_name="pruned",
+    )
     with pytest.raises(optuna.TrialPruned, match="pruned at step 1"):
         train(cfg, snapshot, on_eval=on_eval)
     assert len(seen) == 1 and math.isfinite(seen[0][1])
     assert not (tmp_path / "adapter").exists()
     runs = MlflowClient(mlflow_uri).search_runs(
         [MlflowClient(mlflow_uri).get_experiment_by_name("test-trainer").experiment_id],
-        filter_string="attributes.run_name = 'pruned'")
+        filter_string="attributes.run_name = 'pruned'",
+    )
     assert [r.info.status for r in runs] == ["KILLED"]

@@ -28,8 +28,10 @@ API_KEY = "test-key"
 def serve_python() -> str:
     python = default_serve_python()
     if not Path(python).is_file():
-        absent_or_fail(f"the serve venv's python {python} is missing; build it with `make serve-env` "
-                       "(scripts/serve-env.sh) or set AGENTLOOP_SERVE_PYTHON")
+        absent_or_fail(
+            f"the serve venv's python {python} is missing; build it with `make serve-env` "
+            "(scripts/serve-env.sh) or set AGENTLOOP_SERVE_PYTHON"
+        )
     return python
 
 
@@ -40,8 +42,9 @@ def lora_adapter(tmp_path_factory, base_model_dir) -> Path:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype="bfloat16")
-    lora = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                                      task_type="CAUSAL_LM"))
+    lora = peft.get_peft_model(
+        model, peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    )
     out = tmp_path_factory.mktemp("adapter") / ADAPTER_NAME
     lora.save_pretrained(out)
     return out
@@ -51,18 +54,30 @@ def test_a_model_vllm_cannot_load_fails_fast_with_the_log_tail(serve_python, tmp
     # Runs before the module's server starts, so two vLLMs never share the 2 cores.
     bad = tmp_path / "not-a-model"
     bad.mkdir()
-    (bad / "config.json").write_text(json.dumps({"architectures": ["NoSuchForCausalLM"], "model_type": "nosuch"}))
+    (bad / "config.json").write_text(
+        json.dumps({"architectures": ["NoSuchForCausalLM"], "model_type": "nosuch"})
+    )
     with pytest.raises(VLLMServerError, match=r"(?s)exited with code \d+ before .*/health answered.*nosuch"):
-        start(VLLMServerConfig(model=str(bad), python=serve_python, log_path=str(tmp_path / "vllm.log"),
-                               startup_timeout_s=180))
+        start(
+            VLLMServerConfig(
+                model=str(bad),
+                python=serve_python,
+                log_path=str(tmp_path / "vllm.log"),
+                startup_timeout_s=180,
+            )
+        )
 
 
 @pytest.fixture(scope="module")
 def server(serve_python, base_model_dir, lora_adapter, tmp_path_factory):
     config = VLLMServerConfig(
-        model=str(base_model_dir), python=serve_python, served_model_name=SERVED_NAME, api_key=API_KEY,
+        model=str(base_model_dir),
+        python=serve_python,
+        served_model_name=SERVED_NAME,
+        api_key=API_KEY,
         lora_modules={ADAPTER_NAME: str(lora_adapter)},
-        log_path=str(tmp_path_factory.mktemp("vllm") / "vllm.log"))
+        log_path=str(tmp_path_factory.mktemp("vllm") / "vllm.log"),
+    )
     srv = start(config)
     try:
         yield srv
@@ -86,9 +101,17 @@ def test_v1_requires_the_api_key_but_health_does_not(server):
 
 @pytest.mark.parametrize("model", [SERVED_NAME, ADAPTER_NAME])
 def test_chat_completion_returns_a_non_empty_reply(server, model):
-    r = requests.post(f"{server.openai_base_url}/chat/completions", headers=server.headers, timeout=120, json={
-        "model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}],
-        "max_tokens": 24, "temperature": 0})
+    r = requests.post(
+        f"{server.openai_base_url}/chat/completions",
+        headers=server.headers,
+        timeout=120,
+        json={
+            "model": model,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "max_tokens": 24,
+            "temperature": 0,
+        },
+    )
     r.raise_for_status()
     body = r.json()
     assert body["model"] == model
@@ -98,12 +121,24 @@ def test_chat_completion_returns_a_non_empty_reply(server, model):
 
 def test_structured_output_works_without_triton(server):
     # The lock leaves triton out (GPU-only, ~1 GB); xgrammar must use its CPU kernel instead.
-    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
-              "additionalProperties": False}
-    r = requests.post(f"{server.openai_base_url}/chat/completions", headers=server.headers, timeout=120, json={
-        "model": SERVED_NAME, "max_tokens": 40, "temperature": 0,
-        "messages": [{"role": "user", "content": "Which city is the capital of France? Answer in JSON."}],
-        "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}})
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    r = requests.post(
+        f"{server.openai_base_url}/chat/completions",
+        headers=server.headers,
+        timeout=120,
+        json={
+            "model": SERVED_NAME,
+            "max_tokens": 40,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Which city is the capital of France? Answer in JSON."}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+        },
+    )
     r.raise_for_status()
     answer = json.loads(r.json()["choices"][0]["message"]["content"])
     assert set(answer) == {"city"} and isinstance(answer["city"], str)
@@ -111,13 +146,21 @@ def test_structured_output_works_without_triton(server):
 
 def test_an_adapter_can_be_loaded_and_unloaded_at_runtime(server, lora_adapter):
     url = server.openai_base_url
-    r = requests.post(f"{url}/load_lora_adapter", headers=server.headers, timeout=60,
-                      json={"lora_name": "runtime-adapter", "lora_path": str(lora_adapter)})
+    r = requests.post(
+        f"{url}/load_lora_adapter",
+        headers=server.headers,
+        timeout=60,
+        json={"lora_name": "runtime-adapter", "lora_path": str(lora_adapter)},
+    )
     assert r.status_code == 200, r.text
     ids = {m["id"] for m in requests.get(f"{url}/models", headers=server.headers, timeout=10).json()["data"]}
     assert "runtime-adapter" in ids
-    r = requests.post(f"{url}/unload_lora_adapter", headers=server.headers, timeout=60,
-                      json={"lora_name": "runtime-adapter"})
+    r = requests.post(
+        f"{url}/unload_lora_adapter",
+        headers=server.headers,
+        timeout=60,
+        json={"lora_name": "runtime-adapter"},
+    )
     assert r.status_code == 200, r.text
 
 

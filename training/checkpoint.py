@@ -39,13 +39,23 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     root = checkpoint_root(output_dir)
     if not root.is_dir():
         return None
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _NAME.match(p.name))
-             and (p / "state.json").exists()]
+    found = [
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if p.is_dir() and (m := _NAME.match(p.name)) and (p / "state.json").exists()
+    ]
     return max(found)[1] if found else None
 
 
-def save_checkpoint(output_dir: str | os.PathLike, step: int, peft_model, optimizer: torch.optim.Optimizer,
-                    state: dict, best_trainable: dict[str, torch.Tensor] | None, keep: int = 2) -> Path:
+def save_checkpoint(
+    output_dir: str | os.PathLike,
+    step: int,
+    peft_model,
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+    best_trainable: dict[str, torch.Tensor] | None,
+    keep: int = 2,
+) -> Path:
     """Write the checkpoint for `step` atomically; keep the newest `keep` checkpoints."""
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -57,7 +67,9 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, peft_model, optimi
     try:
         peft_model.save_pretrained(tmp / "adapter")
         if best_trainable is not None:
-            save_file({k: v.contiguous() for k, v in best_trainable.items()}, tmp / "best_adapter.safetensors")
+            save_file(
+                {k: v.contiguous() for k, v in best_trainable.items()}, tmp / "best_adapter.safetensors"
+            )
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True, allow_nan=True))
         _fsync_tree(tmp)
@@ -74,8 +86,9 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, peft_model, optimi
     return final
 
 
-def load_checkpoint(path: str | os.PathLike, peft_model, optimizer: torch.optim.Optimizer
-                    ) -> tuple[dict, dict[str, torch.Tensor] | None]:
+def load_checkpoint(
+    path: str | os.PathLike, peft_model, optimizer: torch.optim.Optimizer
+) -> tuple[dict, dict[str, torch.Tensor] | None]:
     """Restore weights and optimizer in place; return (state, best trainable weights or None)."""
     from peft import set_peft_model_state_dict
 
@@ -84,8 +97,10 @@ def load_checkpoint(path: str | os.PathLike, peft_model, optimizer: torch.optim.
     result = set_peft_model_state_dict(peft_model, adapter)
     missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
     if missing:
-        raise RuntimeError(f"checkpoint {path} lacks LoRA weights {missing[:3]}...: it was written for another "
-                           f"adapter layout (target_modules / lora_r); resume into a fresh output_dir")
+        raise RuntimeError(
+            f"checkpoint {path} lacks LoRA weights {missing[:3]}...: it was written for another "
+            f"adapter layout (target_modules / lora_r); resume into a fresh output_dir"
+        )
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     best_file = path / "best_adapter.safetensors"
     best = load_file(best_file) if best_file.exists() else None

@@ -91,20 +91,31 @@ class DatasetConfig:
         if self.max_seq_len < 16:
             raise ValueError(f"DatasetConfig.max_seq_len must be at least 16, got {self.max_seq_len}")
         if self.pack_seq_len and self.pack_seq_len < self.max_seq_len:
-            raise ValueError(f"DatasetConfig.pack_seq_len ({self.pack_seq_len}) must be 0 or >= max_seq_len "
-                             f"({self.max_seq_len}): an example must fit in a row")
+            raise ValueError(
+                f"DatasetConfig.pack_seq_len ({self.pack_seq_len}) must be 0 or >= max_seq_len "
+                f"({self.max_seq_len}): an example must fit in a row"
+            )
         for name in ("val_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"DatasetConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError("DatasetConfig.val_fraction + test_fraction must leave sessions for training, "
-                             f"got {self.val_fraction} + {self.test_fraction}")
-        for name, allowed in (("system_prompt_policy", SYSTEM_PROMPT_POLICIES), ("over_long", OVER_LONG_POLICIES),
-                              ("train_on", TRAIN_ON)):
+            raise ValueError(
+                "DatasetConfig.val_fraction + test_fraction must leave sessions for training, "
+                f"got {self.val_fraction} + {self.test_fraction}"
+            )
+        for name, allowed in (
+            ("system_prompt_policy", SYSTEM_PROMPT_POLICIES),
+            ("over_long", OVER_LONG_POLICIES),
+            ("train_on", TRAIN_ON),
+        ):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"DatasetConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"DatasetConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
         if self.min_assistant_tokens < 1:
-            raise ValueError(f"DatasetConfig.min_assistant_tokens must be >= 1, got {self.min_assistant_tokens}")
+            raise ValueError(
+                f"DatasetConfig.min_assistant_tokens must be >= 1, got {self.min_assistant_tokens}"
+            )
 
     @property
     def row_len(self) -> int:
@@ -156,6 +167,7 @@ class PackedRow:
 
 # --- chat template and masking ----------------------------------------------------------------------
 
+
 class TemplateError(ValueError):
     """The tokenizer's chat template cannot be used for position-based masking."""
 
@@ -190,7 +202,9 @@ def parse_messages(messages_json: Any) -> list[dict] | None:
         text = _content_text(m.get("content"))
         calls = m.get("tool_calls")
         if calls:
-            text = (text + "\n" if text else "") + json.dumps(calls, ensure_ascii=False, separators=(",", ":"))
+            text = (text + "\n" if text else "") + json.dumps(
+                calls, ensure_ascii=False, separators=(",", ":")
+            )
         trainable = m["role"] == "assistant" and not calls and bool(text.strip())
         out.append({"role": m["role"], "content": text, "trainable": trainable})
     return out
@@ -224,13 +238,13 @@ def _blocks_fast(tokenizer, messages: list[dict], text: str) -> tuple[list[int],
     header = _render(tokenizer, messages[:1], generation_prompt=True)
     if not base.startswith(empty) or not header.startswith(base):
         return None
-    header = header[len(base):]
+    header = header[len(base) :]
     bounds, pieces = [len(empty), len(base)], [base]
     for m in messages[1:]:
         two = _render(tokenizer, [messages[0], m])
         if not two.startswith(base):
             return None
-        pieces.append(two[len(base):])
+        pieces.append(two[len(base) :])
         bounds.append(bounds[-1] + len(pieces[-1]))
     if "".join(pieces) != text:
         return None
@@ -251,13 +265,17 @@ def _blocks_by_prefix(tokenizer, messages: list[dict], text: str) -> tuple[list[
     for i, m in enumerate(messages):
         prefix = prefixes[i]
         if not prefixes[i + 1].startswith(prefix) or not text.startswith(prefix):
-            raise TemplateError(f"the chat template of {tokenizer.name_or_path!r} does not render messages "
-                                "as consecutive blocks; position-based masking needs one that does")
+            raise TemplateError(
+                f"the chat template of {tokenizer.name_or_path!r} does not render messages "
+                "as consecutive blocks; position-based masking needs one that does"
+            )
         if m["trainable"]:
             header = _render(tokenizer, messages[:i], generation_prompt=True)
             if not header.startswith(prefix) or not text.startswith(header):
-                raise TemplateError(f"the chat template of {tokenizer.name_or_path!r}: the generation prompt is "
-                                    f"not how an assistant turn begins (message {i})")
+                raise TemplateError(
+                    f"the chat template of {tokenizer.name_or_path!r}: the generation prompt is "
+                    f"not how an assistant turn begins (message {i})"
+                )
             starts.append(len(header))
     return bounds, starts
 
@@ -272,14 +290,18 @@ def render_and_mask(tokenizer, messages: list[dict]) -> _Rendered:
     if not eos:
         raise TemplateError(f"tokenizer {tokenizer.name_or_path!r} has no eos token: cannot find turn ends")
     text = _render(tokenizer, messages)
-    bounds, content_starts = _blocks_fast(tokenizer, messages, text) or _blocks_by_prefix(tokenizer, messages, text)
+    bounds, content_starts = _blocks_fast(tokenizer, messages, text) or _blocks_by_prefix(
+        tokenizer, messages, text
+    )
     spans = []  # character spans that carry loss: assistant content + the eos that closes it
     trainable = [i for i, m in enumerate(messages) if m["trainable"]]
     for i, start in zip(trainable, content_starts):
         end = text.rfind(eos, start, bounds[i + 1])
         if end < 0:
-            raise TemplateError(f"the chat template of {tokenizer.name_or_path!r} closes assistant turns without "
-                                f"the eos token {eos!r}: the model would never learn to stop")
+            raise TemplateError(
+                f"the chat template of {tokenizer.name_or_path!r} closes assistant turns without "
+                f"the eos token {eos!r}: the model would never learn to stop"
+            )
         spans.append((start, end + len(eos)))
 
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -289,7 +311,9 @@ def render_and_mask(tokenizer, messages: list[dict]) -> _Rendered:
     for b in bounds:
         k = bisect.bisect_left(starts, b)
         if k > 0 and offsets[k - 1][1] > b:
-            raise TemplateError(f"a token of {tokenizer.name_or_path!r} straddles a message boundary at character {b}")
+            raise TemplateError(
+                f"a token of {tokenizer.name_or_path!r} straddles a message boundary at character {b}"
+            )
         block_starts.append(k)
     labels = [IGNORE] * len(ids)
     for lo, hi in spans:
@@ -309,8 +333,9 @@ def _exchanges(messages: list[dict], first: int) -> list[int]:
     return cuts
 
 
-def _windows(n_prefix: int, units: list[tuple[int, int]], max_len: int, policy: str
-             ) -> tuple[list[list[tuple[int, int]]], int]:
+def _windows(
+    n_prefix: int, units: list[tuple[int, int]], max_len: int, policy: str
+) -> tuple[list[list[tuple[int, int]]], int]:
     """Group token ranges of exchanges into windows that fit after the prefix; (windows, cuts inside a turn)."""
     room = max_len - n_prefix
     total = sum(hi - lo for lo, hi in units)
@@ -353,7 +378,10 @@ def _prepare_messages(messages: list[dict], config: DatasetConfig) -> tuple[list
     if messages[0]["role"] != "system":
         if config.system_prompt_policy == "drop":
             return None, "no_system_prompt"
-        messages = [{"role": "system", "content": config.default_system_prompt, "trainable": False}, *messages]
+        messages = [
+            {"role": "system", "content": config.default_system_prompt, "trainable": False},
+            *messages,
+        ]
     last = max((i for i, m in enumerate(messages) if m["trainable"]), default=None)
     if last is None:
         return None, "no_loss_tokens"
@@ -363,8 +391,9 @@ def _prepare_messages(messages: list[dict], config: DatasetConfig) -> tuple[list
     return messages, ""
 
 
-def build_examples(frame: pd.DataFrame, tokenizer, config: DatasetConfig | None = None,
-                   stats: dict | None = None) -> list[Example]:
+def build_examples(
+    frame: pd.DataFrame, tokenizer, config: DatasetConfig | None = None, stats: dict | None = None
+) -> list[Example]:
     """Examples from a training frame (features.feast_store.get_training_frame), in frame order.
 
     Needs columns interaction_id and messages_json; session_id, agent and has_error are used when
@@ -373,8 +402,10 @@ def build_examples(frame: pd.DataFrame, tokenizer, config: DatasetConfig | None 
     config = config or DatasetConfig()
     missing = {"interaction_id", "messages_json"} - set(frame.columns)
     if missing:
-        raise KeyError(f"training frame lacks column(s) {sorted(missing)}; build it with "
-                       "features.feast_store.get_training_frame")
+        raise KeyError(
+            f"training frame lacks column(s) {sorted(missing)}; build it with "
+            "features.feast_store.get_training_frame"
+        )
     forbidden = [t for t in tokenizer.all_special_tokens if t]
     dropped: Counter = Counter()
     seen: set[str] = set()
@@ -383,8 +414,9 @@ def build_examples(frame: pd.DataFrame, tokenizer, config: DatasetConfig | None 
     has_error = frame["has_error"] if "has_error" in frame else pd.Series(False, index=frame.index)
     sessions = frame["session_id"] if "session_id" in frame else pd.Series("", index=frame.index)
     agents = frame["agent"] if "agent" in frame else pd.Series("", index=frame.index)
-    for iid, raw, err, session, agent in zip(frame["interaction_id"], frame["messages_json"], has_error,
-                                             sessions, agents):
+    for iid, raw, err, session, agent in zip(
+        frame["interaction_id"], frame["messages_json"], has_error, sessions, agents
+    ):
         iid = str(iid)
         if iid in seen:
             dropped["duplicate"] += 1
@@ -436,18 +468,26 @@ def build_examples(frame: pd.DataFrame, tokenizer, config: DatasetConfig | None 
             # Examples are packed end to end: a first position with a label would be the target of
             # the previous example's last token.
             assert labels[0] == IGNORE and len(ids) <= config.max_seq_len, iid
-            examples.append(Example(iid, session or iid, "" if pd.isna(agent) else str(agent), ids, labels, part))
+            examples.append(
+                Example(iid, session or iid, "" if pd.isna(agent) else str(agent), ids, labels, part)
+            )
     if stats is not None:
         stats["interactions"] = stats.get("interactions", 0) + len(frame)
         stats["dropped"] = dict(sorted((Counter(stats.get("dropped", {})) + dropped).items()))
         stats["cut_inside_turn"] = stats.get("cut_inside_turn", 0) + cut_inside_turn
         stats["split_interactions"] = stats.get("split_interactions", 0) + split_interactions
     if dropped:
-        log.info("build_examples: %d examples from %d records; dropped %s", len(examples), len(frame), dict(dropped))
+        log.info(
+            "build_examples: %d examples from %d records; dropped %s",
+            len(examples),
+            len(frame),
+            dict(dropped),
+        )
     return examples
 
 
 # --- split and packing -----------------------------------------------------------------------------
+
 
 def session_bucket(session_id: str, salt: str) -> float:
     """A session's fixed place in [0, 1): sha256 of salt + session id."""
@@ -455,14 +495,19 @@ def session_bucket(session_id: str, salt: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def split_by_session(examples: Sequence[Example], config: DatasetConfig | None = None) -> dict[str, list[Example]]:
+def split_by_session(
+    examples: Sequence[Example], config: DatasetConfig | None = None
+) -> dict[str, list[Example]]:
     """{"train", "validation", "test"}: each session wholly in one, by hash of session id and salt."""
     config = config or DatasetConfig()
     out: dict[str, list[Example]] = {name: [] for name in SPLITS}
     for ex in examples:
         u = session_bucket(ex.session_id or ex.interaction_id, config.split_salt)
-        name = "test" if u < config.test_fraction else (
-            "validation" if u < config.test_fraction + config.val_fraction else "train")
+        name = (
+            "test"
+            if u < config.test_fraction
+            else ("validation" if u < config.test_fraction + config.val_fraction else "train")
+        )
         out[name].append(ex)
     return out
 
@@ -479,8 +524,10 @@ def pack(examples: Sequence[Example], seq_len: int, pad_id: int = 0) -> list[Pac
     for ex in order:
         n = len(ex)
         if n > seq_len:
-            raise ValueError(f"example {ex.example_id} has {n} tokens, more than the row length {seq_len}; "
-                             "build examples with max_seq_len <= seq_len")
+            raise ValueError(
+                f"example {ex.example_id} has {n} tokens, more than the row length {seq_len}; "
+                "build examples with max_seq_len <= seq_len"
+            )
         if n == 0:
             continue
         k = bisect.bisect_left(free, (n, -1))
@@ -500,8 +547,15 @@ def pack(examples: Sequence[Example], seq_len: int, pad_id: int = 0) -> list[Pac
             labels += ex.labels
             pos += range(len(ex))
         pad = seq_len - len(ids)
-        rows.append(PackedRow(ids + [pad_id] * pad, labels + [IGNORE] * pad, pos + list(range(pad)),
-                              [ex.example_id for ex in members], [len(ex) for ex in members]))
+        rows.append(
+            PackedRow(
+                ids + [pad_id] * pad,
+                labels + [IGNORE] * pad,
+                pos + list(range(pad)),
+                [ex.example_id for ex in members],
+                [len(ex) for ex in members],
+            )
+        )
     return rows
 
 
@@ -518,6 +572,7 @@ def collate(rows: Sequence[PackedRow]) -> dict:
 
 # --- the snapshot ------------------------------------------------------------------------------------
 
+
 def tokenizer_identity(tokenizer) -> dict[str, str]:
     """What tokenization depends on: the full tokenizer spec, the chat template, the special tokens."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -525,14 +580,25 @@ def tokenizer_identity(tokenizer) -> dict[str, str]:
     h = hashlib.sha256(spec.encode())
     h.update(str(getattr(tokenizer, "chat_template", "") or "").encode())
     h.update(json.dumps([tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token]).encode())
-    return {"name_or_path": str(tokenizer.name_or_path), "class": type(tokenizer).__name__, "sha256": h.hexdigest()}
+    return {
+        "name_or_path": str(tokenizer.name_or_path),
+        "class": type(tokenizer).__name__,
+        "sha256": h.hexdigest(),
+    }
 
 
 def _example_record(ex: Example) -> dict:
     digest = hashlib.sha256(np.asarray(ex.input_ids + ex.labels, dtype=np.int64).tobytes()).hexdigest()
-    return {"example_id": ex.example_id, "interaction_id": ex.interaction_id, "session_id": ex.session_id,
-            "agent": ex.agent, "part": ex.part, "n_tokens": len(ex), "n_loss_tokens": ex.n_loss_tokens,
-            "sha256": digest}
+    return {
+        "example_id": ex.example_id,
+        "interaction_id": ex.interaction_id,
+        "session_id": ex.session_id,
+        "agent": ex.agent,
+        "part": ex.part,
+        "n_tokens": len(ex),
+        "n_loss_tokens": ex.n_loss_tokens,
+        "sha256": digest,
+    }
 
 
 def compute_snapshot_hash(index: dict[str, list[dict]], tokenizer_sha256: str, config: DatasetConfig) -> str:
@@ -557,7 +623,9 @@ class DatasetSnapshot:
     splits: dict[str, list[PackedRow]]
     index: dict[str, list[dict]]  # per split: one record per example (ids, session, agent, token counts)
     stats: dict = field(default_factory=dict)
-    source: dict = field(default_factory=dict)  # where the frame came from (Feast service, window); not hashed
+    source: dict = field(
+        default_factory=dict
+    )  # where the frame came from (Feast service, window); not hashed
 
     @property
     def seq_len(self) -> int:
@@ -574,8 +642,16 @@ class DatasetSnapshot:
             at = 0
             for eid, n in zip(row.example_ids, row.lengths):
                 m = meta[eid]
-                out.append(Example(m["interaction_id"], m["session_id"], m["agent"], row.input_ids[at:at + n],
-                                   row.labels[at:at + n], m["part"]))
+                out.append(
+                    Example(
+                        m["interaction_id"],
+                        m["session_id"],
+                        m["agent"],
+                        row.input_ids[at : at + n],
+                        row.labels[at : at + n],
+                        m["part"],
+                    )
+                )
                 at += n
         return sorted(out, key=lambda e: (e.interaction_id, e.part))
 
@@ -585,12 +661,19 @@ class DatasetSnapshot:
         d.mkdir(parents=True, exist_ok=True)
         for name in SPLITS:
             rows = self.splits[name]
-            arrays = {k: np.asarray([getattr(r, k) for r in rows], dtype=np.int32).reshape(len(rows), self.seq_len)
-                      for k in ("input_ids", "labels", "position_ids")}
+            arrays = {
+                k: np.asarray([getattr(r, k) for r in rows], dtype=np.int32).reshape(len(rows), self.seq_len)
+                for k in ("input_ids", "labels", "position_ids")
+            }
             _atomic_write(d / f"{name}.npz", lambda f, a=arrays: np.savez(f, **a))
         meta = {
-            "format": SNAPSHOT_FORMAT, "snapshot_hash": self.snapshot_hash, "config": asdict(self.config),
-            "tokenizer": self.tokenizer, "stats": self.stats, "source": self.source, "index": self.index,
+            "format": SNAPSHOT_FORMAT,
+            "snapshot_hash": self.snapshot_hash,
+            "config": asdict(self.config),
+            "tokenizer": self.tokenizer,
+            "stats": self.stats,
+            "source": self.source,
+            "index": self.index,
             "rows": {name: [[r.example_ids, r.lengths] for r in self.splits[name]] for name in SPLITS},
         }
         _atomic_write(d / SNAPSHOT_FILE, lambda f: f.write(json.dumps(meta, default=str).encode()))
@@ -602,27 +685,42 @@ class DatasetSnapshot:
         d = Path(directory)
         path = d / SNAPSHOT_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"no dataset snapshot at {d} ({SNAPSHOT_FILE} missing): write one with "
-                                    "DatasetSnapshot.save")
+            raise FileNotFoundError(
+                f"no dataset snapshot at {d} ({SNAPSHOT_FILE} missing): write one with DatasetSnapshot.save"
+            )
         meta = json.loads(path.read_text())
         if meta.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(f"{path}: snapshot format {meta.get('format')}, this code reads {SNAPSHOT_FORMAT}")
+            raise ValueError(
+                f"{path}: snapshot format {meta.get('format')}, this code reads {SNAPSHOT_FORMAT}"
+            )
         config = DatasetConfig(**meta["config"])
         splits = {}
         for name in SPLITS:
             with np.load(d / f"{name}.npz", allow_pickle=False) as z:
                 arrays = {k: z[k].tolist() for k in ("input_ids", "labels", "position_ids")}
-            splits[name] = [PackedRow(ids, labels, pos, list(eids), list(lengths))
-                            for ids, labels, pos, (eids, lengths)
-                            in zip(arrays["input_ids"], arrays["labels"], arrays["position_ids"], meta["rows"][name])]
-        snap = cls(meta["snapshot_hash"], config, meta["tokenizer"], splits, meta["index"], meta["stats"],
-                   meta.get("source", {}))
+            splits[name] = [
+                PackedRow(ids, labels, pos, list(eids), list(lengths))
+                for ids, labels, pos, (eids, lengths) in zip(
+                    arrays["input_ids"], arrays["labels"], arrays["position_ids"], meta["rows"][name]
+                )
+            ]
+        snap = cls(
+            meta["snapshot_hash"],
+            config,
+            meta["tokenizer"],
+            splits,
+            meta["index"],
+            meta["stats"],
+            meta.get("source", {}),
+        )
         want = compute_snapshot_hash(snap.index, snap.tokenizer["sha256"], config)
         stored = {name: sorted(_example_record(e)["sha256"] for e in snap.examples(name)) for name in SPLITS}
         indexed = {name: sorted(r["sha256"] for r in snap.index[name]) for name in SPLITS}
         if want != snap.snapshot_hash or stored != indexed:
-            raise ValueError(f"dataset snapshot at {d} is corrupt: its rows or index do not match hash "
-                             f"{snap.snapshot_hash}; rebuild it")
+            raise ValueError(
+                f"dataset snapshot at {d} is corrupt: its rows or index do not match hash "
+                f"{snap.snapshot_hash}; rebuild it"
+            )
         return snap
 
 
@@ -640,8 +738,11 @@ def _atomic_write(path: Path, write) -> None:
 def _split_stats(examples: list[Example], rows: list[PackedRow], seq_len: int, max_seq_len: int) -> dict:
     tokens = sum(len(e) for e in examples)
     return {
-        "sessions": len({e.session_id for e in examples}), "examples": len(examples), "tokens": tokens,
-        "loss_tokens": sum(e.n_loss_tokens for e in examples), "rows": len(rows),
+        "sessions": len({e.session_id for e in examples}),
+        "examples": len(examples),
+        "tokens": tokens,
+        "loss_tokens": sum(e.n_loss_tokens for e in examples),
+        "rows": len(rows),
         "padding_share": 1 - tokens / (len(rows) * seq_len) if rows else 0.0,
         "padding_share_unpacked": 1 - tokens / (len(examples) * max_seq_len) if examples else 0.0,
     }
@@ -652,7 +753,9 @@ def build_snapshot(frame: pd.DataFrame, tokenizer, config: DatasetConfig | None 
     config = config or DatasetConfig()
     t0 = time.perf_counter()
     stats: dict = {}
-    examples = sorted(build_examples(frame, tokenizer, config, stats), key=lambda e: (e.interaction_id, e.part))
+    examples = sorted(
+        build_examples(frame, tokenizer, config, stats), key=lambda e: (e.interaction_id, e.part)
+    )
     parts = split_by_session(examples, config)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     splits = {name: pack(parts[name], config.row_len, pad_id) for name in SPLITS}
@@ -662,26 +765,46 @@ def build_snapshot(frame: pd.DataFrame, tokenizer, config: DatasetConfig | None 
     tokens = sum(len(e) for e in examples)
     loss_tokens = sum(e.n_loss_tokens for e in examples)
     stats.update(
-        examples=len(examples), tokens=tokens, loss_tokens=loss_tokens,
+        examples=len(examples),
+        tokens=tokens,
+        loss_tokens=loss_tokens,
         loss_token_share=loss_tokens / tokens if tokens else 0.0,
-        seq_len=config.row_len, rows=len(all_rows),
+        seq_len=config.row_len,
+        rows=len(all_rows),
         padding_share_packed=1 - tokens / (len(all_rows) * config.row_len) if all_rows else 0.0,
         # every example padded to max_seq_len, as a batch without packing would be
         padding_share_unpacked=1 - tokens / (len(examples) * config.max_seq_len) if examples else 0.0,
-        splits={name: _split_stats(parts[name], splits[name], config.row_len, config.max_seq_len) for name in SPLITS},
+        splits={
+            name: _split_stats(parts[name], splits[name], config.row_len, config.max_seq_len)
+            for name in SPLITS
+        },
     )
     snap_hash = compute_snapshot_hash(index, identity["sha256"], config)
     stats["build_seconds"] = round(time.perf_counter() - t0, 3)
     source = {k: v for k, v in getattr(frame, "attrs", {}).items()}
-    log.info("dataset snapshot %s: %d examples, %d tokens (%.1f%% loss), %d rows, padding %.1f%% packed vs "
-             "%.1f%% unpacked", snap_hash[:12], len(examples), tokens, 100 * stats["loss_token_share"], len(all_rows),
-             100 * stats["padding_share_packed"], 100 * stats["padding_share_unpacked"])
+    log.info(
+        "dataset snapshot %s: %d examples, %d tokens (%.1f%% loss), %d rows, padding %.1f%% packed vs "
+        "%.1f%% unpacked",
+        snap_hash[:12],
+        len(examples),
+        tokens,
+        100 * stats["loss_token_share"],
+        len(all_rows),
+        100 * stats["padding_share_packed"],
+        100 * stats["padding_share_unpacked"],
+    )
     return DatasetSnapshot(snap_hash, config, identity, splits, index, stats, source)
 
 
-def load_training_snapshot(feast_config, start: date | datetime, end: date | datetime, tokenizer,
-                           config: DatasetConfig | None = None, agents: Sequence[str] | None = None,
-                           min_rating: int | None = None) -> DatasetSnapshot:
+def load_training_snapshot(
+    feast_config,
+    start: date | datetime,
+    end: date | datetime,
+    tokenizer,
+    config: DatasetConfig | None = None,
+    agents: Sequence[str] | None = None,
+    min_rating: int | None = None,
+) -> DatasetSnapshot:
     """The snapshot of the interactions in [start, end) as Feast's training_v1 service serves them.
 
     `tokenizer` is a tokenizer, or a base model reference (folder or hub id) whose tokenizer to load.

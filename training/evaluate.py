@@ -36,6 +36,7 @@ REFUSAL = re.compile(
 
 # --- loss ------------------------------------------------------------------------------------------
 
+
 def _autocast(device, enabled: bool):
     import torch
 
@@ -62,7 +63,7 @@ def evaluate_loss(model, rows: Sequence[Any], batch_size: int = 8, bf16: bool = 
     try:
         with torch.inference_mode(), _autocast(device, bf16):
             for i in range(0, len(rows), batch_size):
-                batch = rows[i:i + batch_size]
+                batch = rows[i : i + batch_size]
                 ids = torch.tensor([list(r.input_ids) for r in batch], device=device)
                 labels = torch.tensor([list(r.labels) for r in batch], device=device)
                 pos = torch.tensor([list(r.position_ids) for r in batch], device=device)
@@ -71,8 +72,9 @@ def evaluate_loss(model, rows: Sequence[Any], batch_size: int = 8, bf16: bool = 
                 keep[:, :-1] = (labels[:, 1:] != IGNORE_INDEX) & (pos[:, 1:] != 0)
                 if not keep.any():
                     continue
-                out = model(input_ids=ids, position_ids=pos, attention_mask=None, use_cache=False,
-                            logits_to_keep=keep)
+                out = model(
+                    input_ids=ids, position_ids=pos, attention_mask=None, use_cache=False, logits_to_keep=keep
+                )
                 logits = out.logits.reshape(-1, out.logits.shape[-1]).float()
                 targets = labels[:, 1:][keep[:, :-1]]
                 total += F.cross_entropy(logits, targets, reduction="sum").item()
@@ -87,6 +89,7 @@ def evaluate_loss(model, rows: Sequence[Any], batch_size: int = 8, bf16: bool = 
 
 # --- prompts ---------------------------------------------------------------------------------------
 
+
 @dataclass
 class HeldOutPrompt:
     """A conversation cut just before its last assistant turn, and that turn (what the agent really said)."""
@@ -97,8 +100,13 @@ class HeldOutPrompt:
     reference: str
 
 
-def held_out_prompts(frame: pd.DataFrame, interaction_ids: Iterable[str] | None = None, n: int = 16,
-                     seed: int = 0, dataset_config=None) -> list[HeldOutPrompt]:
+def held_out_prompts(
+    frame: pd.DataFrame,
+    interaction_ids: Iterable[str] | None = None,
+    n: int = 16,
+    seed: int = 0,
+    dataset_config=None,
+) -> list[HeldOutPrompt]:
     """Up to n prompts from the training frame's rows (only `interaction_ids` when given, e.g. the test split).
 
     Messages are read as training reads them (training.dataset.parse_messages) and get the same
@@ -111,8 +119,10 @@ def held_out_prompts(frame: pd.DataFrame, interaction_ids: Iterable[str] | None 
     config = dataset_config or DatasetConfig()
     wanted = set(interaction_ids) if interaction_ids is not None else None
     rows = frame if wanted is None else frame[frame["interaction_id"].astype(str).isin(wanted)]
-    order = sorted(rows.itertuples(index=False),
-                   key=lambda r: hashlib.sha256(f"{seed}:{r.interaction_id}".encode()).hexdigest())
+    order = sorted(
+        rows.itertuples(index=False),
+        key=lambda r: hashlib.sha256(f"{seed}:{r.interaction_id}".encode()).hexdigest(),
+    )
     out: list[HeldOutPrompt] = []
     for r in order:
         messages = parse_messages(r.messages_json)
@@ -121,21 +131,29 @@ def held_out_prompts(frame: pd.DataFrame, interaction_ids: Iterable[str] | None 
         if messages[0]["role"] != "system":
             if config.system_prompt_policy == "drop":
                 continue
-            messages = [{"role": "system", "content": config.default_system_prompt, "trainable": False}, *messages]
+            messages = [
+                {"role": "system", "content": config.default_system_prompt, "trainable": False},
+                *messages,
+            ]
         replies = [i for i, m in enumerate(messages) if m["trainable"]]
         if not replies:
             continue
         cut = replies[-1]
-        out.append(HeldOutPrompt(
-            interaction_id=str(r.interaction_id), agent=str(getattr(r, "agent", "") or ""),
-            messages=[{"role": m["role"], "content": m["content"]} for m in messages[:cut]],
-            reference=messages[cut]["content"]))
+        out.append(
+            HeldOutPrompt(
+                interaction_id=str(r.interaction_id),
+                agent=str(getattr(r, "agent", "") or ""),
+                messages=[{"role": m["role"], "content": m["content"]} for m in messages[:cut]],
+                reference=messages[cut]["content"],
+            )
+        )
         if len(out) >= n:
             break
     return out
 
 
 # --- scores ----------------------------------------------------------------------------------------
+
 
 def _words(text: str) -> list[str]:
     # rouge-score's default tokenizer: lowercase, anything not [a-z0-9] separates tokens
@@ -172,8 +190,15 @@ def is_refusal(text: str) -> bool:
 
 # --- generation ------------------------------------------------------------------------------------
 
-def generate_replies(model, tokenizer, prompts: Sequence[HeldOutPrompt], max_new_tokens: int = 64,
-                     batch_size: int = 8, max_prompt_tokens: int = 1024) -> list[str]:
+
+def generate_replies(
+    model,
+    tokenizer,
+    prompts: Sequence[HeldOutPrompt],
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    max_prompt_tokens: int = 1024,
+) -> list[str]:
     """Greedy replies, batched with left padding (pad = eos on SmolLM2: the attention mask tells them apart).
 
     Prompts longer than max_prompt_tokens keep their most recent tokens, as a serving client would."""
@@ -186,14 +211,27 @@ def generate_replies(model, tokenizer, prompts: Sequence[HeldOutPrompt], max_new
     replies: list[str] = []
     try:
         for i in range(0, len(prompts), batch_size):
-            texts = [tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True)
-                     for p in prompts[i:i + batch_size]]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens,
-                            add_special_tokens=False).to(device)
+            texts = [
+                tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True)
+                for p in prompts[i : i + batch_size]
+            ]
+            enc = tokenizer(
+                texts,
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_prompt_tokens,
+                add_special_tokens=False,
+            ).to(device)
             with torch.inference_mode():
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
-                                     eos_token_id=tokenizer.eos_token_id)
-            for row in out[:, enc["input_ids"].shape[1]:]:
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+            for row in out[:, enc["input_ids"].shape[1] :]:
                 replies.append(tokenizer.decode(row, skip_special_tokens=True).strip())
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = sides
@@ -210,32 +248,41 @@ def _score(prefix: str, replies: list[str], references: list[str]) -> dict[str, 
     }
 
 
-def compare_replies(model, tokenizer, prompts: Sequence[HeldOutPrompt], max_new_tokens: int = 64,
-                    batch_size: int = 8) -> tuple[pd.DataFrame, dict[str, float]]:
+def compare_replies(
+    model, tokenizer, prompts: Sequence[HeldOutPrompt], max_new_tokens: int = 64, batch_size: int = 8
+) -> tuple[pd.DataFrame, dict[str, float]]:
     """Base and adapter replies to the same prompts from one PeftModel (adapter disabled for the base)."""
     if not prompts:
-        raise ValueError("generation check got no prompts: the held-out split has no conversation with a reply")
+        raise ValueError(
+            "generation check got no prompts: the held-out split has no conversation with a reply"
+        )
     with model.disable_adapter():
         base = generate_replies(model, tokenizer, prompts, max_new_tokens, batch_size)
     adapter = generate_replies(model, tokenizer, prompts, max_new_tokens, batch_size)
     refs = [p.reference for p in prompts]
-    table = pd.DataFrame({
-        "interaction_id": [p.interaction_id for p in prompts],
-        "agent": [p.agent for p in prompts],
-        "prompt": [next((m["content"] for m in reversed(p.messages) if m["role"] == "user"), "") for p in prompts],
-        "agent_reply": refs,
-        **_score("base", base, refs),
-        **_score("adapter", adapter, refs),
-    })
+    table = pd.DataFrame(
+        {
+            "interaction_id": [p.interaction_id for p in prompts],
+            "agent": [p.agent for p in prompts],
+            "prompt": [
+                next((m["content"] for m in reversed(p.messages) if m["role"] == "user"), "") for p in prompts
+            ],
+            "agent_reply": refs,
+            **_score("base", base, refs),
+            **_score("adapter", adapter, refs),
+        }
+    )
     summary = summarize(table)
     return table, summary
 
 
 def summarize(table: pd.DataFrame) -> dict[str, float]:
     """Mean scores per side, plus how often the adapter beat the base on the same prompt."""
-    out: dict[str, float] = {"prompts": float(len(table)),
-                             "reference_mean_words": float(table["agent_reply"].str.split().str.len().mean()),
-                             "reference_refusal_share": float(table["agent_reply"].map(is_refusal).mean())}
+    out: dict[str, float] = {
+        "prompts": float(len(table)),
+        "reference_mean_words": float(table["agent_reply"].str.split().str.len().mean()),
+        "reference_refusal_share": float(table["agent_reply"].map(is_refusal).mean()),
+    }
     for side in ("base", "adapter"):
         out[f"{side}_rouge_l"] = float(table[f"{side}_rouge_l"].mean())
         out[f"{side}_mean_words"] = float(table[f"{side}_words"].mean())
@@ -262,8 +309,13 @@ def load_with_adapter(base_model_ref: str | None, adapter_dir: str | Path):
     return model, tokenizer, identity
 
 
-def generation_check(base_model_ref: str | None, adapter_dir: str | Path, prompts: Sequence[HeldOutPrompt],
-                     max_new_tokens: int = 64, batch_size: int = 8) -> tuple[pd.DataFrame, dict[str, float]]:
+def generation_check(
+    base_model_ref: str | None,
+    adapter_dir: str | Path,
+    prompts: Sequence[HeldOutPrompt],
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+) -> tuple[pd.DataFrame, dict[str, float]]:
     """Replies of the base model and of the adapter to the same held-out prompts, scored against the real reply.
 
     Returns the per-prompt table (prompt, real reply, both replies, ROUGE-L, words, empty/refusal
@@ -278,9 +330,15 @@ class Evaluation:
     table: pd.DataFrame  # one row per held-out prompt; empty when no prompts were given
 
 
-def evaluate_adapter(base_model_ref: str | None, adapter_dir: str | Path, split_rows: dict[str, Sequence[Any]],
-                     prompts: Sequence[HeldOutPrompt], max_new_tokens: int = 64, batch_size: int = 8,
-                     bf16: bool = True) -> Evaluation:
+def evaluate_adapter(
+    base_model_ref: str | None,
+    adapter_dir: str | Path,
+    split_rows: dict[str, Sequence[Any]],
+    prompts: Sequence[HeldOutPrompt],
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    bf16: bool = True,
+) -> Evaluation:
     """Loss and perplexity per split (base and adapter on the same rows) and the generation check, one model load.
 
     Metric names: `<split>_loss`, `<split>_perplexity` (adapter), `base_<split>_loss`, ..., then the
@@ -293,9 +351,15 @@ def evaluate_adapter(base_model_ref: str | None, adapter_dir: str | Path, split_
         with model.disable_adapter():
             base = evaluate_loss(model, rows, batch_size=batch_size, bf16=bf16)
         tuned = evaluate_loss(model, rows, batch_size=batch_size, bf16=bf16)
-        metrics.update({f"{split}_loss": tuned["loss"], f"{split}_perplexity": tuned["perplexity"],
-                        f"base_{split}_loss": base["loss"], f"base_{split}_perplexity": base["perplexity"],
-                        f"{split}_loss_tokens": tuned["loss_tokens"]})
+        metrics.update(
+            {
+                f"{split}_loss": tuned["loss"],
+                f"{split}_perplexity": tuned["perplexity"],
+                f"base_{split}_loss": base["loss"],
+                f"base_{split}_perplexity": base["perplexity"],
+                f"{split}_loss_tokens": tuned["loss_tokens"],
+            }
+        )
     table = pd.DataFrame()
     if prompts:
         table, summary = compare_replies(model, tokenizer, prompts, max_new_tokens, batch_size)
@@ -303,8 +367,13 @@ def evaluate_adapter(base_model_ref: str | None, adapter_dir: str | Path, split_
     return Evaluation(metrics=metrics, table=table)
 
 
-def log_evaluation(table: pd.DataFrame, metrics: dict[str, float], run_id: str | None = None,
-                   prefix: str = "eval.", artifact_file: str = "evaluation/generations.json") -> None:
+def log_evaluation(
+    table: pd.DataFrame,
+    metrics: dict[str, float],
+    run_id: str | None = None,
+    prefix: str = "eval.",
+    artifact_file: str = "evaluation/generations.json",
+) -> None:
     """Write the per-prompt table (an MLflow table: the run's Evaluation/Artifacts view) and the metrics.
 
     Into `run_id` when given (a finished run is fine), else the active run."""
@@ -320,10 +389,27 @@ def log_evaluation(table: pd.DataFrame, metrics: dict[str, float], run_id: str |
     if not table.empty:
         mlflow.log_table(table, artifact_file=artifact_file, run_id=run_id)
     now = int(time.time() * 1000)
-    MlflowClient().log_batch(run_id, metrics=[Metric(f"{prefix}{k}", float(v), now, 0) for k, v in metrics.items()
-                                              if v is not None and math.isfinite(float(v))])
+    MlflowClient().log_batch(
+        run_id,
+        metrics=[
+            Metric(f"{prefix}{k}", float(v), now, 0)
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))
+        ],
+    )
 
 
-__all__ = ["HeldOutPrompt", "Evaluation", "evaluate_loss", "held_out_prompts", "rouge_l", "is_refusal",
-           "generate_replies", "compare_replies", "generation_check", "evaluate_adapter", "log_evaluation",
-           "summarize"]
+__all__ = [
+    "HeldOutPrompt",
+    "Evaluation",
+    "evaluate_loss",
+    "held_out_prompts",
+    "rouge_l",
+    "is_refusal",
+    "generate_replies",
+    "compare_replies",
+    "generation_check",
+    "evaluate_adapter",
+    "log_evaluation",
+    "summarize",
+]

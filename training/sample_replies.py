@@ -26,8 +26,9 @@ class SampleReply:
     latency_s: float
 
 
-def reply_to_records(records: list[dict], model_ref: str | None = None,
-                     max_new_tokens: int = 48) -> tuple[list[SampleReply], BaseModelIdentity]:
+def reply_to_records(
+    records: list[dict], model_ref: str | None = None, max_new_tokens: int = 48
+) -> tuple[list[SampleReply], BaseModelIdentity]:
     """Generate the base model's reply for each record's last user turn."""
     model, tokenizer, identity = load_model_and_tokenizer(model_ref)
     out = []
@@ -37,16 +38,25 @@ def reply_to_records(records: list[dict], model_ref: str | None = None,
         prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:cut]]
         t0 = time.perf_counter()
         reply = chat_reply(model, tokenizer, prompt, max_new_tokens=max_new_tokens)
-        out.append(SampleReply(
-            interaction_id=record["id"], agent=record["agent"],
-            prompt=next((m["content"] for m in reversed(prompt) if m["role"] == "user"), ""),
-            agent_reply=messages[cut]["content"], model_reply=reply,
-            latency_s=round(time.perf_counter() - t0, 3)))
+        out.append(
+            SampleReply(
+                interaction_id=record["id"],
+                agent=record["agent"],
+                prompt=next((m["content"] for m in reversed(prompt) if m["role"] == "user"), ""),
+                agent_reply=messages[cut]["content"],
+                model_reply=reply,
+                latency_s=round(time.perf_counter() - t0, 3),
+            )
+        )
     return out, identity
 
 
-def log_sample_replies(replies: list[SampleReply], identity: BaseModelIdentity,
-                       experiment: str = "agentloop-demo", flyte_execution_id: str = "") -> str:
+def log_sample_replies(
+    replies: list[SampleReply],
+    identity: BaseModelIdentity,
+    experiment: str = "agentloop-demo",
+    flyte_execution_id: str = "",
+) -> str:
     """Log params, metrics and the reply table to the MLflow server; return the run id."""
     import mlflow
     import pandas as pd
@@ -59,11 +69,13 @@ def log_sample_replies(replies: list[SampleReply], identity: BaseModelIdentity,
         mlflow.set_tag("agentloop.stage", "foundation-demo")
         table = pd.DataFrame([asdict(r) for r in replies])
         mlflow.log_table(table, artifact_file="sample_replies.json")
-        mlflow.log_metrics({
-            "mean_latency_s": float(table["latency_s"].mean()),
-            "empty_reply_share": float((table["model_reply"].str.strip() == "").mean()),
-            "mean_reply_chars": float(table["model_reply"].str.len().mean()),
-        })
+        mlflow.log_metrics(
+            {
+                "mean_latency_s": float(table["latency_s"].mean()),
+                "empty_reply_share": float((table["model_reply"].str.strip() == "").mean()),
+                "mean_reply_chars": float(table["model_reply"].str.len().mean()),
+            }
+        )
         return run.info.run_id
 
 

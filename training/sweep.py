@@ -46,7 +46,9 @@ class SweepConfig:
     """The study, its storage, pruner and search space. Simple types only: Flyte passes it as an input."""
 
     study_name: str = "agentloop-lora"
-    storage: str = ""  # "" = sqlite:///$AGENTLOOP_HOME/optuna/optuna.db; cluster: postgresql://user@host:5432/optuna
+    storage: str = (
+        ""  # "" = sqlite:///$AGENTLOOP_HOME/optuna/optuna.db; cluster: postgresql://user@host:5432/optuna
+    )
     n_trials: int = 8  # trials to add in this call (the study may hold more from earlier calls)
     timeout_s: float = 0.0  # stop starting trials after this long; 0 = no limit
     seed: int = 0
@@ -71,8 +73,10 @@ class SweepConfig:
             if len(bounds) != 2 or bounds[0] > bounds[1]:
                 raise ValueError(f"SweepConfig.{name} must be [low, high] with low <= high, got {bounds}")
         if self.learning_rate[0] <= 0:
-            raise ValueError(f"SweepConfig.learning_rate is searched log-uniformly: low must be > 0, got "
-                             f"{self.learning_rate}")
+            raise ValueError(
+                f"SweepConfig.learning_rate is searched log-uniformly: low must be > 0, got "
+                f"{self.learning_rate}"
+            )
         for name in ("lora_r", "lora_alpha_ratio"):
             if not getattr(self, name):
                 raise ValueError(f"SweepConfig.{name} needs at least one choice")
@@ -104,6 +108,7 @@ class TrialFailure(Exception):
 
 
 # --- storage, sampler, pruner ----------------------------------------------------------------------
+
 
 def default_storage() -> str:
     from training.base_model import agentloop_home
@@ -147,22 +152,29 @@ def make_storage(config: SweepConfig):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry = RetryHeartbeatStaleTrialCallback(max_retry=1) if config.heartbeat_s else None
             return optuna.storages.RDBStorage(
-                url, heartbeat_interval=config.heartbeat_s or None,
+                url,
+                heartbeat_interval=config.heartbeat_s or None,
                 grace_period=2 * config.heartbeat_s if config.heartbeat_s else None,
-                heartbeat_stale_trial_callback=retry, **kwargs)
+                heartbeat_stale_trial_callback=retry,
+                **kwargs,
+            )
     except Exception as e:
-        raise RuntimeError(f"cannot open the Optuna storage {redacted(url)} (SweepConfig.storage): {e}") from e
+        raise RuntimeError(
+            f"cannot open the Optuna storage {redacted(url)} (SweepConfig.storage): {e}"
+        ) from e
 
 
 def make_pruner(config: SweepConfig):
     import optuna
 
     if config.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=config.pruner_startup_trials,
-                                           n_warmup_steps=config.pruner_warmup_steps)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=config.pruner_startup_trials, n_warmup_steps=config.pruner_warmup_steps
+        )
     if config.pruner == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=config.halving_min_resource,
-                                                      reduction_factor=config.halving_reduction_factor)
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=config.halving_min_resource, reduction_factor=config.halving_reduction_factor
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -170,17 +182,25 @@ def load_study(config: SweepConfig):
     """Create the study, or load it when it exists (so a rerun adds trials to it)."""
     import optuna
 
-    study = optuna.create_study(storage=make_storage(config), study_name=config.study_name, direction="minimize",
-                                pruner=make_pruner(config), load_if_exists=True)
-    study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials),
-                                                n_startup_trials=config.sampler_startup_trials)
+    study = optuna.create_study(
+        storage=make_storage(config),
+        study_name=config.study_name,
+        direction="minimize",
+        pruner=make_pruner(config),
+        load_if_exists=True,
+    )
+    study.sampler = optuna.samplers.TPESampler(
+        seed=config.seed + len(study.trials), n_startup_trials=config.sampler_startup_trials
+    )
     return study
 
 
 # --- search space ----------------------------------------------------------------------------------
 
+
 def suggest(trial, config: SweepConfig, base) -> dict[str, Any]:
     """TrainConfig overrides for one trial (what the trial trains with, beyond the base config)."""
+
     def num(name: str, bounds: list[float], log: bool = False) -> float:
         lo, hi = bounds
         return float(lo) if lo == hi else trial.suggest_float(name, lo, hi, log=log)
@@ -206,6 +226,7 @@ def apply_overrides(base, overrides: dict[str, Any]):
     unknown = set(overrides) - known
     if unknown:
         raise KeyError(f"overrides {sorted(unknown)} are not TrainConfig fields ({type(base).__name__})")
+
     def cast(like, value):
         return type(like)(value) if isinstance(like, (int, float)) and not isinstance(like, bool) else value
 
@@ -221,11 +242,13 @@ def _is_trial_failure(e: BaseException) -> bool:
     if isinstance(e, (NonFiniteLossError, TrialFailure, MemoryError, torch.OutOfMemoryError)):
         return True
     # CPU allocation failures are plain RuntimeErrors: "DefaultCPUAllocator: can't allocate memory"
-    return isinstance(e, RuntimeError) and bool(re.search(r"out of memory|can't allocate memory|failed to allocate",
-                                                          str(e), re.IGNORECASE))
+    return isinstance(e, RuntimeError) and bool(
+        re.search(r"out of memory|can't allocate memory|failed to allocate", str(e), re.IGNORECASE)
+    )
 
 
 # --- MLflow ----------------------------------------------------------------------------------------
+
 
 def _experiment_id(client, name: str) -> str:
     exp = client.get_experiment_by_name(name)
@@ -247,8 +270,9 @@ def _flat(prefix: str, obj) -> dict[str, str]:
     return out
 
 
-def _open_parent_run(client, study, config: SweepConfig, base, snapshot, experiment_id: str,
-                     flyte_execution_id: str) -> str:
+def _open_parent_run(
+    client, study, config: SweepConfig, base, snapshot, experiment_id: str, flyte_execution_id: str
+) -> str:
     """The sweep's MLflow run: the one this study already has (reopened), else a new one."""
     from mlflow.entities import Param, RunTag
 
@@ -260,35 +284,64 @@ def _open_parent_run(client, study, config: SweepConfig, base, snapshot, experim
                 client.update_run(run_id, status="RUNNING")
                 return run_id
         except Exception:  # noqa: BLE001 - another tracking server, or the run was deleted
-            log.warning("study %s names MLflow run %s, which this tracking server does not have: starting a new "
-                        "parent run", config.study_name, run_id)
-    tags = {"agentloop.stage": "sweep", "optuna.study_name": config.study_name,
-            "optuna.storage": redacted(config.storage or default_storage()),
-            "dataset.snapshot_hash": snapshot.snapshot_hash}
+            log.warning(
+                "study %s names MLflow run %s, which this tracking server does not have: starting a new "
+                "parent run",
+                config.study_name,
+                run_id,
+            )
+    tags = {
+        "agentloop.stage": "sweep",
+        "optuna.study_name": config.study_name,
+        "optuna.storage": redacted(config.storage or default_storage()),
+        "dataset.snapshot_hash": snapshot.snapshot_hash,
+    }
     if flyte_execution_id:
         tags["flyte.execution_id"] = flyte_execution_id
     run = client.create_run(experiment_id, run_name=f"sweep-{config.study_name}", tags=tags)
-    params = {**_flat("sweep.", config), **_flat("base.", base), "dataset.snapshot_hash": snapshot.snapshot_hash}
+    params = {
+        **_flat("sweep.", config),
+        **_flat("base.", base),
+        "dataset.snapshot_hash": snapshot.snapshot_hash,
+    }
     params = [Param(k, v) for k, v in params.items()]
     for i in range(0, len(params), 100):
-        client.log_batch(run.info.run_id, params=params[i:i + 100])
-    client.log_batch(run.info.run_id, tags=[RunTag("mlflow.note.content",
-                                                   f"Optuna study `{config.study_name}`: each child run is a trial "
-                                                   "(tags optuna.trial_number, optuna.trial_state). Plots under "
-                                                   "optuna/.")])
+        client.log_batch(run.info.run_id, params=params[i : i + 100])
+    client.log_batch(
+        run.info.run_id,
+        tags=[
+            RunTag(
+                "mlflow.note.content",
+                f"Optuna study `{config.study_name}`: each child run is a trial "
+                "(tags optuna.trial_number, optuna.trial_state). Plots under "
+                "optuna/.",
+            )
+        ],
+    )
     study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
     return run.info.run_id
 
 
 def _trial_run(client, experiment_id: str, parent_run_id: str, run_name: str):
-    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and "
-                                                               f"tags.mlflow.runName = '{run_name}'",
-                              max_results=1, order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.mlflow.runName = '{run_name}'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
     return runs[0] if runs else None
 
 
-def _tag_trial_run(client, experiment_id: str, parent_run_id: str, run_name: str, trial_number: int, state: str,
-                   note: str = "", run_id: str = "") -> str:
+def _tag_trial_run(
+    client,
+    experiment_id: str,
+    parent_run_id: str,
+    run_name: str,
+    trial_number: int,
+    state: str,
+    note: str = "",
+    run_id: str = "",
+) -> str:
     """Tag the trial's run (the trainer made it); a trial that died before making one gets a FAILED stub."""
     from mlflow.entities import RunTag
 
@@ -316,14 +369,23 @@ def _log_study(client, run_id: str, study, out_dir: Path) -> list[str]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    plots = {"optimization_history": (optuna.visualization.plot_optimization_history,
-                                      optuna.visualization.matplotlib.plot_optimization_history),
-             "intermediate_values": (optuna.visualization.plot_intermediate_values,
-                                     optuna.visualization.matplotlib.plot_intermediate_values)}
-    if len(complete) >= 2 and any(len({str(t.params.get(p)) for t in complete}) > 1
-                                  for p in complete[0].params):
-        plots["param_importances"] = (optuna.visualization.plot_param_importances,
-                                      optuna.visualization.matplotlib.plot_param_importances)
+    plots = {
+        "optimization_history": (
+            optuna.visualization.plot_optimization_history,
+            optuna.visualization.matplotlib.plot_optimization_history,
+        ),
+        "intermediate_values": (
+            optuna.visualization.plot_intermediate_values,
+            optuna.visualization.matplotlib.plot_intermediate_values,
+        ),
+    }
+    if len(complete) >= 2 and any(
+        len({str(t.params.get(p)) for t in complete}) > 1 for p in complete[0].params
+    ):
+        plots["param_importances"] = (
+            optuna.visualization.plot_param_importances,
+            optuna.visualization.matplotlib.plot_param_importances,
+        )
     written = []
     import matplotlib
 
@@ -349,6 +411,7 @@ def _log_study(client, run_id: str, study, out_dir: Path) -> list[str]:
 
 # --- the sweep -------------------------------------------------------------------------------------
 
+
 def trial_dir(config: SweepConfig, number: int) -> Path:
     from training.base_model import agentloop_home
 
@@ -371,18 +434,29 @@ def run_sweep(sweep_config: SweepConfig, base, snapshot, flyte_execution_id: str
     from training.trainer import train
 
     if not base.mlflow_experiment:
-        raise ValueError("run_sweep records every trial in MLflow: set TrainConfig.mlflow_experiment (it is empty)")
+        raise ValueError(
+            "run_sweep records every trial in MLflow: set TrainConfig.mlflow_experiment (it is empty)"
+        )
     if not snapshot.splits.get("validation"):
-        raise ValueError(f"dataset snapshot {snapshot.snapshot_hash[:12]} has no validation rows: trials are ranked "
-                         "and pruned by validation loss (raise DatasetConfig.val_fraction or add data)")
+        raise ValueError(
+            f"dataset snapshot {snapshot.snapshot_hash[:12]} has no validation rows: trials are ranked "
+            "and pruned by validation loss (raise DatasetConfig.val_fraction or add data)"
+        )
     t0 = time.perf_counter()
     study = load_study(sweep_config)
     client = MlflowClient()
     experiment_id = _experiment_id(client, base.mlflow_experiment)
     flyte_execution_id = flyte_execution_id or os.environ.get("FLYTE_INTERNAL_EXECUTION_ID", "")
-    parent_run_id = _open_parent_run(client, study, sweep_config, base, snapshot, experiment_id, flyte_execution_id)
-    log.info("sweep %s: %d trials already in the study, adding %d (MLflow parent run %s)", sweep_config.study_name,
-             len(study.trials), sweep_config.n_trials, parent_run_id)
+    parent_run_id = _open_parent_run(
+        client, study, sweep_config, base, snapshot, experiment_id, flyte_execution_id
+    )
+    log.info(
+        "sweep %s: %d trials already in the study, adding %d (MLflow parent run %s)",
+        sweep_config.study_name,
+        len(study.trials),
+        sweep_config.n_trials,
+        parent_run_id,
+    )
 
     def objective(trial: optuna.Trial) -> float:
         overrides = suggest(trial, sweep_config, base)
@@ -399,16 +473,25 @@ def run_sweep(sweep_config: SweepConfig, base, snapshot, flyte_execution_id: str
         trial.set_user_attr("output_dir", str(out))
 
         def on_eval(step: int, val_loss: float) -> None:
-            if not math.isfinite(val_loss):  # the pruner would prune it; it is a failure of this configuration
+            if not math.isfinite(
+                val_loss
+            ):  # the pruner would prune it; it is a failure of this configuration
                 raise TrialFailure(f"validation loss is {val_loss} at step {step}")
             trial.report(val_loss, step)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"trial {trial.number} pruned at step {step}: validation loss "
-                                         f"{val_loss:.4f} is worse than the pruner's threshold")
+                raise optuna.TrialPruned(
+                    f"trial {trial.number} pruned at step {step}: validation loss "
+                    f"{val_loss:.4f} is worse than the pruner's threshold"
+                )
 
         try:
-            result = train(config, snapshot, on_eval=on_eval, mlflow_parent_run_id=parent_run_id,
-                           flyte_execution_id=flyte_execution_id)
+            result = train(
+                config,
+                snapshot,
+                on_eval=on_eval,
+                mlflow_parent_run_id=parent_run_id,
+                flyte_execution_id=flyte_execution_id,
+            )
         except optuna.TrialPruned as e:
             _tag_trial_run(client, experiment_id, parent_run_id, run_name, trial.number, "PRUNED", str(e))
             raise
@@ -422,33 +505,61 @@ def run_sweep(sweep_config: SweepConfig, base, snapshot, flyte_execution_id: str
             raise
         value = float("nan") if result.best_val_loss is None else float(result.best_val_loss)
         if not math.isfinite(value):
-            _tag_trial_run(client, experiment_id, parent_run_id, run_name, trial.number, "FAIL",
-                           f"best validation loss {value}", run_id=result.mlflow_run_id)
+            _tag_trial_run(
+                client,
+                experiment_id,
+                parent_run_id,
+                run_name,
+                trial.number,
+                "FAIL",
+                f"best validation loss {value}",
+                run_id=result.mlflow_run_id,
+            )
             raise TrialFailure(f"trial {trial.number} finished with best validation loss {value}")
         trial.set_user_attr("adapter_dir", str(result.adapter_dir))
         trial.set_user_attr("mlflow_run_id", result.mlflow_run_id)
         trial.set_user_attr("steps", int(result.steps))
         # by id: a retried trial's run is the dead trial's (resumed from its checkpoint), named after it
-        _tag_trial_run(client, experiment_id, parent_run_id, run_name, trial.number, "COMPLETE",
-                       run_id=result.mlflow_run_id)
+        _tag_trial_run(
+            client,
+            experiment_id,
+            parent_run_id,
+            run_name,
+            trial.number,
+            "COMPLETE",
+            run_id=result.mlflow_run_id,
+        )
         return value
 
     status = "FAILED"
     try:
-        study.optimize(objective, n_trials=sweep_config.n_trials, timeout=sweep_config.timeout_s or None,
-                       catch=(TrialFailure,), gc_after_trial=True)
+        study.optimize(
+            objective,
+            n_trials=sweep_config.n_trials,
+            timeout=sweep_config.timeout_s or None,
+            catch=(TrialFailure,),
+            gc_after_trial=True,
+        )
         trials = study.get_trials(deepcopy=False)
-        counts = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED,
-                                                                 TrialState.FAIL)}
+        counts = {
+            s: sum(t.state == s for t in trials)
+            for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        }
         written = _log_study(client, parent_run_id, study, trial_dir(sweep_config, 0).parent / "_study")
-        metrics = {"trials": len(trials), "trials_complete": counts[TrialState.COMPLETE],
-                   "trials_pruned": counts[TrialState.PRUNED], "trials_failed": counts[TrialState.FAIL],
-                   "sweep_wall_s": time.perf_counter() - t0}
+        metrics = {
+            "trials": len(trials),
+            "trials_complete": counts[TrialState.COMPLETE],
+            "trials_pruned": counts[TrialState.PRUNED],
+            "trials_failed": counts[TrialState.FAIL],
+            "sweep_wall_s": time.perf_counter() - t0,
+        }
         if counts[TrialState.COMPLETE] == 0:
             _log_metrics(client, parent_run_id, metrics, step=len(trials))
-            raise RuntimeError(f"sweep {sweep_config.study_name}: no trial completed ({counts[TrialState.PRUNED]} "
-                               f"pruned, {counts[TrialState.FAIL]} failed); see MLflow run {parent_run_id} and the "
-                               "trials' optuna.note tags")
+            raise RuntimeError(
+                f"sweep {sweep_config.study_name}: no trial completed ({counts[TrialState.PRUNED]} "
+                f"pruned, {counts[TrialState.FAIL]} failed); see MLflow run {parent_run_id} and the "
+                "trials' optuna.note tags"
+            )
         best = study.best_trial
         adapter_dir, best_run_id, retrained = _best_adapter(best, base, snapshot, parent_run_id, sweep_config)
         metrics.update(best_val_loss=float(best.value), best_trial_number=best.number)
@@ -459,11 +570,20 @@ def run_sweep(sweep_config: SweepConfig, base, snapshot, flyte_execution_id: str
         client.set_tag(parent_run_id, "optuna.plots", ",".join(written))
         status = "FINISHED"
         return SweepResult(
-            study_name=sweep_config.study_name, parent_run_id=parent_run_id, best_trial_number=best.number,
-            best_value=float(best.value), best_overrides=dict(best.user_attrs["overrides"]),
-            best_adapter_dir=str(adapter_dir), best_run_id=best_run_id, retrained=retrained, n_trials=len(trials),
-            n_complete=counts[TrialState.COMPLETE], n_pruned=counts[TrialState.PRUNED],
-            n_failed=counts[TrialState.FAIL], wall_s=time.perf_counter() - t0)
+            study_name=sweep_config.study_name,
+            parent_run_id=parent_run_id,
+            best_trial_number=best.number,
+            best_value=float(best.value),
+            best_overrides=dict(best.user_attrs["overrides"]),
+            best_adapter_dir=str(adapter_dir),
+            best_run_id=best_run_id,
+            retrained=retrained,
+            n_trials=len(trials),
+            n_complete=counts[TrialState.COMPLETE],
+            n_pruned=counts[TrialState.PRUNED],
+            n_failed=counts[TrialState.FAIL],
+            wall_s=time.perf_counter() - t0,
+        )
     finally:
         client.set_terminated(parent_run_id, status=status)
 
@@ -489,10 +609,14 @@ def _free_memory() -> None:
 def best_adapter(sweep_config: SweepConfig, base, snapshot) -> tuple[str, str, bool]:
     """(adapter dir, MLflow run id, retrained) of the study's best trial, e.g. from a pod that did not run it."""
     study = load_study(sweep_config)
-    return _best_adapter(study.best_trial, base, snapshot, study.user_attrs.get(PARENT_RUN_ATTR), sweep_config)
+    return _best_adapter(
+        study.best_trial, base, snapshot, study.user_attrs.get(PARENT_RUN_ATTR), sweep_config
+    )
 
 
-def _best_adapter(best, base, snapshot, parent_run_id: str, sweep_config: SweepConfig) -> tuple[str, str, bool]:
+def _best_adapter(
+    best, base, snapshot, parent_run_id: str, sweep_config: SweepConfig
+) -> tuple[str, str, bool]:
     """The best trial's adapter folder when it is still here (another pod's disk is not), else train it again."""
     from training.trainer import train
 
@@ -501,11 +625,28 @@ def _best_adapter(best, base, snapshot, parent_run_id: str, sweep_config: SweepC
         return adapter_dir, best.user_attrs.get("mlflow_run_id", ""), False
     log.info("best trial %d's adapter %r is not on this machine: training it again", best.number, adapter_dir)
     out = trial_dir(sweep_config, best.number).with_name(f"best-{best.number:04d}")
-    config = apply_overrides(base, {**best.user_attrs["overrides"], "output_dir": str(out),
-                                    "run_name": f"{sweep_config.study_name}-best-{best.number:04d}"})
+    config = apply_overrides(
+        base,
+        {
+            **best.user_attrs["overrides"],
+            "output_dir": str(out),
+            "run_name": f"{sweep_config.study_name}-best-{best.number:04d}",
+        },
+    )
     result = train(config, snapshot, mlflow_parent_run_id=parent_run_id)
     return str(result.adapter_dir), result.mlflow_run_id, True
 
 
-__all__ = ["SweepConfig", "SweepResult", "TrialFailure", "run_sweep", "best_adapter", "load_study", "suggest",
-           "apply_overrides", "make_storage", "default_storage", "trial_dir"]
+__all__ = [
+    "SweepConfig",
+    "SweepResult",
+    "TrialFailure",
+    "run_sweep",
+    "best_adapter",
+    "load_study",
+    "suggest",
+    "apply_overrides",
+    "make_storage",
+    "default_storage",
+    "trial_dir",
+]

@@ -70,8 +70,10 @@ class NonFiniteLossError(FloatingPointError):
 
     def __init__(self, step: int, value: float, what: str = "training loss", hint: str = ""):
         self.step, self.value, self.what = step, value, what
-        super().__init__(f"step {step}: {what} is {value}; training stopped before the optimizer applied it "
-                         f"and no final adapter was written. {hint}".strip())
+        super().__init__(
+            f"step {step}: {what} is {value}; training stopped before the optimizer applied it "
+            f"and no final adapter was written. {hint}".strip()
+        )
 
 
 @dataclass
@@ -129,8 +131,18 @@ class TrainConfig:
 
     def fingerprint(self) -> dict:
         """The fields a checkpoint's weights depend on: resuming with any of them changed is refused."""
-        loose = {"output_dir", "run_name", "num_threads", "log_every", "mlflow_experiment", "checkpoint_every",
-                 "keep_checkpoints", "attn_implementation", "gradient_checkpointing", "loss_chunk_tokens"}
+        loose = {
+            "output_dir",
+            "run_name",
+            "num_threads",
+            "log_every",
+            "mlflow_experiment",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "attn_implementation",
+            "gradient_checkpointing",
+            "loss_chunk_tokens",
+        }
         return {k: v for k, v in asdict(self).items() if k not in loose}
 
 
@@ -151,6 +163,7 @@ class TrainResult:
 
 # --- the model: loss at label positions only ------------------------------------------------------------
 
+
 def label_positions(labels: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
     """[rows, seq-1] bool: which next-token targets carry loss (labels set, not an example's first token)."""
     return (labels[:, 1:] != IGNORE) & (position_ids[:, 1:] != 0)
@@ -170,20 +183,27 @@ class LabelLoss(nn.Module):
 
     def forward(self, input_ids, position_ids, labels):
         base = self.peft_model.get_base_model()
-        hidden = base.get_decoder()(input_ids=input_ids, position_ids=position_ids,
-                                    use_cache=False).last_hidden_state
+        hidden = base.get_decoder()(
+            input_ids=input_ids, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
         keep = label_positions(labels, position_ids)
         h, targets = hidden[:, :-1][keep], labels[:, 1:][keep]
         n = targets.numel()
         if n == 0:  # keep every parameter in the graph (DDP expects a gradient for each)
             return hidden.sum() * 0.0, n
         head = base.get_output_embeddings()
-        if head.weight.requires_grad or getattr(head, "bias", None) is not None:  # a trained head: plain autograd
+        if (
+            head.weight.requires_grad or getattr(head, "bias", None) is not None
+        ):  # a trained head: plain autograd
             total = hidden.new_zeros((), dtype=torch.float32)
             for i in range(0, n, self.chunk_tokens):
                 total = total + torch.utils.checkpoint.checkpoint(
-                    _head_cross_entropy, head, h[i:i + self.chunk_tokens], targets[i:i + self.chunk_tokens],
-                    use_reentrant=False)
+                    _head_cross_entropy,
+                    head,
+                    h[i : i + self.chunk_tokens],
+                    targets[i : i + self.chunk_tokens],
+                    use_reentrant=False,
+                )
             return total, n
         return HeadCrossEntropy.apply(h, head.weight, targets, self.chunk_tokens), n
 
@@ -207,9 +227,9 @@ class HeadCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         lse = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
         for i in range(0, h.shape[0], chunk):
-            logits = (h[i:i + chunk] @ w.t()).float()
-            lse[i:i + chunk] = torch.logsumexp(logits, dim=-1)
-            total += (lse[i:i + chunk] - logits.gather(1, targets[i:i + chunk, None]).squeeze(1)).sum()
+            logits = (h[i : i + chunk] @ w.t()).float()
+            lse[i : i + chunk] = torch.logsumexp(logits, dim=-1)
+            total += (lse[i : i + chunk] - logits.gather(1, targets[i : i + chunk, None]).squeeze(1)).sum()
         ctx.save_for_backward(h, weight, targets, lse)
         ctx.chunk = chunk
         return total
@@ -222,9 +242,9 @@ class HeadCrossEntropy(torch.autograd.Function):
         w, chunk = weight.to(h.dtype), ctx.chunk
         grad_h = torch.empty_like(h)
         for i in range(0, h.shape[0], chunk):
-            p = (h[i:i + chunk] @ w.t()).float().sub_(lse[i:i + chunk, None]).exp_()  # softmax
-            p[torch.arange(p.shape[0], device=p.device), targets[i:i + chunk]] -= 1.0
-            grad_h[i:i + chunk] = p.mul_(grad).to(h.dtype) @ w
+            p = (h[i : i + chunk] @ w.t()).float().sub_(lse[i : i + chunk, None]).exp_()  # softmax
+            p[torch.arange(p.shape[0], device=p.device), targets[i : i + chunk]] -= 1.0
+            grad_h[i : i + chunk] = p.mul_(grad).to(h.dtype) @ w
         return grad_h, None, None, None
 
 
@@ -239,6 +259,7 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 
 # --- data order --------------------------------------------------------------------------------------
+
 
 class RowStream:
     """A split's packed rows as tensors, read as an endless stream of per-epoch shuffles.
@@ -260,7 +281,9 @@ class RowStream:
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}  # a batch spans <= 2 epochs
+            self._perms = {
+                e: p for e, p in self._perms.items() if e == epoch - 1
+            }  # a batch spans <= 2 epochs
             self._perms[epoch] = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
         return self._perms[epoch]
 
@@ -272,6 +295,7 @@ class RowStream:
 
 
 # --- distributed ---------------------------------------------------------------------------------
+
 
 @dataclass
 class Dist:
@@ -322,11 +346,18 @@ def _broadcast(d: Dist, obj: Any) -> Any:
 
 # --- MLflow (rank 0) ---------------------------------------------------------------------------------
 
+
 class Tracker:
     """One MLflow run through MlflowClient (no global active run: callers may have their own)."""
 
-    def __init__(self, experiment: str, run_name: str, parent_run_id: str | None, resume_run_id: str,
-                 tags: dict[str, str]):
+    def __init__(
+        self,
+        experiment: str,
+        run_name: str,
+        parent_run_id: str | None,
+        resume_run_id: str,
+        tags: dict[str, str],
+    ):
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient()
@@ -345,8 +376,11 @@ class Tracker:
                 self.client.update_run(resume_run_id, status="RUNNING")
                 self.run_id, self.resumed = resume_run_id, True
             except Exception:  # noqa: BLE001 - another tracking server: start a new run
-                log.warning("MLflow run %s of the checkpoint is not on %s; starting a new run",
-                            resume_run_id, self.client.tracking_uri)
+                log.warning(
+                    "MLflow run %s of the checkpoint is not on %s; starting a new run",
+                    resume_run_id,
+                    self.client.tracking_uri,
+                )
         if not self.resumed:
             if parent_run_id:
                 tags = {**tags, "mlflow.parentRunId": parent_run_id}
@@ -357,14 +391,20 @@ class Tracker:
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()
-                                                    if v is not None and math.isfinite(v)])
+        self.client.log_batch(
+            self.run_id,
+            metrics=[
+                Metric(k, float(v), now, step)
+                for k, v in values.items()
+                if v is not None and math.isfinite(v)
+            ],
+        )
 
     def artifacts(self, local: Path, artifact_path: str | None = None) -> None:
         if local.is_dir():
@@ -417,9 +457,16 @@ def loss_curve(history: list[dict], path: Path) -> Path:
 
 # --- train -------------------------------------------------------------------------------------------
 
-def train(config: TrainConfig, snapshot, *, on_eval: Callable[[int, float], None] | None = None,
-          mlflow_parent_run_id: str | None = None, resume: bool = True,
-          flyte_execution_id: str = "") -> TrainResult:
+
+def train(
+    config: TrainConfig,
+    snapshot,
+    *,
+    on_eval: Callable[[int, float], None] | None = None,
+    mlflow_parent_run_id: str | None = None,
+    resume: bool = True,
+    flyte_execution_id: str = "",
+) -> TrainResult:
     """Fine-tune a LoRA adapter on snapshot.splits["train"], evaluating on "validation".
 
     on_eval(step, val_loss) runs on rank 0 after each evaluation; if it raises (optuna.TrialPruned),
@@ -431,8 +478,15 @@ def train(config: TrainConfig, snapshot, *, on_eval: Callable[[int, float], None
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     try:
-        return _train(config, snapshot, d, on_eval, mlflow_parent_run_id, resume,
-                      flyte_execution_id or os.environ.get("FLYTE_INTERNAL_EXECUTION_ID", ""))
+        return _train(
+            config,
+            snapshot,
+            d,
+            on_eval,
+            mlflow_parent_run_id,
+            resume,
+            flyte_execution_id or os.environ.get("FLYTE_INTERNAL_EXECUTION_ID", ""),
+        )
     finally:
         torch.set_num_threads(threads)
         if d.owns_group:
@@ -453,14 +507,21 @@ def _load(config: TrainConfig, d: Dist):
         identity = resolve_base_model(config.base_model)
     tokenizer = AutoTokenizer.from_pretrained(identity.path)
     dtype = torch.bfloat16 if config.bf16 else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(identity.path, dtype=dtype,
-                                                 attn_implementation=config.attn_implementation)
+    model = AutoModelForCausalLM.from_pretrained(
+        identity.path, dtype=dtype, attn_implementation=config.attn_implementation
+    )
     model.config.use_cache = False
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(config.seed)  # LoRA A init: the same on every rank and every (re)start
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     peft_model = get_peft_model(model, lora)  # LoRA weights in fp32 (PEFT's autocast_adapter_dtype)
     if config.lora_dropout == 0.0:
         lean_lora_forward(peft_model)
@@ -504,23 +565,31 @@ def _train(config, snapshot, d: Dist, on_eval, parent_run_id, resume, flyte_exec
 
     info = log.info if d.main else (lambda *a, **k: None)
     if config.grad_accum_steps % d.world:
-        raise ValueError(f"TrainConfig.grad_accum_steps={config.grad_accum_steps} is global and must divide by "
-                         f"WORLD_SIZE={d.world}; use a multiple of {d.world}")
+        raise ValueError(
+            f"TrainConfig.grad_accum_steps={config.grad_accum_steps} is global and must divide by "
+            f"WORLD_SIZE={d.world}; use a multiple of {d.world}"
+        )
     out = Path(config.output_dir or _fresh_output_dir(config))
     out = Path(_broadcast(d, str(out)))
     model, tokenizer, identity = _load(config, d)
     if tokenizer_identity(tokenizer)["sha256"] != snapshot.tokenizer["sha256"]:
-        raise ValueError(f"dataset snapshot {snapshot.snapshot_hash[:12]} was tokenized with "
-                         f"{snapshot.tokenizer['name_or_path']} (sha256 {snapshot.tokenizer['sha256'][:12]}), not the "
-                         f"tokenizer of base model {identity.path}; rebuild the snapshot with this base model")
+        raise ValueError(
+            f"dataset snapshot {snapshot.snapshot_hash[:12]} was tokenized with "
+            f"{snapshot.tokenizer['name_or_path']} (sha256 {snapshot.tokenizer['sha256'][:12]}), not the "
+            f"tokenizer of base model {identity.path}; rebuild the snapshot with this base model"
+        )
     train_rows = RowStream(snapshot.splits["train"], config.seed)
     val_rows = snapshot.splits.get("validation") or []
     loss_fn = LabelLoss(model, config.loss_chunk_tokens)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                  betas=(0.9, 0.999), eps=1e-8)
-    fingerprint = {"config": config.fingerprint(), "snapshot_hash": snapshot.snapshot_hash,
-                   "base_model_weights_sha256": identity.weights_sha256}
+    optimizer = torch.optim.AdamW(
+        params, lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.999), eps=1e-8
+    )
+    fingerprint = {
+        "config": config.fingerprint(),
+        "snapshot_hash": snapshot.snapshot_hash,
+        "base_model_weights_sha256": identity.weights_sha256,
+    }
 
     # where to start: the latest checkpoint, or a clean slate (final outputs exist only for finished runs)
     ckpt = latest_checkpoint(out) if (resume and d.main) else None
@@ -531,15 +600,27 @@ def _train(config, snapshot, d: Dist, on_eval, parent_run_id, resume, flyte_exec
         (out / "result.json").unlink(missing_ok=True)
         if not ckpt:
             shutil.rmtree(checkpoint_root(out), ignore_errors=True)
-    st = {"step": 0, "tokens_seen": 0, "loss_tokens_seen": 0, "train_time_s": 0.0, "best_val_loss": None,
-          "best_step": 0, "bad_evals": 0, "history": [], "mlflow_run_id": "", "fingerprint": fingerprint}
+    st = {
+        "step": 0,
+        "tokens_seen": 0,
+        "loss_tokens_seen": 0,
+        "train_time_s": 0.0,
+        "best_val_loss": None,
+        "best_step": 0,
+        "bad_evals": 0,
+        "history": [],
+        "mlflow_run_id": "",
+        "fingerprint": fingerprint,
+    }
     best = None
     if ckpt:
         saved, best = load_checkpoint(ckpt, model, optimizer)
         if saved["fingerprint"] != fingerprint:
             diff = _diff(saved["fingerprint"], fingerprint)
-            raise ValueError(f"checkpoint {ckpt} was written by a different run ({diff}); resume=False or a "
-                             f"fresh output_dir starts over")
+            raise ValueError(
+                f"checkpoint {ckpt} was written by a different run ({diff}); resume=False or a "
+                f"fresh output_dir starts over"
+            )
         st.update(saved)
         info("resuming from %s (step %d)", ckpt, st["step"])
 
@@ -555,26 +636,53 @@ def _train(config, snapshot, d: Dist, on_eval, parent_run_id, resume, flyte_exec
 
     tracker = None
     if d.main and config.mlflow_experiment:
-        tags = {"agentloop.stage": "training", "dataset.snapshot_hash": snapshot.snapshot_hash,
-                "base_model.name": identity.name}
+        tags = {
+            "agentloop.stage": "training",
+            "dataset.snapshot_hash": snapshot.snapshot_hash,
+            "base_model.name": identity.name,
+        }
         if flyte_execution_id:
             tags["flyte.execution_id"] = flyte_execution_id
         tracker = Tracker(config.mlflow_experiment, config.run_name, parent_run_id, st["mlflow_run_id"], tags)
         st["mlflow_run_id"] = tracker.run_id
         if not tracker.resumed:
-            tracker.params({
-                **_flat("", {k: v for k, v in asdict(config).items()}), **identity.as_params(),
-                "dataset.snapshot_hash": snapshot.snapshot_hash,
-                **_flat("dataset.tokenizer.", snapshot.tokenizer), **_flat("dataset.", snapshot.stats),
-                **_flat("dataset.source.", getattr(snapshot, "source", {}) or {}),
-                "world_size": d.world, "device": d.device.type, "output_dir": str(out),
-                "trainable_params": sum(p.numel() for p in params),
-                "versions.torch": torch.__version__, "versions.transformers": _version("transformers"),
-                "versions.peft": _version("peft"),
-            })
+            tracker.params(
+                {
+                    **_flat("", {k: v for k, v in asdict(config).items()}),
+                    **identity.as_params(),
+                    "dataset.snapshot_hash": snapshot.snapshot_hash,
+                    **_flat("dataset.tokenizer.", snapshot.tokenizer),
+                    **_flat("dataset.", snapshot.stats),
+                    **_flat("dataset.source.", getattr(snapshot, "source", {}) or {}),
+                    "world_size": d.world,
+                    "device": d.device.type,
+                    "output_dir": str(out),
+                    "trainable_params": sum(p.numel() for p in params),
+                    "versions.torch": torch.__version__,
+                    "versions.transformers": _version("transformers"),
+                    "versions.peft": _version("peft"),
+                }
+            )
     try:
-        result = _fit(config, snapshot, d, out, model, ddp_model, loss_fn, optimizer, train_rows, val_rows,
-                      st, best, tracker, tokenizer, identity, on_eval, info)
+        result = _fit(
+            config,
+            snapshot,
+            d,
+            out,
+            model,
+            ddp_model,
+            loss_fn,
+            optimizer,
+            train_rows,
+            val_rows,
+            st,
+            best,
+            tracker,
+            tokenizer,
+            identity,
+            on_eval,
+            info,
+        )
     except BaseException as e:
         if tracker:
             tracker.end(_end_status(e))
@@ -584,13 +692,38 @@ def _train(config, snapshot, d: Dist, on_eval, parent_run_id, resume, flyte_exec
     return result
 
 
-def _fit(config, snapshot, d, out, model, ddp_model, loss_fn, optimizer, train_rows, val_rows, st, best,
-         tracker, tokenizer, identity, on_eval, info) -> TrainResult:
+def _fit(
+    config,
+    snapshot,
+    d,
+    out,
+    model,
+    ddp_model,
+    loss_fn,
+    optimizer,
+    train_rows,
+    val_rows,
+    st,
+    best,
+    tracker,
+    tokenizer,
+    identity,
+    on_eval,
+    info,
+) -> TrainResult:
     mbs, accum = config.micro_batch_size, config.grad_accum_steps
-    autocast = (torch.autocast(d.device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext())
+    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext()
     params = [p for p in model.parameters() if p.requires_grad]
-    info("training %s on %d train rows (%d validation), world %d, global batch %d rows x %d tokens, %d steps",
-         identity.name, train_rows.n, len(val_rows), d.world, mbs * accum, snapshot.seq_len, config.max_steps)
+    info(
+        "training %s on %d train rows (%d validation), world %d, global batch %d rows x %d tokens, %d steps",
+        identity.name,
+        train_rows.n,
+        len(val_rows),
+        d.world,
+        mbs * accum,
+        snapshot.seq_len,
+        config.max_steps,
+    )
     stopped_early = False
     model.train()
     while st["step"] < config.max_steps:
@@ -599,7 +732,9 @@ def _fit(config, snapshot, d, out, model, ddp_model, loss_fn, optimizer, train_r
         for group in optimizer.param_groups:
             group["lr"] = lr
         t0 = time.perf_counter()
-        micro = range(step * accum + d.rank, (step + 1) * accum, d.world)  # this rank's global micro-batch ids
+        micro = range(
+            step * accum + d.rank, (step + 1) * accum, d.world
+        )  # this rank's global micro-batch ids
         idx = [train_rows.rows(g, mbs) for g in range(step * accum, (step + 1) * accum)]
         n_loss = max(1, int(sum(train_rows.loss_tokens[i].sum() for i in idx)))  # label positions, all ranks
         loss_sum = torch.zeros((), device=d.device)
@@ -613,8 +748,12 @@ def _fit(config, snapshot, d, out, model, ddp_model, loss_fn, optimizer, train_r
             loss_sum += s.detach()
         loss = _all_sum(d, float(loss_sum))[0] / n_loss
         if not math.isfinite(loss):
-            raise NonFiniteLossError(step + 1, loss, hint=f"lr was {lr:.3g}; lower TrainConfig.learning_rate "
-                                     f"({config.learning_rate:g}) or inspect the rows of this step")
+            raise NonFiniteLossError(
+                step + 1,
+                loss,
+                hint=f"lr was {lr:.3g}; lower TrainConfig.learning_rate "
+                f"({config.learning_rate:g}) or inspect the rows of this step",
+            )
         grad_norm = float(nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf")))
         if not math.isfinite(grad_norm):
             raise NonFiniteLossError(step + 1, grad_norm, "gradient norm", f"lr was {lr:.3g}")
@@ -627,9 +766,17 @@ def _fit(config, snapshot, d, out, model, ddp_model, loss_fn, optimizer, train_r
         st["tokens_seen"] += tokens
         st["loss_tokens_seen"] += n_loss
         st["train_time_s"] += dt
-        entry = {"step": step, "train_loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens,
-                 "loss_tokens": n_loss, "step_time_s": dt, "tokens_per_s": tokens / dt,
-                 "loss_tokens_per_s": n_loss / dt}
+        entry = {
+            "step": step,
+            "train_loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens": tokens,
+            "loss_tokens": n_loss,
+            "step_time_s": dt,
+            "tokens_per_s": tokens / dt,
+            "loss_tokens_per_s": n_loss / dt,
+        }
         st["history"].append(entry)
 
         last = step == config.max_steps
@@ -645,9 +792,19 @@ def _fit(config, snapshot, d, out, model, ddp_model, loss_fn, optimizer, train_r
         if tracker and (step % config.log_every == 0 or "val_loss" in entry or last):
             tracker.metrics(step, {k: v for k, v in entry.items() if k != "step"})
         if step % config.log_every == 0 or last or val is not None:
-            info("step %d/%d | loss %.4f | lr %.2e | grad %.3f | %.0f loss-tok/s | %.1fs%s", step, config.max_steps,
-                 loss, lr, grad_norm, n_loss / dt, dt, "" if val is None else
-                 f" | val {val:.4f} (best {st['best_val_loss']:.4f} at step {st['best_step']})")
+            info(
+                "step %d/%d | loss %.4f | lr %.2e | grad %.3f | %.0f loss-tok/s | %.1fs%s",
+                step,
+                config.max_steps,
+                loss,
+                lr,
+                grad_norm,
+                n_loss / dt,
+                dt,
+                ""
+                if val is None
+                else f" | val {val:.4f} (best {st['best_val_loss']:.4f} at step {st['best_step']})",
+            )
         if val is not None:
             _call_on_eval(on_eval, step, val, d)
             if config.early_stopping_patience and st["bad_evals"] >= config.early_stopping_patience:
@@ -660,37 +817,62 @@ def _fit(config, snapshot, d, out, model, ddp_model, loss_fn, optimizer, train_r
     final_val = next((h["val_loss"] for h in reversed(st["history"]) if "val_loss" in h), None)
     adapter_dir = out / "adapter"
     result = TrainResult(
-        adapter_dir=str(adapter_dir), best_val_loss=st["best_val_loss"], final_val_loss=final_val,
-        steps=st["step"], tokens_seen=st["tokens_seen"],
+        adapter_dir=str(adapter_dir),
+        best_val_loss=st["best_val_loss"],
+        final_val_loss=final_val,
+        steps=st["step"],
+        tokens_seen=st["tokens_seen"],
         loss_tokens_per_s=st["loss_tokens_seen"] / max(st["train_time_s"], 1e-9),
-        mlflow_run_id=st["mlflow_run_id"], history=st["history"], best_step=st["best_step"] or st["step"],
-        stopped_early=stopped_early, output_dir=str(out))
+        mlflow_run_id=st["mlflow_run_id"],
+        history=st["history"],
+        best_step=st["best_step"] or st["step"],
+        stopped_early=stopped_early,
+        output_dir=str(out),
+    )
     if d.main:
         if best is not None:  # the adapter that reached best_val_loss
             unexpected = model.load_state_dict(best, strict=False).unexpected_keys
             assert not unexpected, unexpected
-        _save_adapter(model, tokenizer, adapter_dir, {
-            "base_model": asdict(identity), "dataset_snapshot_hash": snapshot.snapshot_hash,
-            "mlflow_run_id": result.mlflow_run_id, "step": result.best_step, "val_loss": result.best_val_loss,
-            "train_config": asdict(config)})
+        _save_adapter(
+            model,
+            tokenizer,
+            adapter_dir,
+            {
+                "base_model": asdict(identity),
+                "dataset_snapshot_hash": snapshot.snapshot_hash,
+                "mlflow_run_id": result.mlflow_run_id,
+                "step": result.best_step,
+                "val_loss": result.best_val_loss,
+                "train_config": asdict(config),
+            },
+        )
         (out / "result.json").write_text(json.dumps(asdict(result), indent=1))
         curve = loss_curve(st["history"], out / "loss_curve.png")
         if tracker:
-            tracker.metrics(result.steps, {"best_val_loss": result.best_val_loss,
-                                           "loss_tokens_per_s_mean": result.loss_tokens_per_s})
+            tracker.metrics(
+                result.steps,
+                {"best_val_loss": result.best_val_loss, "loss_tokens_per_s_mean": result.loss_tokens_per_s},
+            )
             tracker.artifacts(adapter_dir, "adapter")
             tracker.artifacts(curve)
             tracker.artifacts(out / "result.json")
-        info("done: %d steps, best validation loss %s at step %d, %.0f loss-tokens/s, adapter %s", result.steps,
-             result.best_val_loss, result.best_step, result.loss_tokens_per_s, adapter_dir)
+        info(
+            "done: %d steps, best validation loss %s at step %d, %.0f loss-tokens/s, adapter %s",
+            result.steps,
+            result.best_val_loss,
+            result.best_step,
+            result.loss_tokens_per_s,
+            adapter_dir,
+        )
     if d.ddp:
         dist.barrier()  # no rank returns before the outputs exist
     return result
 
 
 @torch.no_grad()
-def evaluate_rows(loss_fn: LabelLoss, rows, micro_batch_size: int, d: Dist | None = None,
-                  autocast=None) -> float | None:
+def evaluate_rows(
+    loss_fn: LabelLoss, rows, micro_batch_size: int, d: Dist | None = None, autocast=None
+) -> float | None:
     """Mean cross-entropy per label position over rows (sharded over ranks); None when there are none."""
     d = d or Dist()
     if not rows:
@@ -698,10 +880,10 @@ def evaluate_rows(loss_fn: LabelLoss, rows, micro_batch_size: int, d: Dist | Non
     from training.dataset import collate
 
     loss_fn.eval()
-    mine = rows[d.rank::d.world]
+    mine = rows[d.rank :: d.world]
     total = count = 0.0
     for i in range(0, len(mine), micro_batch_size):
-        batch = {k: v.to(d.device) for k, v in collate(mine[i:i + micro_batch_size]).items()}
+        batch = {k: v.to(d.device) for k, v in collate(mine[i : i + micro_batch_size]).items()}
         with autocast or nullcontext():
             s, n = loss_fn(**batch)
         total, count = total + float(s), count + n
@@ -764,6 +946,7 @@ def _version(pkg: str) -> str:
 
 # --- CLI (torchrun / Flyte Elastic entry) ---------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="LoRA fine-tune on a saved dataset snapshot (torchrun-ready).")
     p.add_argument("--snapshot", required=True, help="folder written by DatasetSnapshot.save")
@@ -774,8 +957,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flyte-execution-id", default="")
     args = p.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
-                        format=f"%(asctime)s [train rank {rank}] %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        stream=sys.stderr,
+        format=f"%(asctime)s [train rank {rank}] %(message)s",
+    )
     from training.dataset import DatasetSnapshot
 
     text = args.config
@@ -783,8 +969,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         raw["output_dir"] = args.output
     config = TrainConfig.from_dict(raw)
-    result = train(config, DatasetSnapshot.load(args.snapshot), resume=not args.no_resume,
-                   mlflow_parent_run_id=args.mlflow_parent_run_id, flyte_execution_id=args.flyte_execution_id)
+    result = train(
+        config,
+        DatasetSnapshot.load(args.snapshot),
+        resume=not args.no_resume,
+        mlflow_parent_run_id=args.mlflow_parent_run_id,
+        flyte_execution_id=args.flyte_execution_id,
+    )
     if rank == 0:
         print(json.dumps({k: v for k, v in asdict(result).items() if k != "history"}))
     return 0

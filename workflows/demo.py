@@ -18,7 +18,6 @@ from workflows.context import execution_id
 from workflows.images import CPU_IMAGE
 
 
-
 @task(requests=Resources(cpu="1", mem="1Gi"), container_image=CPU_IMAGE)
 def read_sample(raw_dir: str, n: int, seed: int) -> list[dict]:
     return read_raw_sample(os.path.expanduser(raw_dir), n=n, seed=seed)
@@ -36,13 +35,19 @@ def reply_and_log(records: list[dict], base_model: str, max_new_tokens: int, exp
 
 
 @workflow
-def base_model_demo(raw_dir: str = "~/.cache/agentloop/data/raw", n: int = 3, seed: int = 0,
-                    base_model: str = "", max_new_tokens: int = 48,
-                    experiment: str = "agentloop-demo") -> str:
+def base_model_demo(
+    raw_dir: str = "~/.cache/agentloop/data/raw",
+    n: int = 3,
+    seed: int = 0,
+    base_model: str = "",
+    max_new_tokens: int = 48,
+    experiment: str = "agentloop-demo",
+) -> str:
     """Ask the base model to answer n real agent interactions and log the comparison to MLflow."""
     records = read_sample(raw_dir=raw_dir, n=n, seed=seed)
-    return reply_and_log(records=records, base_model=base_model, max_new_tokens=max_new_tokens,
-                         experiment=experiment)
+    return reply_and_log(
+        records=records, base_model=base_model, max_new_tokens=max_new_tokens, experiment=experiment
+    )
 
 
 __all__ = ["base_model_demo", "SampleReply"]

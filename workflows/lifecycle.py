@@ -40,8 +40,15 @@ from workflows.images import CPU_IMAGE
 from workflows.ingest import ingest_logs, refresh_feast
 from workflows.monitor import check_drift
 from workflows.promote import promote_wf
-from workflows.train import (build_dataset, evaluate, final_train, fingerprint_training_data, load_snapshot, sweep,
-                             training_frame)
+from workflows.train import (
+    build_dataset,
+    evaluate,
+    final_train,
+    fingerprint_training_data,
+    load_snapshot,
+    sweep,
+    training_frame,
+)
 
 
 class Window(NamedTuple):
@@ -52,8 +59,10 @@ class Window(NamedTuple):
 @task(requests=Resources(cpu="100m", mem="64Mi"), container_image=CPU_IMAGE)
 def ingested_store(report: dict, feast: dict) -> str:
     """The store the ingest wrote, once Feast has been applied and materialized over it."""
-    print(f"store {report['store']}: {report['accepted']} accepted, {report['duplicates']} duplicates, "
-          f"{report['quarantined_total']} quarantined; Feast materialized {sorted(feast['materialized'])}")
+    print(
+        f"store {report['store']}: {report['accepted']} accepted, {report['duplicates']} duplicates, "
+        f"{report['quarantined_total']} quarantined; Feast materialized {sorted(feast['materialized'])}"
+    )
     return report["store"]
 
 
@@ -63,8 +72,15 @@ def training_window(end: datetime, days: int) -> Window:
 
 
 @task(requests=Resources(cpu="1", mem="2Gi"), container_image=CPU_IMAGE)
-def frozen_eval_set(snapshot: FlyteDirectory, store: str, end: datetime, days: int, agents: list[str],
-                    min_rating: int, prompts: int) -> FlyteDirectory:
+def frozen_eval_set(
+    snapshot: FlyteDirectory,
+    store: str,
+    end: datetime,
+    days: int,
+    agents: list[str],
+    min_rating: int,
+    prompts: int,
+) -> FlyteDirectory:
     """The challenger's evaluation set (test split rows + held-out prompts + canaries), frozen with its version."""
     from flytekit import current_context
 
@@ -72,14 +88,20 @@ def frozen_eval_set(snapshot: FlyteDirectory, store: str, end: datetime, days: i
 
     snap = load_snapshot(snapshot)
     eval_set = build_eval_set(snap, training_frame(store, end, days, agents, min_rating), n_prompts=prompts)
-    out = eval_set.save(os.path.join(current_context().working_directory, f"eval-set-{eval_set.sha256()[:12]}"))
-    print(f"eval set {eval_set.sha256()[:12]}: {len(eval_set.rows)} rows, {len(eval_set.prompts)} prompts "
-          f"({eval_set.source['split']} split of snapshot {snap.snapshot_hash[:12]})")
+    out = eval_set.save(
+        os.path.join(current_context().working_directory, f"eval-set-{eval_set.sha256()[:12]}")
+    )
+    print(
+        f"eval set {eval_set.sha256()[:12]}: {len(eval_set.rows)} rows, {len(eval_set.prompts)} prompts "
+        f"({eval_set.source['split']} split of snapshot {snap.snapshot_hash[:12]})"
+    )
     return FlyteDirectory(str(out))
 
 
 @task(requests=Resources(cpu="100m", mem="64Mi"), container_image=CPU_IMAGE)
-def watching(monitor: MonitorConfig, model_name: str, agents: list[str], promoted_version: str) -> MonitorConfig:
+def watching(
+    monitor: MonitorConfig, model_name: str, agents: list[str], promoted_version: str
+) -> MonitorConfig:
     """The monitoring config aimed at the model this round registered (its @champion is the drift reference)."""
     from dataclasses import replace
 
@@ -97,63 +119,155 @@ class LifecycleReport(NamedTuple):
 
 
 @task(requests=Resources(cpu="1", mem="1Gi"), container_image=CPU_IMAGE)
-def what_to_check(model_name: str, agents: list[str], version: str, decision: str, served_names: list[str], eval_metrics: dict[str, float],
-                  drift_run_id: str, drift_retrain: bool, promote_config: PromoteConfig,
-                  eval_set: FlyteDirectory) -> LifecycleReport:
+def what_to_check(
+    model_name: str,
+    agents: list[str],
+    version: str,
+    decision: str,
+    served_names: list[str],
+    eval_metrics: dict[str, float],
+    drift_run_id: str,
+    drift_retrain: bool,
+    promote_config: PromoteConfig,
+    eval_set: FlyteDirectory,
+) -> LifecycleReport:
     """The MLflow UI link, the aliases, the served names, one reply adapter vs base, the drift report."""
     from serving.lifecycle_report import render_report
     from serving.registry import model_name_for
 
     model_name = model_name or model_name_for(agents)
-    text = render_report(model_name=model_name, version=version, decision=decision, served_names=served_names,
-                         eval_metrics=eval_metrics, drift_run_id=drift_run_id, drift_retrain=drift_retrain,
-                         promote_config=promote_config, eval_set_dir=eval_set.download())
+    text = render_report(
+        model_name=model_name,
+        version=version,
+        decision=decision,
+        served_names=served_names,
+        eval_metrics=eval_metrics,
+        drift_run_id=drift_run_id,
+        drift_retrain=drift_retrain,
+        promote_config=promote_config,
+        eval_set_dir=eval_set.download(),
+    )
     print(text)
     return LifecycleReport(model_name, version, decision, served_names, text)
 
 
 @workflow
-def lifecycle_wf(sources: list[str] = ["~/.cache/agentloop/data/raw"], store: str = "", online_store: str = "",
-                 end: Optional[datetime] = None, days: int = 30, agents: list[str] = [], min_rating: int = 0,
-                 base_model: str = "", model_name: str = "",
-                 dataset: DatasetConfig = DatasetConfig(), train: TrainConfig = TrainConfig(),
-                 sweep_config: SweepConfig = SweepConfig(), final_max_steps: int = 0,
-                 eval_prompts: int = 16, max_new_tokens: int = 48,
-                 gate_config: GateConfig = GateConfig(), promote_config: PromoteConfig = PromoteConfig(),
-                 drift_window_hours: int = 24, monitor: MonitorConfig = MonitorConfig(),
-                 decision: DecisionConfig = DecisionConfig(), metrics: MetricsConfig = MetricsConfig()
-                 ) -> LifecycleReport:
+def lifecycle_wf(
+    sources: list[str] = ["~/.cache/agentloop/data/raw"],
+    store: str = "",
+    online_store: str = "",
+    end: Optional[datetime] = None,
+    days: int = 30,
+    agents: list[str] = [],
+    min_rating: int = 0,
+    base_model: str = "",
+    model_name: str = "",
+    dataset: DatasetConfig = DatasetConfig(),
+    train: TrainConfig = TrainConfig(),
+    sweep_config: SweepConfig = SweepConfig(),
+    final_max_steps: int = 0,
+    eval_prompts: int = 16,
+    max_new_tokens: int = 48,
+    gate_config: GateConfig = GateConfig(),
+    promote_config: PromoteConfig = PromoteConfig(),
+    drift_window_hours: int = 24,
+    monitor: MonitorConfig = MonitorConfig(),
+    decision: DecisionConfig = DecisionConfig(),
+    metrics: MetricsConfig = MetricsConfig(),
+) -> LifecycleReport:
     """One round of the loop on [end - days, end) (end defaults to now) of the agents' logs in `sources`."""
     report = ingest_logs(sources=sources, store=store, max_line_bytes=1 << 20, track=True)
     feast = refresh_feast(report=report, kickoff_time=end, online_store=online_store)
     data_store = ingested_store(report=report, feast=feast)
 
-    data = fingerprint_training_data(store=data_store, end=end, days=days, agents=agents, min_rating=min_rating,
-                                     dataset=dataset, base_model=base_model)
-    snapshot = build_dataset(fingerprint=data.fingerprint, store=data_store, end=data.end, days=days, agents=agents,
-                             min_rating=min_rating, dataset=dataset, base_model=base_model)
-    eval_set = frozen_eval_set(snapshot=snapshot, store=data_store, end=data.end, days=days, agents=agents,
-                               min_rating=min_rating, prompts=eval_prompts)
-    best = sweep(snapshot=snapshot, train=train, sweep=sweep_config, base_model=base_model,
-                 final_max_steps=final_max_steps)
+    data = fingerprint_training_data(
+        store=data_store,
+        end=end,
+        days=days,
+        agents=agents,
+        min_rating=min_rating,
+        dataset=dataset,
+        base_model=base_model,
+    )
+    snapshot = build_dataset(
+        fingerprint=data.fingerprint,
+        store=data_store,
+        end=data.end,
+        days=days,
+        agents=agents,
+        min_rating=min_rating,
+        dataset=dataset,
+        base_model=base_model,
+    )
+    eval_set = frozen_eval_set(
+        snapshot=snapshot,
+        store=data_store,
+        end=data.end,
+        days=days,
+        agents=agents,
+        min_rating=min_rating,
+        prompts=eval_prompts,
+    )
+    best = sweep(
+        snapshot=snapshot,
+        train=train,
+        sweep=sweep_config,
+        base_model=base_model,
+        final_max_steps=final_max_steps,
+    )
     final = final_train(snapshot=snapshot, config=best.best, sweep_run_id=best.sweep_run_id)
-    eval_metrics = evaluate(snapshot=snapshot, adapter_dir=final.adapter_dir, mlflow_run_id=final.mlflow_run_id,
-                            base_model=base_model, store=data_store, end=data.end, days=days, agents=agents,
-                            min_rating=min_rating, prompts=eval_prompts, max_new_tokens=max_new_tokens)
+    eval_metrics = evaluate(
+        snapshot=snapshot,
+        adapter_dir=final.adapter_dir,
+        mlflow_run_id=final.mlflow_run_id,
+        base_model=base_model,
+        store=data_store,
+        end=data.end,
+        days=days,
+        agents=agents,
+        min_rating=min_rating,
+        prompts=eval_prompts,
+        max_new_tokens=max_new_tokens,
+    )
 
     window = training_window(end=data.end, days=days)
-    promoted = promote_wf(adapter_dir=final.adapter_dir, training_run_id=final.mlflow_run_id, eval_set=eval_set,
-                          model_name=model_name, agents=agents, data_start=window.start, data_end=window.end,
-                          gate_config=gate_config, promote_config=promote_config)
+    promoted = promote_wf(
+        adapter_dir=final.adapter_dir,
+        training_run_id=final.mlflow_run_id,
+        eval_set=eval_set,
+        model_name=model_name,
+        agents=agents,
+        data_start=window.start,
+        data_end=window.end,
+        gate_config=gate_config,
+        promote_config=promote_config,
+    )
 
     # after the promotion: the drift reference is the champion it left in place
-    watched = watching(monitor=monitor, model_name=model_name, agents=agents, promoted_version=promoted.version)
-    drift = check_drift(store=data_store, end=data.end, window_hours=drift_window_hours, monitor=watched,
-                        decision=decision, metrics=metrics, track=True)
-    return what_to_check(model_name=model_name, agents=agents, version=promoted.version, decision=promoted.decision,
-                         served_names=promoted.served_names, eval_metrics=eval_metrics,
-                         drift_run_id=drift.mlflow_run_id, drift_retrain=drift.retrain,
-                         promote_config=promote_config, eval_set=eval_set)
+    watched = watching(
+        monitor=monitor, model_name=model_name, agents=agents, promoted_version=promoted.version
+    )
+    drift = check_drift(
+        store=data_store,
+        end=data.end,
+        window_hours=drift_window_hours,
+        monitor=watched,
+        decision=decision,
+        metrics=metrics,
+        track=True,
+    )
+    return what_to_check(
+        model_name=model_name,
+        agents=agents,
+        version=promoted.version,
+        decision=promoted.decision,
+        served_names=promoted.served_names,
+        eval_metrics=eval_metrics,
+        drift_run_id=drift.mlflow_run_id,
+        drift_retrain=drift.retrain,
+        promote_config=promote_config,
+        eval_set=eval_set,
+    )
 
 
 # Weekly round on the cluster. The sweep's study lives in Postgres, so a week's trials add to the earlier
@@ -168,8 +282,9 @@ retrain_weekly = LaunchPlan.get_or_create(
         "online_store": CLUSTER.redis,
         "base_model": CLUSTER.base_model,
         "sweep_config": SweepConfig(storage=CLUSTER.optuna_storage),
-        "promote_config": PromoteConfig(replica_urls=list(CLUSTER.vllm_replicas), store=CLUSTER.model_store,
-                                        tracking_uri=CLUSTER.mlflow),
+        "promote_config": PromoteConfig(
+            replica_urls=list(CLUSTER.vllm_replicas), store=CLUSTER.model_store, tracking_uri=CLUSTER.mlflow
+        ),
         "decision": DecisionConfig(state_path=CLUSTER.monitor_state),
         "metrics": MetricsConfig(pushgateway_url=CLUSTER.pushgateway),
     },

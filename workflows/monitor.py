@@ -42,14 +42,25 @@ def _expand(path: str) -> str:
 
 
 @task(requests=Resources(cpu="2", mem="6Gi"), enable_deck=True, container_image=CPU_IMAGE)
-def check_drift(store: str, end: Optional[datetime], window_hours: int, monitor: MonitorConfig,
-                decision: DecisionConfig, metrics: MetricsConfig, track: bool) -> DriftCheck:
+def check_drift(
+    store: str,
+    end: Optional[datetime],
+    window_hours: int,
+    monitor: MonitorConfig,
+    decision: DecisionConfig,
+    metrics: MetricsConfig,
+    track: bool,
+) -> DriftCheck:
     """Compare the current window with the champion's training data, decide, publish (Deck, MLflow, Prometheus)."""
     from dataclasses import replace
 
     end = end or datetime.now(timezone.utc)
-    monitor = replace(monitor, store=_expand(store) or monitor.store, progress=False,
-                      window_hours=window_hours if window_hours > 0 else monitor.window_hours)
+    monitor = replace(
+        monitor,
+        store=_expand(store) or monitor.store,
+        progress=False,
+        window_hours=window_hours if window_hours > 0 else monitor.window_hours,
+    )
     report = run_drift_check(monitor, end)
     verdict = decide(report, decision)
     Deck("drift report", report.to_html(verdict, as_iframe=True))
@@ -57,9 +68,11 @@ def check_drift(store: str, end: Optional[datetime], window_hours: int, monitor:
     run_id = ""
     if track and os.environ.get("MLFLOW_TRACKING_URI"):
         run_id = log_drift_report(report, verdict, flyte_execution_id=execution_id())
-    print(f"drift {report.overall.drift_share:.0%} of columns ({', '.join(report.overall.drifted_columns) or 'none'}); "
-          f"topic drift: {', '.join(report.overall.topic_drift) or 'none'}; reference {report.reference.source} "
-          f"{report.reference.champion_version or ''}; metrics {exported.textfile}; MLflow run {run_id or '-'}")
+    print(
+        f"drift {report.overall.drift_share:.0%} of columns ({', '.join(report.overall.drifted_columns) or 'none'}); "
+        f"topic drift: {', '.join(report.overall.topic_drift) or 'none'}; reference {report.reference.source} "
+        f"{report.reference.champion_version or ''}; metrics {exported.textfile}; MLflow run {run_id or '-'}"
+    )
     print(("RETRAIN: " if verdict.retrain else "no retraining: ") + "; ".join(verdict.reasons))
     return DriftCheck(retrain=verdict.retrain, decision=verdict, end=end, mlflow_run_id=run_id)
 
@@ -77,14 +90,36 @@ def skip_training() -> str:
 
 
 @workflow
-def retrain_wf(store: str, end: datetime, days: int, agents: list[str], min_rating: int, base_model: str,
-               dataset: DatasetConfig, train: TrainConfig, sweep_config: SweepConfig, final_max_steps: int,
-               eval_prompts: int, max_new_tokens: int) -> str:
+def retrain_wf(
+    store: str,
+    end: datetime,
+    days: int,
+    agents: list[str],
+    min_rating: int,
+    base_model: str,
+    dataset: DatasetConfig,
+    train: TrainConfig,
+    sweep_config: SweepConfig,
+    final_max_steps: int,
+    eval_prompts: int,
+    max_new_tokens: int,
+) -> str:
     """train_wf, reduced to its final MLflow run id: both branches of the conditional then have one output
     of one name (flytekit's local execution pairs a branch's outputs with the common names by position)."""
-    final = train_wf(store=store, end=end, days=days, agents=agents, min_rating=min_rating, base_model=base_model,
-                     dataset=dataset, train=train, sweep_config=sweep_config, final_max_steps=final_max_steps,
-                     eval_prompts=eval_prompts, max_new_tokens=max_new_tokens)
+    final = train_wf(
+        store=store,
+        end=end,
+        days=days,
+        agents=agents,
+        min_rating=min_rating,
+        base_model=base_model,
+        dataset=dataset,
+        train=train,
+        sweep_config=sweep_config,
+        final_max_steps=final_max_steps,
+        eval_prompts=eval_prompts,
+        max_new_tokens=max_new_tokens,
+    )
     return final.mlflow_run_id
 
 
@@ -95,23 +130,56 @@ class MonitorOutputs(NamedTuple):
 
 
 @workflow
-def monitor_wf(store: str = "", end: Optional[datetime] = None, window_hours: int = 24,
-               monitor: MonitorConfig = MonitorConfig(), decision: DecisionConfig = DecisionConfig(),
-               metrics: MetricsConfig = MetricsConfig(), track: bool = True, start_training: bool = True,
-               train_days: int = 30, train_agents: list[str] = [], train_min_rating: int = 0, base_model: str = "",
-               dataset: DatasetConfig = DatasetConfig(), train: TrainConfig = TrainConfig(),
-               sweep_config: SweepConfig = SweepConfig(), final_max_steps: int = 0, eval_prompts: int = 16,
-               max_new_tokens: int = 64) -> MonitorOutputs:
+def monitor_wf(
+    store: str = "",
+    end: Optional[datetime] = None,
+    window_hours: int = 24,
+    monitor: MonitorConfig = MonitorConfig(),
+    decision: DecisionConfig = DecisionConfig(),
+    metrics: MetricsConfig = MetricsConfig(),
+    track: bool = True,
+    start_training: bool = True,
+    train_days: int = 30,
+    train_agents: list[str] = [],
+    train_min_rating: int = 0,
+    base_model: str = "",
+    dataset: DatasetConfig = DatasetConfig(),
+    train: TrainConfig = TrainConfig(),
+    sweep_config: SweepConfig = SweepConfig(),
+    final_max_steps: int = 0,
+    eval_prompts: int = 16,
+    max_new_tokens: int = 64,
+) -> MonitorOutputs:
     """Drift check of [end - window_hours, end) -> retrain decision -> train_wf on [end - train_days, end) if so."""
-    drift = check_drift(store=store, end=end, window_hours=window_hours, monitor=monitor, decision=decision,
-                        metrics=metrics, track=track)
+    drift = check_drift(
+        store=store,
+        end=end,
+        window_hours=window_hours,
+        monitor=monitor,
+        decision=decision,
+        metrics=metrics,
+        track=track,
+    )
     gate = training_gate(retrain=drift.retrain, start_training=start_training)
     trained = (
         conditional("retrain")
         .if_(gate.is_true())
-        .then(retrain_wf(store=store, end=drift.end, days=train_days, agents=train_agents, min_rating=train_min_rating,
-                         base_model=base_model, dataset=dataset, train=train, sweep_config=sweep_config,
-                         final_max_steps=final_max_steps, eval_prompts=eval_prompts, max_new_tokens=max_new_tokens))
+        .then(
+            retrain_wf(
+                store=store,
+                end=drift.end,
+                days=train_days,
+                agents=train_agents,
+                min_rating=train_min_rating,
+                base_model=base_model,
+                dataset=dataset,
+                train=train,
+                sweep_config=sweep_config,
+                final_max_steps=final_max_steps,
+                eval_prompts=eval_prompts,
+                max_new_tokens=max_new_tokens,
+            )
+        )
         .else_()
         .then(skip_training())
     )

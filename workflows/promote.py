@@ -28,15 +28,30 @@ class Registered(NamedTuple):
 
 
 @task(requests=Resources(cpu="2", mem="4Gi"), container_image=CPU_IMAGE)
-def register(adapter_dir: FlyteDirectory, training_run_id: str, eval_set: FlyteDirectory, model_name: str,
-             agents: list[str], data_start: str, data_end: str) -> Registered:
+def register(
+    adapter_dir: FlyteDirectory,
+    training_run_id: str,
+    eval_set: FlyteDirectory,
+    model_name: str,
+    agents: list[str],
+    data_start: str,
+    data_end: str,
+) -> Registered:
     """The adapter as a new version of its registered model, tagged with lineage, aliased @challenger."""
     from serving.registry import RegisterRequest, register_adapter
 
-    v = register_adapter(RegisterRequest(
-        adapter_dir=adapter_dir.download(), training_run_id=training_run_id, eval_set_dir=eval_set.download(),
-        model_name=model_name, agents=agents, data_start=data_start, data_end=data_end,
-        flyte_execution_id=execution_id()))
+    v = register_adapter(
+        RegisterRequest(
+            adapter_dir=adapter_dir.download(),
+            training_run_id=training_run_id,
+            eval_set_dir=eval_set.download(),
+            model_name=model_name,
+            agents=agents,
+            data_start=data_start,
+            data_end=data_end,
+            flyte_execution_id=execution_id(),
+        )
+    )
     print(f"registered {v.model_name} v{v.version} from run {training_run_id}")
     return Registered(v.model_name, v.version)
 
@@ -53,7 +68,9 @@ def gate(model_name: str, version: str, config: GateConfig) -> Gated:
     from serving.gate import run_gate
 
     d = run_gate(model_name, version, config)
-    print(f"gate {model_name} v{version}: {d.decision}; " + ("; ".join(d.reasons) or "beats base and champion"))
+    print(
+        f"gate {model_name} v{version}: {d.decision}; " + ("; ".join(d.reasons) or "beats base and champion")
+    )
     return Gated(d.decision, d.promote, d.reasons)
 
 
@@ -63,8 +80,10 @@ def promote_version(model_name: str, version: str, config: PromoteConfig) -> lis
     from serving.promote import promote
 
     result = promote(model_name, version, config)
-    print(f"{model_name} v{version} serving as {result.served_name!r} on {len(result.replicas)} replica(s); "
-          f"previous: v{result.previous_version or '-'}")
+    print(
+        f"{model_name} v{version} serving as {result.served_name!r} on {len(result.replicas)} replica(s); "
+        f"previous: v{result.previous_version or '-'}"
+    )
     return [result.served_name]
 
 
@@ -81,19 +100,35 @@ class PromoteOutputs(NamedTuple):
 
 
 @workflow
-def promote_wf(adapter_dir: FlyteDirectory, training_run_id: str, eval_set: FlyteDirectory, model_name: str = "",
-               agents: list[str] = [], data_start: str = "", data_end: str = "",
-               gate_config: GateConfig = GateConfig(),
-               promote_config: PromoteConfig = PromoteConfig()) -> PromoteOutputs:
+def promote_wf(
+    adapter_dir: FlyteDirectory,
+    training_run_id: str,
+    eval_set: FlyteDirectory,
+    model_name: str = "",
+    agents: list[str] = [],
+    data_start: str = "",
+    data_end: str = "",
+    gate_config: GateConfig = GateConfig(),
+    promote_config: PromoteConfig = PromoteConfig(),
+) -> PromoteOutputs:
     """register -> gate -> promote when the gate says promote. Returns (decision, version, served names)."""
-    reg = register(adapter_dir=adapter_dir, training_run_id=training_run_id, eval_set=eval_set,
-                   model_name=model_name, agents=agents, data_start=data_start, data_end=data_end)
+    reg = register(
+        adapter_dir=adapter_dir,
+        training_run_id=training_run_id,
+        eval_set=eval_set,
+        model_name=model_name,
+        agents=agents,
+        data_start=data_start,
+        data_end=data_end,
+    )
     g = gate(model_name=reg.model_name, version=reg.version, config=gate_config)
-    served = (conditional("promote_if_the_gate_says_so")
-              .if_(g.promote.is_true())
-              .then(promote_version(model_name=reg.model_name, version=reg.version, config=promote_config))
-              .else_()
-              .then(not_promoted(model_name=reg.model_name, version=reg.version, reasons=g.reasons)))
+    served = (
+        conditional("promote_if_the_gate_says_so")
+        .if_(g.promote.is_true())
+        .then(promote_version(model_name=reg.model_name, version=reg.version, config=promote_config))
+        .else_()
+        .then(not_promoted(model_name=reg.model_name, version=reg.version, reasons=g.reasons))
+    )
     return PromoteOutputs(g.decision, reg.version, served)
 
 

@@ -52,8 +52,13 @@ def training_frame(store: str, end: datetime, days: int, agents: list[str], min_
     """The training frame of [end - days, end) (features.feast_store: the only way training reads data)."""
     from features.feast_store import get_training_frame
 
-    return get_training_frame(_feast(store), end - timedelta(days=days), end, agents=agents or None,
-                              min_rating=min_rating if min_rating > 0 else None)
+    return get_training_frame(
+        _feast(store),
+        end - timedelta(days=days),
+        end,
+        agents=agents or None,
+        min_rating=min_rating if min_rating > 0 else None,
+    )
 
 
 def _tokenizer(base_model: str):
@@ -70,8 +75,15 @@ class TrainingData(NamedTuple):
 
 
 @task(requests=Resources(cpu="1", mem="2Gi"), container_image=CPU_IMAGE)
-def fingerprint_training_data(store: str, end: Optional[datetime], days: int, agents: list[str], min_rating: int,
-                              dataset: DatasetConfig, base_model: str) -> TrainingData:
+def fingerprint_training_data(
+    store: str,
+    end: Optional[datetime],
+    days: int,
+    agents: list[str],
+    min_rating: int,
+    dataset: DatasetConfig,
+    base_model: str,
+) -> TrainingData:
     """sha256 of what a snapshot would be built from (the dataset task's cache key), and the window's end."""
     from training.dataset import tokenizer_identity
 
@@ -82,28 +94,47 @@ def fingerprint_training_data(store: str, end: Optional[datetime], days: int, ag
         h.update(iid.encode() + b"\0" + hashlib.sha256(messages.encode()).digest())
     h.update(json.dumps(asdict(dataset), sort_keys=True).encode())
     h.update(tokenizer_identity(_tokenizer(base_model))["sha256"].encode())
-    print(f"training data: {len(frame)} interactions in [{end - timedelta(days=days)}, {end}), "
-          f"fingerprint {h.hexdigest()[:12]}")
+    print(
+        f"training data: {len(frame)} interactions in [{end - timedelta(days=days)}, {end}), "
+        f"fingerprint {h.hexdigest()[:12]}"
+    )
     return TrainingData(fingerprint=h.hexdigest(), end=end)
 
 
 # `end` moves on every scheduled run; the fingerprint already says whether the window's content changed
-@task(cache=Cache(version=DATASET_CACHE_VERSION, ignored_inputs=("end",)), requests=Resources(cpu="2", mem="8Gi"),
-      container_image=CPU_IMAGE)
-def build_dataset(fingerprint: str, store: str, end: datetime, days: int, agents: list[str],
-                  min_rating: int, dataset: DatasetConfig, base_model: str) -> FlyteDirectory:
+@task(
+    cache=Cache(version=DATASET_CACHE_VERSION, ignored_inputs=("end",)),
+    requests=Resources(cpu="2", mem="8Gi"),
+    container_image=CPU_IMAGE,
+)
+def build_dataset(
+    fingerprint: str,
+    store: str,
+    end: datetime,
+    days: int,
+    agents: list[str],
+    min_rating: int,
+    dataset: DatasetConfig,
+    base_model: str,
+) -> FlyteDirectory:
     """The packed, split dataset snapshot (DatasetSnapshot.save), cached on the fingerprint."""
     from training.dataset import build_snapshot
 
-    snapshot = build_snapshot(training_frame(store, end, days, agents, min_rating), _tokenizer(base_model), dataset)
+    snapshot = build_snapshot(
+        training_frame(store, end, days, agents, min_rating), _tokenizer(base_model), dataset
+    )
     if not snapshot.splits["train"] or not snapshot.splits["validation"]:
-        raise ValueError(f"dataset snapshot {snapshot.snapshot_hash[:12]} has {len(snapshot.splits['train'])} train "
-                         f"and {len(snapshot.splits['validation'])} validation rows: widen the window (days), "
-                         "lower min_rating or change the split fractions")
+        raise ValueError(
+            f"dataset snapshot {snapshot.snapshot_hash[:12]} has {len(snapshot.splits['train'])} train "
+            f"and {len(snapshot.splits['validation'])} validation rows: widen the window (days), "
+            "lower min_rating or change the split fractions"
+        )
     out = Path(current_context().working_directory) / f"snapshot-{snapshot.snapshot_hash[:12]}"
     snapshot.save(out)
-    print(f"dataset snapshot {snapshot.snapshot_hash} (fingerprint {fingerprint[:12]}): "
-          f"{json.dumps({k: snapshot.stats[k] for k in ('examples', 'tokens', 'rows')})}")
+    print(
+        f"dataset snapshot {snapshot.snapshot_hash} (fingerprint {fingerprint[:12]}): "
+        f"{json.dumps({k: snapshot.stats[k] for k in ('examples', 'tokens', 'rows')})}"
+    )
     return FlyteDirectory(str(out))
 
 
@@ -119,22 +150,29 @@ class SweepOutputs(NamedTuple):
 
 
 @task(requests=Resources(cpu="4", mem="16Gi", gpu="1"), accelerator=A100, container_image=TRAIN_IMAGE)
-def sweep(snapshot: FlyteDirectory, train: TrainConfig, sweep: SweepConfig, base_model: str,
-          final_max_steps: int) -> SweepOutputs:
+def sweep(
+    snapshot: FlyteDirectory, train: TrainConfig, sweep: SweepConfig, base_model: str, final_max_steps: int
+) -> SweepOutputs:
     """Optuna sweep on short budgets; the best trial's config, at the final step budget when one is given."""
     from training.sweep import apply_overrides, run_sweep
 
     if base_model:
         train = replace(train, base_model=base_model)
     result = run_sweep(sweep, train, load_snapshot(snapshot), flyte_execution_id=execution_id())
-    print(f"sweep {result.study_name}: best trial {result.best_trial_number} (val loss {result.best_value:.4f}) of "
-          f"{result.n_trials}: {result.n_complete} complete, {result.n_pruned} pruned, {result.n_failed} failed "
-          f"in {result.wall_s:.0f}s; MLflow run {result.parent_run_id}")
+    print(
+        f"sweep {result.study_name}: best trial {result.best_trial_number} (val loss {result.best_value:.4f}) of "
+        f"{result.n_trials}: {result.n_complete} complete, {result.n_pruned} pruned, {result.n_failed} failed "
+        f"in {result.wall_s:.0f}s; MLflow run {result.parent_run_id}"
+    )
     best = apply_overrides(train, result.best_overrides)
     if final_max_steps > 0:
         warmup_share = best.warmup_steps / max(best.max_steps, 1)
-        best = replace(best, max_steps=final_max_steps, warmup_steps=int(round(warmup_share * final_max_steps)))
-    return SweepOutputs(best=replace(best, output_dir="", run_name="final"), sweep_run_id=result.parent_run_id)
+        best = replace(
+            best, max_steps=final_max_steps, warmup_steps=int(round(warmup_share * final_max_steps))
+        )
+    return SweepOutputs(
+        best=replace(best, output_dir="", run_name="final"), sweep_run_id=result.parent_run_id
+    )
 
 
 class TrainOutputs(NamedTuple):
@@ -142,9 +180,14 @@ class TrainOutputs(NamedTuple):
     mlflow_run_id: str
 
 
-@task(task_config=Elastic(nnodes=1, nproc_per_node=FINAL_NPROC, increase_shared_mem=False), shared_memory=True,
-      requests=Resources(cpu="8", mem="32Gi", gpu=str(FINAL_NPROC)), limits=Resources(gpu=str(FINAL_NPROC)),
-      accelerator=A100, container_image=TRAIN_IMAGE)
+@task(
+    task_config=Elastic(nnodes=1, nproc_per_node=FINAL_NPROC, increase_shared_mem=False),
+    shared_memory=True,
+    requests=Resources(cpu="8", mem="32Gi", gpu=str(FINAL_NPROC)),
+    limits=Resources(gpu=str(FINAL_NPROC)),
+    accelerator=A100,
+    container_image=TRAIN_IMAGE,
+)
 def final_train(snapshot: FlyteDirectory, config: TrainConfig, sweep_run_id: str) -> TrainOutputs:
     """The best config on the full budget: every worker runs this body; rank 0 logs, writes and returns."""
     from mlflow.tracking import MlflowClient
@@ -161,23 +204,43 @@ def final_train(snapshot: FlyteDirectory, config: TrainConfig, sweep_run_id: str
     result = train(config, load_snapshot(snapshot), flyte_execution_id=flyte_execution_id)
     if int(os.environ.get("RANK", "0")) == 0 and result.mlflow_run_id:
         MlflowClient().set_tag(result.mlflow_run_id, "agentloop.sweep_run_id", sweep_run_id)
-    return TrainOutputs(adapter_dir=FlyteDirectory(str(result.adapter_dir)), mlflow_run_id=result.mlflow_run_id or "")
+    return TrainOutputs(
+        adapter_dir=FlyteDirectory(str(result.adapter_dir)), mlflow_run_id=result.mlflow_run_id or ""
+    )
 
 
 @task(requests=Resources(cpu="4", mem="16Gi", gpu="1"), accelerator=A100, container_image=TRAIN_IMAGE)
-def evaluate(snapshot: FlyteDirectory, adapter_dir: FlyteDirectory, mlflow_run_id: str, base_model: str,
-             store: str, end: datetime, days: int, agents: list[str], min_rating: int, prompts: int,
-             max_new_tokens: int) -> dict[str, float]:
+def evaluate(
+    snapshot: FlyteDirectory,
+    adapter_dir: FlyteDirectory,
+    mlflow_run_id: str,
+    base_model: str,
+    store: str,
+    end: datetime,
+    days: int,
+    agents: list[str],
+    min_rating: int,
+    prompts: int,
+    max_new_tokens: int,
+) -> dict[str, float]:
     """Base vs adapter on the held-out split: loss, perplexity, replies (ROUGE-L, length, refusals) -> MLflow."""
     from training.evaluate import evaluate_adapter, held_out_prompts, log_evaluation
 
     snap = load_snapshot(snapshot)
     frame = training_frame(store, end, days, agents, min_rating)
-    chosen = held_out_prompts(frame, snap.interaction_ids("test") or snap.interaction_ids("validation"), n=prompts,
-                              dataset_config=snap.config)
-    result = evaluate_adapter(base_model or None, adapter_dir.download(),
-                              {s: snap.splits[s] for s in ("validation", "test")}, chosen,
-                              max_new_tokens=max_new_tokens)
+    chosen = held_out_prompts(
+        frame,
+        snap.interaction_ids("test") or snap.interaction_ids("validation"),
+        n=prompts,
+        dataset_config=snap.config,
+    )
+    result = evaluate_adapter(
+        base_model or None,
+        adapter_dir.download(),
+        {s: snap.splits[s] for s in ("validation", "test")},
+        chosen,
+        max_new_tokens=max_new_tokens,
+    )
     if mlflow_run_id and os.environ.get("MLFLOW_TRACKING_URI"):
         log_evaluation(result.table, result.metrics, run_id=mlflow_run_id)
     print("evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())))
@@ -185,19 +248,59 @@ def evaluate(snapshot: FlyteDirectory, adapter_dir: FlyteDirectory, mlflow_run_i
 
 
 @workflow
-def train_wf(store: str = "", end: Optional[datetime] = None, days: int = 30, agents: list[str] = [],
-             min_rating: int = 0, base_model: str = "", dataset: DatasetConfig = DatasetConfig(),
-             train: TrainConfig = TrainConfig(), sweep_config: SweepConfig = SweepConfig(),
-             final_max_steps: int = 0, eval_prompts: int = 16, max_new_tokens: int = 64) -> TrainOutputs:
+def train_wf(
+    store: str = "",
+    end: Optional[datetime] = None,
+    days: int = 30,
+    agents: list[str] = [],
+    min_rating: int = 0,
+    base_model: str = "",
+    dataset: DatasetConfig = DatasetConfig(),
+    train: TrainConfig = TrainConfig(),
+    sweep_config: SweepConfig = SweepConfig(),
+    final_max_steps: int = 0,
+    eval_prompts: int = 16,
+    max_new_tokens: int = 64,
+) -> TrainOutputs:
     """Interactions in [end - days, end) -> snapshot -> sweep -> final adapter (2 processes) -> evaluation."""
-    data = fingerprint_training_data(store=store, end=end, days=days, agents=agents, min_rating=min_rating,
-                                     dataset=dataset, base_model=base_model)
-    snapshot = build_dataset(fingerprint=data.fingerprint, store=store, end=data.end, days=days, agents=agents,
-                             min_rating=min_rating, dataset=dataset, base_model=base_model)
-    best = sweep(snapshot=snapshot, train=train, sweep=sweep_config, base_model=base_model,
-                 final_max_steps=final_max_steps)
+    data = fingerprint_training_data(
+        store=store,
+        end=end,
+        days=days,
+        agents=agents,
+        min_rating=min_rating,
+        dataset=dataset,
+        base_model=base_model,
+    )
+    snapshot = build_dataset(
+        fingerprint=data.fingerprint,
+        store=store,
+        end=data.end,
+        days=days,
+        agents=agents,
+        min_rating=min_rating,
+        dataset=dataset,
+        base_model=base_model,
+    )
+    best = sweep(
+        snapshot=snapshot,
+        train=train,
+        sweep=sweep_config,
+        base_model=base_model,
+        final_max_steps=final_max_steps,
+    )
     final = final_train(snapshot=snapshot, config=best.best, sweep_run_id=best.sweep_run_id)
-    evaluate(snapshot=snapshot, adapter_dir=final.adapter_dir, mlflow_run_id=final.mlflow_run_id,
-             base_model=base_model, store=store, end=data.end, days=days, agents=agents, min_rating=min_rating,
-             prompts=eval_prompts, max_new_tokens=max_new_tokens)
+    evaluate(
+        snapshot=snapshot,
+        adapter_dir=final.adapter_dir,
+        mlflow_run_id=final.mlflow_run_id,
+        base_model=base_model,
+        store=store,
+        end=data.end,
+        days=days,
+        agents=agents,
+        min_rating=min_rating,
+        prompts=eval_prompts,
+        max_new_tokens=max_new_tokens,
+    )
     return final

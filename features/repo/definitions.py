@@ -162,12 +162,26 @@ agent_daily_stats = FeatureView(
 training_v1 = FeatureService(
     name="training_v1",
     features=[
-        interaction_features[[
-            "agent", "session_id", "model",
-            "messages_json", "last_user_message", "agent_reply",
-            "rating", "thumbs", "has_error", "error_type",
-            "guard_flags", "redacted_secrets", "redacted_email", "redacted_phone", "redacted_card", "redacted_ip",
-        ]],
+        interaction_features[
+            [
+                "agent",
+                "session_id",
+                "model",
+                "messages_json",
+                "last_user_message",
+                "agent_reply",
+                "rating",
+                "thumbs",
+                "has_error",
+                "error_type",
+                "guard_flags",
+                "redacted_secrets",
+                "redacted_email",
+                "redacted_phone",
+                "redacted_card",
+                "redacted_ip",
+            ]
+        ],
     ],
     description="Training set v1: redacted conversations with feedback, guard and redaction signals.",
     tags={"owner": OWNER, "pii": "redacted", "consumer": "training"},
@@ -179,13 +193,29 @@ training_v1 = FeatureService(
 monitoring_v1 = FeatureService(
     name="monitoring_v1",
     features=[
-        interaction_features[[
-            "agent", "model",
-            "n_turns", "prompt_tokens", "completion_tokens", "total_tokens", "latency_ms",
-            "rating", "thumbs", "has_error", "error_type",
-            "redacted_secrets", "redacted_email", "redacted_phone", "redacted_card", "redacted_ip", "guard_flags",
-            "last_user_message", "agent_reply",
-        ]],
+        interaction_features[
+            [
+                "agent",
+                "model",
+                "n_turns",
+                "prompt_tokens",
+                "completion_tokens",
+                "total_tokens",
+                "latency_ms",
+                "rating",
+                "thumbs",
+                "has_error",
+                "error_type",
+                "redacted_secrets",
+                "redacted_email",
+                "redacted_phone",
+                "redacted_card",
+                "redacted_ip",
+                "guard_flags",
+                "last_user_message",
+                "agent_reply",
+            ]
+        ],
     ],
     description="Drift monitoring v1: numeric, categorical and text columns of interactions.",
     tags={"owner": OWNER, "pii": "redacted", "consumer": "monitoring"},
