@@ -59,8 +59,9 @@ def main() -> int:
     import pandas as pd
 
     from features.sample_logs import generate_sample_logs
-    from serving.decision import DecisionConfig, decide
-    from serving.monitor import MonitorConfig, check_drift
+    from serving.monitoring.decision import DecisionConfig, decide
+    from serving.monitoring.drift import MonitorConfig, check_drift
+    from serving.monitoring.report import report_html, save_report
     from tests.test_feast_store import read_sample_rows
     from tests.test_monitor import off_topic_text
 
@@ -96,9 +97,9 @@ def main() -> int:
     report = check_drift(reference, current, config)
     wall = time.perf_counter() - started
     decision = decide(report, DecisionConfig(state_path=str(Path(tempfile.mkdtemp()) / "state.json")))
-    html = report.to_html(decision)
+    html = report_html(report, decision)
     out = Path(args.out or tempfile.mkdtemp(prefix="drift-bench-"))
-    report.save(out, decision)
+    save_report(report, out, decision)
     result = {
         "rows_per_window": args.rows,
         "embedding_sample": config.embedding_sample,

@@ -1,4 +1,4 @@
-"""serving/metrics.py and deploy/monitoring/prometheus-rule.yaml: what Prometheus reads and what it alerts on."""
+"""serving/monitoring/metrics.py and deploy/monitoring/prometheus-rule.yaml: what Prometheus reads and what it alerts on."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.decision import RetrainDecision
-from serving.metrics import MetricsConfig, drift_registry, export_metrics, exposition
-from serving.monitor import ColumnDrift, DriftReport, ReferenceWindow, ScopeDrift
+from serving.monitoring.decision import RetrainDecision
+from serving.monitoring.drift import ColumnDrift, DriftReport, ReferenceWindow, ScopeDrift
+from serving.monitoring.metrics import MetricsConfig, drift_registry, export_metrics, exposition
 
 ROOT = Path(__file__).resolve().parents[1]
 RULE = ROOT / "deploy" / "monitoring" / "prometheus-rule.yaml"
@@ -179,6 +179,6 @@ def test_the_prometheus_rule_alerts_on_metrics_the_check_exports():
     for r in rules:
         used = set(re.findall(r"\bagentloop_[a-z_]+", r["expr"]))
         assert used and used <= exported, (
-            f"{r['alert']} uses {used - exported}, which serving/metrics.py never exports"
+            f"{r['alert']} uses {used - exported}, which serving/monitoring/metrics.py never exports"
         )
         assert r["labels"]["severity"] in {"info", "warning", "critical"} and r["annotations"]["summary"]

@@ -1,4 +1,4 @@
-"""serving/monitor.py + serving/decision.py: drift that is there is found, drift that is not is not, and the
+"""serving/monitoring/drift.py + serving/monitoring/decision.py: drift that is there is found, drift that is not is not, and the
 decision to retrain says why, waits out its cooldown, and reaches MLflow.
 
 Frames are real sample logs (chitchat conversations, features.sample_logs) in monitoring_v1 columns;
@@ -19,20 +19,20 @@ import pandas as pd
 import pytest
 
 from features.sample_logs import generate_sample_logs
-from serving.decision import DecisionConfig, decide, read_state
-from serving.monitor import (
+from serving.monitoring.decision import DecisionConfig, decide, read_state
+from serving.monitoring.drift import (
     ColumnDrift,
     DriftReport,
     MonitorConfig,
     ReferenceWindow,
     ScopeDrift,
+    auc_null_threshold,
     check_drift,
     embedding_drift,
-    log_drift_report,
-    auc_null_threshold,
     resolve_reference,
     run_drift_check,
 )
+from serving.monitoring.report import log_drift_report, save_report
 from tests.test_feast_store import read_sample_rows, write_store
 
 END = date(2025, 1, 7)  # last day of the sample logs
@@ -292,7 +292,7 @@ def test_a_corrupt_state_file_is_named_in_the_error(tmp_path):
 def test_the_html_report_is_self_contained_and_the_json_carries_the_decision(topic_report, tmp_path):
     report = topic_report
     decision = decide(report, DecisionConfig(state_path=str(tmp_path / "state.json")))
-    paths = report.save(tmp_path / "out", decision)
+    paths = save_report(report, tmp_path / "out", decision)
     page = Path(paths["html"]).read_text()
     assert "<html" in page[:2000].lower()
     assert not re.findall(r"<script[^>]+src=\"https?://", page), "the page must open offline"
@@ -411,7 +411,7 @@ def test_the_check_reads_feast_and_logs_html_json_and_metrics_to_mlflow(rows, tm
 
 def test_a_sampled_window_keeps_max_rows_from_every_day(rows, tmp_path):
     from features.feast_store import FeastConfig, apply
-    from serving.monitor import load_window
+    from serving.monitoring.drift import load_window
 
     store = tmp_path / "store"
     write_store(store, rows)

@@ -85,10 +85,10 @@ def _monitor_config(tmp_path: Path) -> dict:
 @pytest.mark.slow
 def test_no_retraining_starts_when_the_decision_may_not_start_it(tmp_path, monkeypatch):
     """A local execution of the workflow (no MLflow): the check runs, the gate says no, the branch skips."""
+    from serving.monitoring.decision import DecisionConfig
+    from serving.monitoring.drift import MonitorConfig
+    from serving.monitoring.metrics import MetricsConfig
     from workflows.monitor import monitor_wf
-    from serving.decision import DecisionConfig
-    from serving.metrics import MetricsConfig
-    from serving.monitor import MonitorConfig
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     store = _store_with_a_new_topic_on_the_last_day(tmp_path)

@@ -19,7 +19,6 @@ drift check (workflows/monitor.py) starts training in between when drift says so
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timedelta
 from typing import NamedTuple, Optional
@@ -27,10 +26,10 @@ from typing import NamedTuple, Optional
 from flytekit import CronSchedule, LaunchPlan, Resources, task, workflow
 from flytekit.types.directory import FlyteDirectory
 
-from serving.decision import DecisionConfig
 from serving.gate import GateConfig
-from serving.metrics import MetricsConfig
-from serving.monitor import MonitorConfig
+from serving.monitoring.decision import DecisionConfig
+from serving.monitoring.drift import MonitorConfig
+from serving.monitoring.metrics import MetricsConfig
 from serving.promote import PromoteConfig
 from training.dataset import DatasetConfig
 from training.sweep import SweepConfig

@@ -19,9 +19,10 @@ from typing import NamedTuple, Optional
 
 from flytekit import CronSchedule, Deck, LaunchPlan, Resources, conditional, task, workflow
 
-from serving.decision import DecisionConfig, RetrainDecision, decide
-from serving.metrics import MetricsConfig, export_metrics
-from serving.monitor import MonitorConfig, log_drift_report, run_drift_check
+from serving.monitoring.decision import DecisionConfig, RetrainDecision, decide
+from serving.monitoring.drift import MonitorConfig, run_drift_check
+from serving.monitoring.metrics import MetricsConfig, export_metrics
+from serving.monitoring.report import log_drift_report, report_html
 from training.dataset import DatasetConfig
 from training.sweep import SweepConfig
 from training.trainer import TrainConfig
@@ -63,7 +64,7 @@ def check_drift(
     )
     report = run_drift_check(monitor, end)
     verdict = decide(report, decision)
-    Deck("drift report", report.to_html(verdict, as_iframe=True))
+    Deck("drift report", report_html(report, verdict, as_iframe=True))
     exported = export_metrics(report, verdict, metrics)
     run_id = ""
     if track and os.environ.get("MLFLOW_TRACKING_URI"):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from features.home import agentloop_home
-from serving.monitor import DriftReport, ScopeDrift
+from serving.monitoring.drift import DriftReport, ScopeDrift
 
 
 @dataclass

@@ -3,8 +3,8 @@
     config = MonitorConfig(store="~/.cache/agentloop/store", window_hours=24)
     report = run_drift_check(config, end=datetime.now(timezone.utc))   # Feast monitoring_v1 -> Evidently
     report.overall.drift_share, report.overall.drifted_columns        # share of drifted columns, and which
-    report.save("out/")                                               # drift_report.html + drift_report.json
-    log_drift_report(report, decision)                                # MLflow experiment `monitoring`
+    save_report(report, "out/", decision)     # serving/monitoring/report.py: drift_report.html + .json
+    log_drift_report(report, decision)        # the MLflow experiment `monitoring`
 
 Reference: the interactions the registered model's @champion was trained on, found through the
 lineage tags of its model version (agentloop.data_start, agentloop.data_end: ISO 8601 UTC, window
@@ -36,12 +36,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-
-from features.home import agentloop_home
 
 # the champion's lineage, in the registry's own names (serving/registry.py writes these tags)
 from serving.registry import DEFAULT_MODEL_NAME as DEFAULT_REGISTERED_MODEL
@@ -176,12 +174,6 @@ class DriftReport:
         default=None, repr=False, compare=False
     )  # the overall Evidently snapshot (its widgets)
 
-    def to_html(self, decision: Any = None, as_iframe: bool = False) -> str:
-        """The self-contained HTML page (report_html), with the retrain decision on top when given.
-
-        as_iframe: an <iframe> element for embedding in another page (a Flyte Deck) instead of a document."""
-        return report_html(self, self.snapshot, decision, as_iframe=as_iframe)
-
     def summary(self) -> dict:
         """Everything but the HTML and Evidently's JSON, as plain JSON-able values."""
 
@@ -205,15 +197,6 @@ class DriftReport:
         if decision is not None:
             body["decision"] = asdict(decision)
         return json.dumps(body, indent=1, default=_json_default)
-
-    def save(self, folder: str | os.PathLike, decision: Any = None) -> dict[str, str]:
-        """Write drift_report.html and drift_report.json into folder; return their paths."""
-        out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"html": str(out / "drift_report.html"), "json": str(out / "drift_report.json")}
-        Path(paths["html"]).write_text(self.to_html(decision), encoding="utf-8")
-        Path(paths["json"]).write_text(self.to_json(decision), encoding="utf-8")
-        return paths
 
 
 def _json_default(value: Any) -> Any:
@@ -328,9 +311,10 @@ def load_window(
     A window larger than max_rows is read in chunks of whole days, each sampled in proportion to its
     size, so memory stays near max_rows rows however long the champion's training window was.
     """
+    import pyarrow.dataset as ds
+
     from features.aggregates import interactions_dataset
     from features.feast_store import FeastConfig, get_monitoring_frame
-    import pyarrow.dataset as ds
 
     feast = FeastConfig(offline_store=_store(config))
     root = feast.resolved().offline_store
@@ -731,197 +715,3 @@ def _progress(items, show: bool, desc: str):
     from tqdm import tqdm
 
     return tqdm(items, desc=desc, unit="agent", disable=not show, file=sys.stderr)
-
-
-# --- HTML -----------------------------------------------------------------------------------------
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-def report_html(
-    report: DriftReport, snapshot: Any = None, decision: Any = None, as_iframe: bool = False
-) -> str:
-    """One self-contained HTML page: the verdicts (and the decision, when given) on top, then Evidently's
-    drift widgets of the overall comparison."""
-    from evidently.core.metric_types import render_widgets
-    from evidently.legacy.renderers.html_widgets import CounterData, counter, table_data, text_widget
-
-    o = report.overall
-    ref = report.reference
-    lines = [
-        f"Current window [{report.current_start}, {report.current_end}): {o.current_rows} rows.",
-        f"Reference ({ref.source}) [{ref.start}, {ref.end}): {o.reference_rows} rows. {ref.note}",
-    ]
-    if ref.champion_version:
-        lines.append(
-            f"Champion: {ref.registered_model} version {ref.champion_version}, dataset snapshot "
-            f"{ref.snapshot_hash or '-'}."
-        )
-    if o.note:
-        lines.append(o.note)
-    if decision is not None:
-        lines.append(
-            ("RETRAIN RECOMMENDED: " if decision.retrain else "No retraining: ") + "; ".join(decision.reasons)
-        )
-    widgets = [
-        counter(
-            title="agentloop drift check",
-            counters=[
-                CounterData(f"{o.drift_share:.0%}", "share of drifted columns"),
-                CounterData(", ".join(o.topic_drift) or "none", "topic drift (embeddings)"),
-                CounterData(
-                    f"{_fmt(o.mean_rating_reference, 2)} → {_fmt(o.mean_rating_current, 2)}", "mean rating"
-                ),
-                CounterData(
-                    "yes"
-                    if decision is not None and decision.retrain
-                    else ("no" if decision is not None else "-"),
-                    "retrain recommended",
-                ),
-            ],
-        ),
-        text_widget(title="Windows", text="\n".join(lines)),
-        table_data(
-            title="Per scope",
-            column_names=[
-                "scope",
-                "status",
-                "reference rows",
-                "current rows",
-                "drift share",
-                "drifted columns",
-                "topic drift",
-                "mean rating",
-            ],
-            data=[
-                [
-                    s.scope,
-                    s.status,
-                    s.reference_rows,
-                    s.current_rows,
-                    f"{s.drift_share:.0%}",
-                    ", ".join(s.drifted_columns) or "-",
-                    ", ".join(s.topic_drift) or "-",
-                    f"{_fmt(s.mean_rating_reference, 2)} → {_fmt(s.mean_rating_current, 2)}",
-                ]
-                for s in [o, *report.agents.values()]
-            ],
-        ),
-        table_data(
-            title=f"Embedding drift ({report.embedding_model or 'off'})",
-            column_names=["scope", "text column", "ROC AUC", "threshold", "rule", "drifted"],
-            data=[
-                [
-                    s.scope,
-                    e.column,
-                    f"{e.score:.3f}",
-                    f"{e.threshold:.3f}",
-                    e.method,
-                    "yes" if e.drifted else "no",
-                ]
-                for s in [o, *report.agents.values()]
-                for e in s.embeddings
-            ],
-        ),
-    ]
-    if snapshot is not None:
-        widgets += list(snapshot.to_snapshot_model().widgets)
-    return render_widgets(widgets, as_iframe=as_iframe)
-
-
-# --- MLflow ---------------------------------------------------------------------------------------
-
-MONITORING_EXPERIMENT = "monitoring"
-
-
-def _metric_key(text: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", text)
-
-
-def drift_metrics(report: DriftReport, decision: Any = None) -> dict[str, float]:
-    """The report's numbers as MLflow metric name -> value (NaN scores left out)."""
-    o = report.overall
-    out: dict[str, float] = {
-        "drift_share": o.drift_share,
-        "drifted_columns": len(o.drifted_columns),
-        "dataset_drift": float(o.dataset_drift),
-        "reference_rows": o.reference_rows,
-        "current_rows": o.current_rows,
-        "check_seconds": report.seconds,
-    }
-    for c in o.columns:
-        out[f"drift_score.{_metric_key(c.column)}"] = c.score
-        out[f"drifted.{_metric_key(c.column)}"] = float(c.drifted)
-    for e in o.embeddings:
-        out[f"embedding_auc.{e.column}"] = e.score
-        out[f"embedding_drifted.{e.column}"] = float(e.drifted)
-    for name, value in (("reference", o.mean_rating_reference), ("current", o.mean_rating_current)):
-        if value is not None:
-            out[f"mean_rating.{name}"] = value
-    for agent, s in report.agents.items():
-        key = _metric_key(agent)
-        out[f"agent.{key}.current_rows"] = s.current_rows
-        if s.status == "ok":
-            out[f"agent.{key}.drift_share"] = s.drift_share
-            for e in s.embeddings:
-                out[f"agent.{key}.embedding_auc.{e.column}"] = e.score
-    if decision is not None:
-        out["retrain_recommended"] = float(decision.retrain)
-        out["retrain_held_by_cooldown"] = float(decision.held_by_cooldown)
-    return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(float(v))}
-
-
-def log_drift_report(
-    report: DriftReport,
-    decision: Any = None,
-    experiment: str = MONITORING_EXPERIMENT,
-    flyte_execution_id: str = "",
-) -> str:
-    """One MLflow run in `experiment`: metrics, lineage tags, the decision as tags and description, and the
-    HTML + JSON report as artifacts. Returns the run id."""
-    import mlflow
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    ref = report.reference
-    mlflow.set_experiment(experiment)
-    when = report.current_end[:16].replace(":", "").replace("-", "")
-    with mlflow.start_run(run_name=f"drift-{when}") as run:
-        mlflow.log_params(
-            {
-                "current_start": report.current_start,
-                "current_end": report.current_end,
-                "reference_source": ref.source,
-                "reference_start": ref.start,
-                "reference_end": ref.end,
-                "reference_agents": ",".join(ref.agents) or "all",
-                "embedding_model": report.embedding_model or "off",
-            }
-        )
-        tags = {
-            "agentloop.champion_version": ref.champion_version or "none",
-            "agentloop.registered_model": ref.registered_model,
-            "agentloop.reference_source": ref.source,
-            "agentloop.reference_note": ref.note[:5000],
-            TAG_SNAPSHOT: ref.snapshot_hash,
-        }
-        if flyte_execution_id:
-            tags["flyte.execution_id"] = flyte_execution_id
-        if decision is not None:
-            tags["agentloop.retrain_recommended"] = str(decision.retrain).lower()
-            tags["agentloop.retrain_signals"] = ",".join(decision.signals)[:5000]
-            verdict = "RETRAIN RECOMMENDED" if decision.retrain else "no retraining"
-            tags["mlflow.note.content"] = f"**{verdict}**\n\n" + "\n".join(f"- {r}" for r in decision.reasons)
-        mlflow.set_tags({k: v for k, v in tags.items() if v})
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, 0) for k, v in drift_metrics(report, decision).items()]
-        client = MlflowClient()
-        for i in range(0, len(metrics), 500):
-            client.log_batch(run.info.run_id, metrics=metrics[i : i + 500])
-        mlflow.log_text(report.to_html(decision), "drift_report.html")
-        mlflow.log_text(report.to_json(decision), "drift_report.json")
-        return run.info.run_id
