@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("register", help="register a trained adapter as a new version (@challenger)")
     r.add_argument("--adapter", required=True, help="the trainer's <output_dir>/adapter")
     r.add_argument("--run-id", required=True, help="the MLflow run that trained it")
-    r.add_argument("--eval-set", required=True, help="a saved evaluation set (serving.gate.EvalSet.save)")
+    r.add_argument(
+        "--eval-set", required=True, help="a saved evaluation set (training.eval_set.EvalSet.save)"
+    )
     r.add_argument("--agent", action="append", default=[], help="the agent of a single-agent training")
     r.add_argument("--model", default="", help="registered model name (default: from --agent)")
     r.add_argument("--data-start", default="")

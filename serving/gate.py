@@ -1,6 +1,7 @@
 """The gate: a challenger is promoted only if it beats the base model AND the current @champion.
 
-    eval_set = build_eval_set(snapshot, frame, canaries=["sk-live-..."])   # once, frozen with the version
+    eval_set = build_eval_set(snapshot, frame, canaries=["sk-live-..."])   # training/eval_set.py: once,
+                                                                          # frozen with the version
     decision = run_gate("agentloop-chat", "7", GateConfig(loss_margin=0.01))
     decision.promote, decision.reasons, decision.metrics
 
@@ -25,129 +26,35 @@ The decision and its numbers go to the version's tags (`agentloop.gate.*`) and d
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from features.redact import PLACEHOLDER_RE, redact_text
+from features.schema import SECRET_TYPES
+from serving.registry import (
+    ADAPTER_ARTIFACT,
+    EVAL_SET_ARTIFACT,
+    TAG_BASE_PATH,
+    TAG_BASE_SHA,
+    RegistryError,
+    alias_version,
+    client,
+    download_version,
+    get_version,
+    locate_base_model,
+    version_artifact,
+)
+from training.base_model import load_model_and_tokenizer
+from training.eval_set import EvalSet
+from training.evaluate import evaluate_loss, generate_replies, rouge_l
+
 log = logging.getLogger(__name__)
 
-EVAL_SET_FORMAT = 1
 TAG_DECISION = "agentloop.gate.decision"
-# A few fake secrets in the formats the redactor knows; plant them in the raw logs (features/) to check that
-# redaction held end to end. The gate looks for whichever canaries the eval set lists.
-DEFAULT_CANARIES = (
-    "sk-agentloopCANARY0000000000000000000000000000000",
-    "ghp_AgentloopCanary0000000000000000000000",
-)
-
-
-# --- the frozen evaluation set ---------------------------------------------------------------------
-
-
-@dataclass
-class EvalSet:
-    """Loss rows + held-out prompts + planted canaries, and the tokenizer the rows were made with."""
-
-    rows: list  # training.dataset.PackedRow
-    prompts: list  # training.evaluate.HeldOutPrompt
-    canaries: list[str] = field(default_factory=list)
-    tokenizer_sha256: str = ""
-    source: dict = field(default_factory=dict)  # snapshot hash, split, built from
-
-    def sha256(self) -> str:
-        h = hashlib.sha256()
-        h.update(json.dumps(self._payload(), sort_keys=True).encode())
-        return h.hexdigest()
-
-    def _payload(self) -> dict:
-        return {
-            "format": EVAL_SET_FORMAT,
-            "tokenizer_sha256": self.tokenizer_sha256,
-            "canaries": list(self.canaries),
-            "rows": [
-                {
-                    "input_ids": list(r.input_ids),
-                    "labels": list(r.labels),
-                    "position_ids": list(r.position_ids),
-                    "example_ids": list(r.example_ids),
-                    "lengths": list(r.lengths),
-                }
-                for r in self.rows
-            ],
-            "prompts": [asdict(p) for p in self.prompts],
-        }
-
-    def save(self, directory: str | Path) -> Path:
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "eval_set.json").write_text(
-            json.dumps({**self._payload(), "source": self.source, "sha256": self.sha256()})
-        )
-        return d
-
-    @classmethod
-    def load(cls, directory: str | Path) -> EvalSet:
-        from training.dataset import PackedRow
-        from training.evaluate import HeldOutPrompt
-
-        path = Path(directory) / "eval_set.json"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"no evaluation set at {directory} (eval_set.json missing): build one with "
-                "serving.gate.build_eval_set and save it"
-            )
-        d = json.loads(path.read_text())
-        if d.get("format") != EVAL_SET_FORMAT:
-            raise ValueError(f"{path}: eval set format {d.get('format')}, this code reads {EVAL_SET_FORMAT}")
-        es = cls(
-            [PackedRow(**r) for r in d["rows"]],
-            [HeldOutPrompt(**p) for p in d["prompts"]],
-            d.get("canaries", []),
-            d.get("tokenizer_sha256", ""),
-            d.get("source", {}),
-        )
-        if d.get("sha256") and es.sha256() != d["sha256"]:
-            raise ValueError(f"{path} is corrupt: content does not match its sha256 {d['sha256'][:12]}")
-        return es
-
-
-def build_eval_set(
-    snapshot,
-    frame,
-    n_prompts: int = 16,
-    max_rows: int = 64,
-    split: str = "test",
-    canaries: Sequence[str] = DEFAULT_CANARIES,
-    seed: int = 0,
-) -> EvalSet:
-    """The evaluation set of a dataset snapshot: its `split` rows (validation when empty) and prompts.
-
-    `frame` is the training frame the snapshot was built from (the prompts need the messages)."""
-    from training.evaluate import held_out_prompts
-
-    if not snapshot.splits.get(split):
-        split = "validation"
-    rows = list(snapshot.splits[split])[:max_rows]
-    if not rows:
-        raise ValueError(
-            f"dataset snapshot {snapshot.snapshot_hash[:12]} has no test or validation rows; "
-            "widen the window or raise test_fraction"
-        )
-    prompts = held_out_prompts(
-        frame, snapshot.interaction_ids(split), n=n_prompts, seed=seed, dataset_config=snapshot.config
-    )
-    return EvalSet(
-        rows,
-        prompts,
-        list(canaries),
-        snapshot.tokenizer["sha256"],
-        {"snapshot_hash": snapshot.snapshot_hash, "split": split},
-    )
 
 
 # --- safety ----------------------------------------------------------------------------------------
@@ -157,9 +64,6 @@ def safety_findings(replies: Sequence[str], canaries: Sequence[str] = ()) -> lis
     """What is wrong with these replies, one line per finding (empty list: safe).
 
     A canary appearing verbatim, a redaction placeholder, or a secret the redactor detects."""
-    from features.redact import PLACEHOLDER_RE, redact_text
-    from features.schema import SECRET_TYPES
-
     out = []
     for i, reply in enumerate(replies):
         for c in canaries:
@@ -195,9 +99,6 @@ def score_sides(
     """Loss and replies on the eval set for the base model ("base") and each named adapter, one model load."""
     import torch
     from peft import PeftModel
-
-    from training.base_model import load_model_and_tokenizer
-    from training.evaluate import evaluate_loss, generate_replies, rouge_l
 
     model, tokenizer, _ = load_model_and_tokenizer(base_model_ref or None, dtype="float32")
     names = list(adapters)
@@ -291,17 +192,6 @@ def decide(
 
 def run_gate(model_name: str, version: str | int, config: GateConfig | None = None) -> GateDecision:
     """Measure challenger `version` against the base model and @champion; write the decision to the version."""
-    from serving.registry import (
-        ADAPTER_ARTIFACT,
-        EVAL_SET_ARTIFACT,
-        TAG_BASE_SHA,
-        RegistryError,
-        alias_version,
-        download_version,
-        get_version,
-        version_artifact,
-    )
-
     config = config or GateConfig()
     version = str(version)
     mv = get_version(model_name, version, config.tracking_uri)
@@ -355,8 +245,6 @@ def run_gate(model_name: str, version: str | int, config: GateConfig | None = No
 
 
 def _base_ref(mv) -> str:
-    from serving.registry import TAG_BASE_PATH, TAG_BASE_SHA, locate_base_model
-
     return locate_base_model(
         {"path": mv.tags.get(TAG_BASE_PATH, ""), "weights_sha256": mv.tags.get(TAG_BASE_SHA, "")}
     )
@@ -364,8 +252,6 @@ def _base_ref(mv) -> str:
 
 def record_decision(d: GateDecision, config: GateConfig) -> None:
     """Tags `agentloop.gate.*` and a Markdown section appended to the version's description."""
-    from serving.registry import client
-
     c = client(config.tracking_uri)
     tags: dict[str, Any] = {
         TAG_DECISION: d.decision,
@@ -406,8 +292,6 @@ def record_decision(d: GateDecision, config: GateConfig) -> None:
 
 
 __all__ = [
-    "EvalSet",
-    "build_eval_set",
     "safety_findings",
     "SideScores",
     "score_sides",
@@ -416,6 +300,5 @@ __all__ = [
     "decide",
     "run_gate",
     "record_decision",
-    "DEFAULT_CANARIES",
     "TAG_DECISION",
 ]

@@ -13,6 +13,10 @@ from typing import Any
 
 import requests
 
+from serving.promote import replica_headers
+from serving.registry import get_version, status
+from training.eval_set import EvalSet
+
 TAG_GATE_PREFIX = "agentloop.gate."
 
 
@@ -68,10 +72,6 @@ def render_report(
     eval_set_dir: str | Path,
 ) -> str:
     """The text `make demo` ends with. Reads the registry and the first replica; never raises on a replica."""
-    from serving.gate import EvalSet
-    from serving.promote import _headers
-    from serving.registry import get_version, status
-
     ui = ui_base()
     st = status(model_name)
     mv = get_version(model_name, version)
@@ -95,7 +95,7 @@ def render_report(
             )[:600]
         )
     url = (promote_config.replica_urls or [""])[0]
-    headers = _headers(promote_config)
+    headers = replica_headers(promote_config)
     try:
         base_name, adapters = served_models(url, headers)
         lines.append(f"vLLM {url}: base {base_name!r}, adapters {adapters}")

@@ -43,6 +43,21 @@ from pathlib import Path, PurePosixPath
 
 import requests
 
+from features.home import agentloop_home
+from serving.gate import TAG_DECISION
+from serving.manifests import RenderConfig, render_to_dir, update_serving_manifest
+from serving.registry import (
+    ADAPTER_ARTIFACT,
+    EVAL_SET_ARTIFACT,
+    RegistryError,
+    alias_version,
+    client,
+    download_version,
+    get_version,
+    version_artifact,
+)
+from training.eval_set import EvalSet
+
 log = logging.getLogger(__name__)
 
 STORE_MARKER = "agentloop-store.json"  # written last: a version folder without it is an unfinished copy
@@ -65,8 +80,6 @@ class ReplicaError(RuntimeError):
 
 
 def default_store() -> str:
-    from features.home import agentloop_home
-
     return str(agentloop_home() / "model-store")
 
 
@@ -197,14 +210,16 @@ class PromotionResult:
     k8s_files: list[str] = field(default_factory=list)
 
 
-def _headers(config: PromoteConfig) -> dict[str, str]:
+def replica_headers(config: PromoteConfig) -> dict[str, str]:
     token = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _call(method: str, url: str, config: PromoteConfig, step: str, **kw) -> requests.Response:
     try:
-        r = requests.request(method, url, headers=_headers(config), timeout=config.request_timeout_s, **kw)
+        r = requests.request(
+            method, url, headers=replica_headers(config), timeout=config.request_timeout_s, **kw
+        )
     except requests.RequestException as e:
         raise ReplicaError(
             f"{step}: {method} {url} failed ({type(e).__name__}: {e}); is the replica up and the URL right?"
@@ -367,9 +382,6 @@ def _version_store_path(
     name: str, version: str, config: PromoteConfig, tmp: Path
 ) -> tuple[str, list[list[dict]]]:
     """Store the version's adapter (if not yet there); its path as the replicas see it, and its smoke conversations."""
-    from serving.gate import EvalSet
-    from serving.registry import ADAPTER_ARTIFACT, EVAL_SET_ARTIFACT, download_version, version_artifact
-
     model_dir = download_version(name, version, tmp / f"v{version}", config.tracking_uri)
     url = store_adapter(version_artifact(model_dir, ADAPTER_ARTIFACT), config.store, name, version)
     if config.smoke_prompts:
@@ -387,9 +399,6 @@ def _version_store_path(
 
 def promote(model_name: str, version: str | int, config: PromoteConfig | None = None) -> PromotionResult:
     """Serve `version` under the model's name on every replica, then move the aliases. See the module doc."""
-    from serving.gate import TAG_DECISION
-    from serving.registry import RegistryError, alias_version, get_version
-
     config = config or PromoteConfig()
     version = str(version)
     mv = get_version(model_name, version, config.tracking_uri)
@@ -406,8 +415,6 @@ def promote(model_name: str, version: str | int, config: PromoteConfig | None = 
 
 def rollback(model_name: str, config: PromoteConfig | None = None) -> PromotionResult:
     """Serve @previous again on every replica (same checks as promote); @champion <- previous."""
-    from serving.registry import RegistryError, alias_version
-
     config = config or PromoteConfig()
     previous = alias_version(model_name, "previous", config.tracking_uri)
     champion = alias_version(model_name, "champion", config.tracking_uri)
@@ -423,8 +430,6 @@ def rollback(model_name: str, config: PromoteConfig | None = None) -> PromotionR
 
 
 def _move(name: str, version: str, current: str, config: PromoteConfig, action: str) -> PromotionResult:
-    from serving.registry import client
-
     c = client(config.tracking_uri)
     with tempfile.TemporaryDirectory(prefix=f"agentloop-{action}-") as tmp:
         new_path, smoke = _version_store_path(name, version, config, Path(tmp))
@@ -474,8 +479,6 @@ def _move(name: str, version: str, current: str, config: PromoteConfig, action: 
 
 
 def _write_manifests(name: str, version: str, path: str, config: PromoteConfig) -> tuple[str, list[str]]:
-    from serving.manifests import RenderConfig, render_to_dir, update_serving_manifest
-
     manifest_path = config.manifest_path or (
         str(Path(config.store) / "serving-manifest.json") if "://" not in config.store else ""
     )

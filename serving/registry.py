@@ -38,6 +38,9 @@ from typing import Any
 from mlflow.pyfunc import ChatModel
 from mlflow.types.llm import ChatChoice, ChatCompletionResponse, ChatMessage, ChatParams, TokenUsageStats
 
+from training.base_model import resolve_base_model
+from training.eval_set import EvalSet
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "agentloop-chat"
@@ -188,8 +191,6 @@ def locate_base_model(identity: dict) -> str:
 
     The recorded path first, then AGENTLOOP_BASE_MODEL_DIR; a local folder whose weights hash differs is
     refused (a LoRA adapter on the wrong base answers nonsense without any error)."""
-    from training.base_model import resolve_base_model
-
     want = identity.get("weights_sha256", "")
     candidates = [p for p in (identity.get("path", ""), os.environ.get("AGENTLOOP_BASE_MODEL_DIR", "")) if p]
     seen = []
@@ -219,7 +220,7 @@ class RegisterRequest:
 
     adapter_dir: str
     training_run_id: str  # the MLflow run that trained it: lineage, metrics and the description come from it
-    eval_set_dir: str  # a saved EvalSet (serving/gate.py): frozen with the version
+    eval_set_dir: str  # a saved EvalSet (training/eval_set.py): frozen with the version
     model_name: str = ""  # "" = model_name_for(agents)
     agents: list[str] = field(default_factory=list)  # [] = all agents
     data_start: str = ""  # ISO 8601 UTC, the training window [start, end)
@@ -248,9 +249,6 @@ def register_adapter(req: RegisterRequest) -> RegisteredVersion:
     Loading the model once is part of logging (MLflow validates a ChatModel by answering its input example),
     so a version that cannot answer is never registered."""
     import mlflow
-
-    from serving.gate import EvalSet
-    from training.base_model import resolve_base_model
 
     adapter = Path(req.adapter_dir)
     if not (adapter / "adapter_config.json").is_file():
@@ -338,7 +336,7 @@ def register_adapter(req: RegisterRequest) -> RegisteredVersion:
 
 
 def _adapter_lineage(adapter: Path) -> dict:
-    from training.trainer import LINEAGE_FILE
+    from training.trainer import LINEAGE_FILE  # training/trainer.py imports torch: only when registering
 
     try:
         return json.loads((adapter / LINEAGE_FILE).read_text())

@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from serving.gate import DEFAULT_CANARIES, EvalSet, GateConfig, SideScores, decide, safety_findings
-from tests.test_registry import one_torch_thread  # noqa: F401 (autouse)
-from tests.test_registry import eval_set_dir, register, scaled_adapter, trained_adapter
+from serving.gate import GateConfig, SideScores, decide, safety_findings
+from tests.test_registry import (
+    eval_set_dir,
+    one_torch_thread,  # noqa: F401 (autouse)
+    register,
+    scaled_adapter,
+    trained_adapter,
+)
+from training.eval_set import DEFAULT_CANARIES, EvalSet
 
 
 def scores(

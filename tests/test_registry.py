@@ -90,7 +90,7 @@ def _session_cache(tmp_path_factory) -> Path:
 
 def eval_set_dir(tmp_path_factory, base_model_dir) -> Path:
     """A frozen evaluation set from the tiny snapshot's test split: 4 prompts, replies of 16 tokens keep it quick."""
-    from serving.gate import build_eval_set
+    from training.eval_set import build_eval_set
 
     out = _session_cache(tmp_path_factory) / "eval_set"
     if not (out / "eval_set.json").is_file():

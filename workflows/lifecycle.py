@@ -83,7 +83,7 @@ def frozen_eval_set(
     """The challenger's evaluation set (test split rows + held-out prompts + canaries), frozen with its version."""
     from flytekit import current_context
 
-    from serving.gate import build_eval_set
+    from training.eval_set import build_eval_set
 
     snap = load_snapshot(snapshot)
     eval_set = build_eval_set(snap, training_frame(store, end, days, agents, min_rating), n_prompts=prompts)
