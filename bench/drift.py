@@ -88,7 +88,7 @@ def main() -> int:
     if args.embedding_sample is not None:
         config = replace(config, embedding_sample=args.embedding_sample)
     import evidently  # noqa: F401  (imports before the baseline)
-    import sentence_transformers  # noqa: F401
+    import sentence_transformers  # noqa: F401  (imported before the baseline too)
 
     baseline = current_rss_mb()
     print(f"RSS after imports and frames: {baseline:.0f} MB")

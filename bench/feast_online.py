@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from features.aggregates import write_agent_daily_stats  # noqa: E402
-from features.feast_store import (  # noqa: E402
+from features.aggregates import write_agent_daily_stats
+from features.feast_store import (
     FeastConfig,
     _stats_refs,
     _store_key,
@@ -72,7 +72,10 @@ def synthetic_store(root: Path, days: int = 7, per_day: int = 50, seed: int = 0)
 
 def percentiles(samples_ns: list[int]) -> str:
     ms = sorted(s / 1e6 for s in samples_ns)
-    p = lambda q: ms[min(len(ms) - 1, int(q * len(ms)))]  # noqa: E731
+
+    def p(q):
+        return ms[min(len(ms) - 1, int(q * len(ms)))]
+
     return f"p50 {p(0.50):.3f} ms  p99 {p(0.99):.3f} ms  mean {statistics.fmean(ms):.3f} ms"
 
 

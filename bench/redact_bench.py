@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(f"{'configuration':44s} {'chat texts/s':>13s} {'records/s':>11s} {'heavy texts/s':>14s}")
     for name, redactor in configs:
-        t_text = best_of(args.repeat, lambda: [redactor.redact_text(t) for t in texts])
-        t_rec = best_of(args.repeat, lambda: [redactor.redact_messages(m) for m in records])
-        t_heavy = best_of(args.repeat, lambda: [redactor.redact_text(t) for t in heavy * 5])
+        t_text = best_of(args.repeat, lambda r=redactor: [r.redact_text(t) for t in texts])
+        t_rec = best_of(args.repeat, lambda r=redactor: [r.redact_messages(m) for m in records])
+        t_heavy = best_of(args.repeat, lambda r=redactor: [r.redact_text(t) for t in heavy * 5])
         rates = (len(texts) / t_text, len(records) / t_rec, 5 * len(heavy) / t_heavy)
         print(f"{name:44s} {rates[0]:13,.0f} {rates[1]:11,.0f} {rates[2]:14,.0f}")
     return 0

@@ -318,7 +318,10 @@ def child_trl(args, expert: bool) -> dict:
                     lengths = inputs["attention_mask"].sum(1).tolist()
                 else:  # padding-free: one flattened row, examples restart at position 0
                     starts = (inputs["position_ids"][0] == 0).nonzero().flatten().tolist()
-                    lengths = [b - a for a, b in zip(starts, starts[1:] + [inputs["position_ids"].shape[1]])]
+                    lengths = [
+                        b - a
+                        for a, b in zip(starts, starts[1:] + [inputs["position_ids"].shape[1]], strict=True)
+                    ]
                 pending["useful"] += sum(lengths)
                 pending["labels"] += int((inputs["labels"][:, 1:] != -100).sum())
                 pending["sum_l_l1"] += sum(n * (n + 1) for n in lengths)
@@ -543,7 +546,10 @@ def summarise(name: str, res: dict, warmup: int, threads: int, dims: dict, peak:
 
 def markdown(rows: list[dict], base_loss, peak: dict | None) -> str:
     ours = next((r for r in rows if r["config"] == "ours"), None)
-    pct = lambda v: f"{v:.1f}%" if v is not None else ""
+
+    def pct(v):
+        return f"{v:.1f}%" if v is not None else ""
+
     lines = [
         "| config | useful tok/s (wall) | ours / this | useful tok/s (CPU-time) | ours / this | label tok/s "
         "(wall) | useful tok/step | padding | TFLOP/s (wall) | % of bf16 peak (wall / CPU-time) | peak RSS | "

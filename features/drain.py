@@ -66,8 +66,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from features.raw_format import DATA_CONTENT_TYPE, EVENT_TYPE, is_cloudevent, parse_timestamp, to_cloudevent
 from features.home import agentloop_home
+from features.raw_format import DATA_CONTENT_TYPE, EVENT_TYPE, is_cloudevent, parse_timestamp, to_cloudevent
 
 log = logging.getLogger(__name__)
 
@@ -503,7 +503,7 @@ class _Batch:
                     self.structured += 1
             except RecursionError:
                 raise Rejected("not_json", "nested too deeply") from None
-        except Exception as e:  # a poison message must neither stop the drain nor be lost
+        except Exception as e:  # noqa: BLE001 - a poison message must neither stop the drain nor be lost
             rejection = e if isinstance(e, Rejected) else Rejected("drain_error", type(e).__name__)
             line = _json_line(rejected_line(rejection, method, properties, body, self.queue, received_at))
             self.rejected.setdefault(today, []).append((method.delivery_tag, line))
@@ -663,7 +663,7 @@ def _drain(config: DrainConfig, stop: threading.Event | None) -> DrainReport:
         report.seconds = time.monotonic() - started
         try:
             conn.close()
-        except Exception:  # already gone: the broker requeues every unacked message anyway
+        except Exception:  # noqa: BLE001 - already gone: the broker requeues every unacked message anyway
             pass
     log.info(report.summary())
     return report

@@ -31,8 +31,8 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import yaml
 
-from features.home import agentloop_home
 from features.aggregates import INTERACTIONS_DIR, filesystem_and_path, interactions_dataset
+from features.home import agentloop_home
 
 REPO_DIR = Path(__file__).resolve().parent / "repo"
 CLUSTER_YAML = REPO_DIR / "cluster" / "feature_store.yaml"

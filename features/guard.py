@@ -1370,7 +1370,7 @@ def find_poisoning(
 
     triggers: list[Trigger] = []
     flagged_ids: set[str] = set()
-    for key, cand, old, trigger in kept:
+    for _key, cand, old, trigger in kept:
         trigger.batch_interaction_ids = sorted(set(cand.ids))
         earlier = set(old.get("ids", ())) - set(cand.ids)
         trigger.earlier_interaction_ids = sorted(earlier)
@@ -1453,7 +1453,7 @@ def _next_state(
         info["sessions"] = int(info.get("sessions", 0)) + len(cand.sessions)
         info["interactions"] = int(info.get("interactions", 0)) + cand.count
         info["last_batch"] = batch_no
-    for key, cand, _, trigger in kept:
+    for key, _cand, _, trigger in kept:
         triggers[key] = {
             "sessions": trigger.sessions,
             "interactions": trigger.interactions,

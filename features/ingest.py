@@ -226,7 +226,7 @@ class IngestReport:
             quarantined_total=self.quarantined_total,
             skipped_sources=self.skipped_sources,
         )
-        for s_dict, s in zip(d["sources"], self.sources):
+        for s_dict, s in zip(d["sources"], self.sources, strict=True):
             s_dict["quarantined_total"] = s.quarantined_total
         return d
 
@@ -401,13 +401,15 @@ class _Ingestor:
 
     def load_index(self) -> None:
         acc = self.store.read_table(INTERACTIONS, ["interaction_id", "content_hash"])
-        for iid, h in zip(acc.column("interaction_id").to_pylist(), acc.column("content_hash").to_pylist()):
+        for iid, h in zip(
+            acc.column("interaction_id").to_pylist(), acc.column("content_hash").to_pylist(), strict=True
+        ):
             digest = bytes.fromhex(h)
             self.ids.setdefault(iid, digest)
             self.hashes.add(digest)
         q = self.store.read_table(QUARANTINE, ["source", "line_number", "raw_sha256"])
         for src, line, sha in zip(
-            *(q.column(c).to_pylist() for c in ("source", "line_number", "raw_sha256"))
+            *(q.column(c).to_pylist() for c in ("source", "line_number", "raw_sha256")), strict=True
         ):
             self.qkeys.add(_qkey(src, line, sha))
 

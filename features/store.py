@@ -62,9 +62,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from features.home import agentloop_home
 from features.readers import filesystem
 from features.schema import INTERACTION_SCHEMA, QUARANTINE_SCHEMA
-from features.home import agentloop_home
 
 INTERACTIONS = "interactions"
 QUARANTINE = "quarantine"

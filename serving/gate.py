@@ -118,7 +118,9 @@ def score_sides(
         replies = (
             generate_replies(peft, tokenizer, eval_set.prompts, max_new_tokens, batch_size) if refs else []
         )
-        rouge = sum(rouge_l(r, ref) for r, ref in zip(replies, refs)) / len(refs) if refs else 0.0
+        rouge = (
+            sum(rouge_l(r, ref) for r, ref in zip(replies, refs, strict=True)) / len(refs) if refs else 0.0
+        )
         empty = sum(not r.strip() for r in replies) / len(replies) if replies else 0.0
         return SideScores(loss, rouge, empty, replies)
 

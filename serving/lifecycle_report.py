@@ -107,7 +107,7 @@ def render_report(
             who = "base model" if name == base_name else f"adapter {name}"
             lines.append(f"  {who:<28} ({seconds:.1f}s): {_short(reply)!r}")
         lines.append(f"  what the agent said:         {_short(prompt.reference)!r}")
-    except Exception as e:  # the report must not hide the rest: say what failed and where
+    except Exception as e:  # noqa: BLE001 - the report must not hide the rest: say what failed and where
         lines.append(f"vLLM {url}: could not be asked ({type(e).__name__}: {_short(str(e), 200)})")
     if not served_names:
         lines.append(

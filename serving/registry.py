@@ -261,7 +261,7 @@ def register_adapter(req: RegisterRequest) -> RegisteredVersion:
     c = client()  # MLFLOW_TRACKING_URI: logging a model goes through MLflow's fluent API, which reads it
     try:
         run = c.get_run(req.training_run_id)
-    except Exception as e:  # noqa: BLE001 - MlflowException: name the run and the server
+    except Exception as e:
         raise RegistryError(
             f"training run {req.training_run_id!r} not found on {c.tracking_uri}: register against "
             "the server that tracked the training (MLFLOW_TRACKING_URI)"
@@ -524,7 +524,7 @@ def status(name: str, tracking_uri: str = "") -> dict:
     c = client(tracking_uri)
     try:
         model = c.get_registered_model(name)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise RegistryError(f"no registered model {name!r} on {c.tracking_uri}") from e
     versions = sorted(c.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version))
     return {

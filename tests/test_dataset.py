@@ -63,7 +63,7 @@ def chat(*turns: str, system: str | None = "You are Jamie.") -> list[dict]:
 def labelled_spans(ex: Example) -> list[list[int]]:
     """Runs of consecutive positions that carry a label, as token ids."""
     spans, current = [], []
-    for token, label in zip(ex.input_ids, ex.labels):
+    for token, label in zip(ex.input_ids, ex.labels, strict=True):
         if label != IGNORE:
             assert label == token, "a label is the token at its own position (the model shifts)"
             current.append(token)
@@ -344,7 +344,7 @@ def test_pack_is_best_fit_with_rows_exactly_seq_len_and_positions_restarting():
     by_id = {e.example_id: e for e in many}
     for r in rows:
         at, positions = 0, []
-        for eid, n in zip(r.example_ids, r.lengths):
+        for eid, n in zip(r.example_ids, r.lengths, strict=True):
             assert (
                 r.input_ids[at : at + n] == by_id[eid].input_ids
                 and r.labels[at : at + n] == by_id[eid].labels

@@ -77,7 +77,10 @@ def stored(store) -> tuple[list, list]:
     """Store content without the run-dependent columns, sorted: comparable across runs."""
     rows = read_interactions(store).drop_columns(["ingested_at"]).to_pylist()
     q = read_quarantine(store).drop_columns(["quarantined_at", "day"]).to_pylist()
-    key = lambda r: json.dumps(r, sort_keys=True, default=str)  # noqa: E731
+
+    def key(r):
+        return json.dumps(r, sort_keys=True, default=str)
+
     return sorted(rows, key=key), sorted(q, key=key)
 
 

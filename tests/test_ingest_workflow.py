@@ -115,7 +115,6 @@ def test_daily_launch_plan_is_scheduled_with_kickoff_time():
 def test_drain_then_ingest_lands_every_published_event_in_the_store(tmp_path, monkeypatch):
     import uuid
 
-    import pika
     import pyarrow.dataset as ds
 
     from features.drain import DrainConfig, connect, publish_interactions

@@ -122,7 +122,7 @@ class _FakePushgateway(http.server.BaseHTTPRequestHandler):
 
     received: list = []
 
-    def do_PUT(self):  # noqa: N802 (http.server's naming)
+    def do_PUT(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.received.append(("PUT", self.path, body.decode()))
         self.send_response(200)

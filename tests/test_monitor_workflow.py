@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 from collections import OrderedDict
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd

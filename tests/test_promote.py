@@ -34,8 +34,13 @@ from serving.promote import (
 )
 from serving.registry import RegistryError
 from serving.vllm_server import free_port
-from tests.test_registry import one_torch_thread  # noqa: F401 (autouse)
-from tests.test_registry import eval_set_dir, register, scaled_adapter, trained_adapter
+from tests.test_registry import (
+    eval_set_dir,
+    one_torch_thread,  # noqa: F401 (autouse)
+    register,
+    scaled_adapter,
+    trained_adapter,
+)
 
 NAME = "agentloop-test-promote"
 KEY_ENV = "AGENTLOOP_TEST_VLLM_KEY"
@@ -144,9 +149,12 @@ def test_rendered_manifests_parse_as_kubernetes_objects_and_serve_the_champions(
     again = update_serving_manifest(
         tmp_path / "serving-manifest.json", "agentloop-chat", "8", "/model-store/agentloop-chat/v8"
     )
-    sha = lambda m: next(d for d in render(m) if d["kind"] == "Deployment")["spec"]["template"]["metadata"][
-        "annotations"
-    ]
+
+    def sha(m):
+        return next(d for d in render(m) if d["kind"] == "Deployment")["spec"]["template"]["metadata"][
+            "annotations"
+        ]
+
     assert (
         sha(again)["agentloop/serving-manifest-sha256"] != sha(manifest)["agentloop/serving-manifest-sha256"]
     )

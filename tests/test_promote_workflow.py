@@ -4,14 +4,17 @@ promoted; the rollback workflow refuses when there is nothing to roll back to.""
 
 from __future__ import annotations
 
-
 import pytest
 import requests
 
 from serving.gate import GateConfig
 from serving.promote import PromoteConfig
-from tests.test_registry import one_torch_thread  # noqa: F401 (autouse)
-from tests.test_registry import eval_set_dir, scaled_adapter, trained_adapter
+from tests.test_registry import (
+    eval_set_dir,
+    one_torch_thread,  # noqa: F401 (autouse)
+    scaled_adapter,
+    trained_adapter,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -122,7 +122,7 @@ def test_recall_and_precision_per_type_meet_the_thresholds(scored, capsys):
 
 
 def test_redacting_twice_changes_nothing_and_counts_nothing(corpus, scored):
-    for record, first in zip(corpus, scored[3]):
+    for record, first in zip(corpus, scored[3], strict=True):
         second = redact_text(first.text)
         assert second.text == first.text, record["text"][:120]
         assert second.counts == {}, (record["text"][:120], second.counts)

@@ -28,9 +28,9 @@ from features.raw_format import (
 from features.sample_logs import (
     LATENCY_MAX_MS,
     LATENCY_MIN_MS,
+    conversation_to_record,
     generate_sample_logs,
     load_conversations,
-    conversation_to_record,
     ratings_to_feedback,
     reply_latency_ms,
 )
@@ -158,7 +158,7 @@ def test_conversations_without_a_reply_are_skipped_and_counted(logs):
         record = unwrap(obj)
         roles = [m["role"] for m in record["messages"]]
         assert roles[0] == "system" and roles[1] == "user"
-        assert all(a != b for a, b in zip(roles[1:], roles[2:])), "user and assistant alternate"
+        assert all(a != b for a, b in zip(roles[1:], roles[2:], strict=False)), "user and assistant alternate"
         if record.get("error") is None:
             assert roles[-1] == "assistant"
 

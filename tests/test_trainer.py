@@ -121,7 +121,7 @@ def test_lr_warms_up_linearly_then_decays_by_cosine_to_the_floor():
     lrs = [lr_at(s, c) for s in range(21)]
     assert lrs[:4] == pytest.approx([2e-4, 4e-4, 6e-4, 8e-4])
     assert lrs[4] == pytest.approx(1e-3) and lrs[20] == pytest.approx(1e-4)
-    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False))
 
 
 def test_row_stream_visits_every_row_once_per_epoch_in_a_seeded_order(snapshot):

@@ -295,7 +295,7 @@ def render_and_mask(tokenizer, messages: list[dict]) -> _Rendered:
     )
     spans = []  # character spans that carry loss: assistant content + the eos that closes it
     trainable = [i for i, m in enumerate(messages) if m["trainable"]]
-    for i, start in zip(trainable, content_starts):
+    for i, start in zip(trainable, content_starts, strict=True):
         end = text.rfind(eos, start, bounds[i + 1])
         if end < 0:
             raise TemplateError(
@@ -415,7 +415,7 @@ def build_examples(
     sessions = frame["session_id"] if "session_id" in frame else pd.Series("", index=frame.index)
     agents = frame["agent"] if "agent" in frame else pd.Series("", index=frame.index)
     for iid, raw, err, session, agent in zip(
-        frame["interaction_id"], frame["messages_json"], has_error, sessions, agents
+        frame["interaction_id"], frame["messages_json"], has_error, sessions, agents, strict=True
     ):
         iid = str(iid)
         if iid in seen:
@@ -444,7 +444,10 @@ def build_examples(
             dropped["too_long"] += 1  # the system prompt alone fills max_seq_len
             continue
         cuts = _exchanges(messages, n_system)
-        units = [(r.block_starts[a], r.block_starts[b]) for a, b in zip(cuts, [*cuts[1:], len(messages)])]
+        units = [
+            (r.block_starts[a], r.block_starts[b])
+            for a, b in zip(cuts, [*cuts[1:], len(messages)], strict=True)
+        ]
         windows, cut = _windows(prefix_end, units, config.max_seq_len, config.over_long)
         if not windows:
             dropped["too_long"] += 1
@@ -640,7 +643,7 @@ class DatasetSnapshot:
         out = []
         for row in self.splits[split]:
             at = 0
-            for eid, n in zip(row.example_ids, row.lengths):
+            for eid, n in zip(row.example_ids, row.lengths, strict=True):
                 m = meta[eid]
                 out.append(
                     Example(
@@ -701,7 +704,11 @@ class DatasetSnapshot:
             splits[name] = [
                 PackedRow(ids, labels, pos, list(eids), list(lengths))
                 for ids, labels, pos, (eids, lengths) in zip(
-                    arrays["input_ids"], arrays["labels"], arrays["position_ids"], meta["rows"][name]
+                    arrays["input_ids"],
+                    arrays["labels"],
+                    arrays["position_ids"],
+                    meta["rows"][name],
+                    strict=True,
                 )
             ]
         snap = cls(

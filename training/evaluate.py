@@ -241,7 +241,7 @@ def generate_replies(
 def _score(prefix: str, replies: list[str], references: list[str]) -> dict[str, list]:
     return {
         f"{prefix}_reply": replies,
-        f"{prefix}_rouge_l": [rouge_l(r, ref) for r, ref in zip(replies, references)],
+        f"{prefix}_rouge_l": [rouge_l(r, ref) for r, ref in zip(replies, references, strict=True)],
         f"{prefix}_words": [len(r.split()) for r in replies],
         f"{prefix}_empty": [not r.strip() for r in replies],
         f"{prefix}_refusal": [is_refusal(r) for r in replies],

@@ -602,7 +602,7 @@ def _free_memory() -> None:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - freeing cached GPU memory is best effort
         pass
 
 

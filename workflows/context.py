@@ -9,5 +9,5 @@ def execution_id() -> str:
     """The Flyte execution's name, for lineage tags ("" outside a Flyte execution)."""
     try:
         return current_context().execution_id.name or ""
-    except Exception:  # a plain call from a notebook or test: no execution context
+    except Exception:  # noqa: BLE001 - a plain call from a notebook or test: no execution context
         return ""

@@ -10,8 +10,8 @@ on MinIO and the store an s3:// prefix; credentials come from the AWS_* variable
 from __future__ import annotations
 
 import os
-from typing import Optional
 from datetime import datetime, timezone
+from typing import Optional
 
 from flytekit import CronSchedule, Deck, LaunchPlan, Resources, task, workflow
 

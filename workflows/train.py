@@ -90,7 +90,9 @@ def fingerprint_training_data(
     end = end or datetime.now(timezone.utc)
     frame = training_frame(store, end, days, agents, min_rating)
     h = hashlib.sha256()
-    for iid, messages in sorted(zip(frame["interaction_id"].astype(str), frame["messages_json"].astype(str))):
+    for iid, messages in sorted(
+        zip(frame["interaction_id"].astype(str), frame["messages_json"].astype(str), strict=True)
+    ):
         h.update(iid.encode() + b"\0" + hashlib.sha256(messages.encode()).digest())
     h.update(json.dumps(asdict(dataset), sort_keys=True).encode())
     h.update(tokenizer_identity(_tokenizer(base_model))["sha256"].encode())

@@ -427,7 +427,7 @@ def _fits(kind: str, snippet: str, value: str) -> bool:
         return False
     if (
         kind == "generic_token"
-        and not value[:3] in ("hf_", "glp", "SG.", "npm")
+        and value[:3] not in ("hf_", "glp", "SG.", "npm")
         and snippet in ("{s}", "HF token {s}")
     ):
         return False  # an opaque token is a token only after Bearer
