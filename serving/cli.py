@@ -20,10 +20,13 @@ import logging
 import sys
 from dataclasses import asdict
 
+from serving.gate import GateConfig, run_gate
+from serving.manifests import RenderConfig, read_serving_manifest, render_to_dir
+from serving.promote import PromoteConfig, PromotionError, promote, rollback
+from serving.registry import RegisterRequest, RegistryError, register_adapter, status
+
 
 def _promote_config(args):
-    from serving.promote import PromoteConfig
-
     d = PromoteConfig()
     return PromoteConfig(
         replica_urls=args.replica or d.replica_urls,
@@ -104,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
 
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    from serving.registry import RegistryError
 
     try:
         return _run(args)
@@ -115,12 +117,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     if args.command == "status":
-        from serving.registry import status
-
         print(json.dumps(status(args.model), indent=1))
     elif args.command == "register":
-        from serving.registry import RegisterRequest, register_adapter
-
         v = register_adapter(
             RegisterRequest(
                 adapter_dir=args.adapter,
@@ -134,8 +132,6 @@ def _run(args) -> int:
         )
         print(f"registered {v.model_name} v{v.version} (@challenger): {v.model_uri}")
     elif args.command == "gate":
-        from serving.gate import GateConfig, run_gate
-
         d = run_gate(
             args.model,
             args.version,
@@ -148,8 +144,6 @@ def _run(args) -> int:
         print(json.dumps({"decision": d.decision, "reasons": d.reasons, "metrics": d.metrics}, indent=1))
         return 0 if d.promote else 1
     elif args.command in ("promote", "rollback"):
-        from serving.promote import PromotionError, promote, rollback
-
         config = _promote_config(args)
         try:
             result = (
@@ -163,8 +157,6 @@ def _run(args) -> int:
             return 2
         print(json.dumps(asdict(result), indent=1))
     elif args.command == "render":
-        from serving.manifests import RenderConfig, read_serving_manifest, render_to_dir
-
         files = render_to_dir(
             read_serving_manifest(args.manifest), RenderConfig(**json.loads(args.config)), args.out
         )

@@ -27,11 +27,14 @@ from flytekit import CronSchedule, LaunchPlan, Resources, task, workflow
 from flytekit.types.directory import FlyteDirectory
 
 from serving.gate import GateConfig
+from serving.lifecycle_report import render_report
 from serving.monitoring.decision import DecisionConfig
 from serving.monitoring.drift import MonitorConfig
 from serving.monitoring.metrics import MetricsConfig
 from serving.promote import PromoteConfig
+from serving.registry import model_name_for
 from training.dataset import DatasetConfig
+from training.eval_set import build_eval_set
 from training.sweep import SweepConfig
 from training.trainer import TrainConfig
 from workflows.cluster import CLUSTER
@@ -83,8 +86,6 @@ def frozen_eval_set(
     """The challenger's evaluation set (test split rows + held-out prompts + canaries), frozen with its version."""
     from flytekit import current_context
 
-    from training.eval_set import build_eval_set
-
     snap = load_snapshot(snapshot)
     eval_set = build_eval_set(snap, training_frame(store, end, days, agents, min_rating), n_prompts=prompts)
     out = eval_set.save(
@@ -103,8 +104,6 @@ def watching(
 ) -> MonitorConfig:
     """The monitoring config aimed at the model this round registered (its @champion is the drift reference)."""
     from dataclasses import replace
-
-    from serving.registry import model_name_for
 
     return replace(monitor, registered_model=model_name or model_name_for(agents))
 
@@ -131,8 +130,6 @@ def what_to_check(
     eval_set: FlyteDirectory,
 ) -> LifecycleReport:
     """The MLflow UI link, the aliases, the served names, one reply adapter vs base, the drift report."""
-    from serving.lifecycle_report import render_report
-    from serving.registry import model_name_for
 
     model_name = model_name or model_name_for(agents)
     text = render_report(

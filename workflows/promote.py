@@ -16,8 +16,9 @@ from flytekit import Resources, conditional, task, workflow
 from flytekit.extras.accelerators import A100
 from flytekit.types.directory import FlyteDirectory
 
-from serving.gate import GateConfig
-from serving.promote import PromoteConfig
+from serving.gate import GateConfig, run_gate
+from serving.promote import PromoteConfig, promote, rollback
+from serving.registry import RegisterRequest, register_adapter
 from workflows.context import execution_id
 from workflows.images import CPU_IMAGE, TRAIN_IMAGE
 
@@ -38,7 +39,6 @@ def register(
     data_end: str,
 ) -> Registered:
     """The adapter as a new version of its registered model, tagged with lineage, aliased @challenger."""
-    from serving.registry import RegisterRequest, register_adapter
 
     v = register_adapter(
         RegisterRequest(
@@ -65,7 +65,6 @@ class Gated(NamedTuple):
 @task(requests=Resources(cpu="4", mem="16Gi", gpu="1"), accelerator=A100, container_image=TRAIN_IMAGE)
 def gate(model_name: str, version: str, config: GateConfig) -> Gated:
     """Challenger vs base model and @champion on the frozen eval set; the decision goes to the version's tags."""
-    from serving.gate import run_gate
 
     d = run_gate(model_name, version, config)
     print(
@@ -77,7 +76,6 @@ def gate(model_name: str, version: str, config: GateConfig) -> Gated:
 @task(requests=Resources(cpu="1", mem="2Gi"), container_image=CPU_IMAGE)
 def promote_version(model_name: str, version: str, config: PromoteConfig) -> list[str]:
     """Serve the version on every replica (rolled back on any failure); returns the served names."""
-    from serving.promote import promote
 
     result = promote(model_name, version, config)
     print(
@@ -140,7 +138,6 @@ class RolledBack(NamedTuple):
 @task(requests=Resources(cpu="1", mem="2Gi"), container_image=CPU_IMAGE)
 def rollback_version(model_name: str, config: PromoteConfig) -> RolledBack:
     """Serve @previous again everywhere; returns (the version now serving, served names)."""
-    from serving.promote import rollback
 
     result = rollback(model_name, config)
     print(f"rolled back {model_name}: v{result.version} serving again (was v{result.previous_version})")

@@ -31,9 +31,12 @@ from flytekit.extras.accelerators import A100
 from flytekit.types.directory import FlyteDirectory
 from flytekitplugins.kfpytorch import Elastic
 
-from training.dataset import DatasetConfig
-from training.sweep import SweepConfig
-from training.trainer import TrainConfig
+from features.feast_store import FeastConfig, get_training_frame
+from training.base_model import agentloop_home, resolve_base_model
+from training.dataset import DatasetConfig, DatasetSnapshot, build_snapshot, tokenizer_identity
+from training.evaluate import evaluate_adapter, held_out_prompts, log_evaluation
+from training.sweep import SweepConfig, apply_overrides, run_sweep
+from training.trainer import TrainConfig, train
 from workflows.context import execution_id
 from workflows.images import CPU_IMAGE, TRAIN_IMAGE
 
@@ -42,15 +45,12 @@ FINAL_NPROC = 2  # processes (GPUs) of the final training task
 
 
 def _feast(store: str):
-    from features.feast_store import FeastConfig
-
     local = store and "://" not in store
     return FeastConfig(offline_store=os.path.abspath(os.path.expanduser(store)) if local else store)
 
 
 def training_frame(store: str, end: datetime, days: int, agents: list[str], min_rating: int):
     """The training frame of [end - days, end) (features.feast_store: the only way training reads data)."""
-    from features.feast_store import get_training_frame
 
     return get_training_frame(
         _feast(store),
@@ -63,8 +63,6 @@ def training_frame(store: str, end: datetime, days: int, agents: list[str], min_
 
 def _tokenizer(base_model: str):
     from transformers import AutoTokenizer
-
-    from training.base_model import resolve_base_model
 
     return AutoTokenizer.from_pretrained(resolve_base_model(base_model or None).path)
 
@@ -85,7 +83,6 @@ def fingerprint_training_data(
     base_model: str,
 ) -> TrainingData:
     """sha256 of what a snapshot would be built from (the dataset task's cache key), and the window's end."""
-    from training.dataset import tokenizer_identity
 
     end = end or datetime.now(timezone.utc)
     frame = training_frame(store, end, days, agents, min_rating)
@@ -120,7 +117,6 @@ def build_dataset(
     base_model: str,
 ) -> FlyteDirectory:
     """The packed, split dataset snapshot (DatasetSnapshot.save), cached on the fingerprint."""
-    from training.dataset import build_snapshot
 
     snapshot = build_snapshot(
         training_frame(store, end, days, agents, min_rating), _tokenizer(base_model), dataset
@@ -141,8 +137,6 @@ def build_dataset(
 
 
 def load_snapshot(snapshot: FlyteDirectory):
-    from training.dataset import DatasetSnapshot
-
     return DatasetSnapshot.load(snapshot.download())
 
 
@@ -156,7 +150,6 @@ def sweep(
     snapshot: FlyteDirectory, train: TrainConfig, sweep: SweepConfig, base_model: str, final_max_steps: int
 ) -> SweepOutputs:
     """Optuna sweep on short budgets; the best trial's config, at the final step budget when one is given."""
-    from training.sweep import apply_overrides, run_sweep
 
     if base_model:
         train = replace(train, base_model=base_model)
@@ -194,9 +187,6 @@ def final_train(snapshot: FlyteDirectory, config: TrainConfig, sweep_run_id: str
     """The best config on the full budget: every worker runs this body; rank 0 logs, writes and returns."""
     from mlflow.tracking import MlflowClient
 
-    from training.base_model import agentloop_home
-    from training.trainer import train
-
     if not config.output_dir:
         # the same folder in every worker (their working directories differ): named by the execution's output prefix
         key = hashlib.sha256(str(current_context().raw_output_prefix).encode()).hexdigest()[:12]
@@ -226,7 +216,6 @@ def evaluate(
     max_new_tokens: int,
 ) -> dict[str, float]:
     """Base vs adapter on the held-out split: loss, perplexity, replies (ROUGE-L, length, refusals) -> MLflow."""
-    from training.evaluate import evaluate_adapter, held_out_prompts, log_evaluation
 
     snap = load_snapshot(snapshot)
     frame = training_frame(store, end, days, agents, min_rating)

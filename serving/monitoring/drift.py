@@ -41,6 +41,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from features.aggregates import interactions_dataset
+from features.feast_store import FeastConfig, default_offline_store, get_monitoring_frame
+
 # the champion's lineage, in the registry's own names (serving/registry.py writes these tags)
 from serving.registry import DEFAULT_MODEL_NAME as DEFAULT_REGISTERED_MODEL
 from serving.registry import TAG_AGENTS, TAG_DATA_END, TAG_DATA_START, TAG_SNAPSHOT
@@ -313,9 +316,6 @@ def load_window(
     """
     import pyarrow.dataset as ds
 
-    from features.aggregates import interactions_dataset
-    from features.feast_store import FeastConfig, get_monitoring_frame
-
     feast = FeastConfig(offline_store=_store(config))
     root = feast.resolved().offline_store
     lo, hi = _utc(start), _utc(end)
@@ -365,8 +365,6 @@ def load_window(
 
 
 def _store(config: MonitorConfig) -> str:
-    from features.feast_store import default_offline_store
-
     store = config.store or default_offline_store()
     return store if "://" in store else os.path.abspath(os.path.expanduser(store))
 
