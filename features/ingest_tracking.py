@@ -12,6 +12,7 @@ import re
 import pandas as pd
 
 from features.ingest import IngestReport
+from features.mlflow_experiments import use_experiment
 
 
 def _metric_key(reason: str) -> str:
@@ -69,7 +70,7 @@ def log_ingest_report(
     """Log the report to MLflow as metrics and tables; return the run id."""
     import mlflow
 
-    mlflow.set_experiment(experiment)
+    use_experiment(experiment)
     sources, reasons = report_frames(report)
     with mlflow.start_run(run_name=f"ingest-{report.run_id}") as run:
         mlflow.log_params(

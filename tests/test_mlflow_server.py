@@ -7,7 +7,8 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from serving.mlflow_server import MLflowServerConfig, _alive, down, running, start, up
+from serving.mlflow_server import MLflowServerConfig, down, running, start, up
+from serving.processes import alive
 
 
 def test_session_server_records_a_run_that_a_fresh_client_reads_back(mlflow_uri, tmp_path):
@@ -37,7 +38,7 @@ def test_up_is_idempotent_and_down_stops_the_process(tmp_path):
         assert requests.get(first["url"] + "/health", timeout=5).status_code == 200
     finally:
         assert down(cfg.root)
-    assert not _alive(first["pid"])
+    assert not alive(first["pid"])
     assert running(cfg.root) is None
 
 
@@ -61,3 +62,25 @@ def test_up_moves_to_a_free_port_when_the_default_one_is_taken(tmp_path):
             assert requests.get(info["url"] + "/health", timeout=5).status_code == 200
         finally:
             down(tmp_path / "srv")
+
+
+def test_every_experiment_the_loop_writes_to_opens_on_its_runs_not_the_genai_view(mlflow_uri):
+    from features.mlflow_experiments import (
+        EXPERIMENT_KIND,
+        EXPERIMENT_KIND_TAG,
+        ensure_experiment,
+        use_experiment,
+    )
+
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    created = ensure_experiment("test-kind-new", client)
+    assert client.get_experiment(created).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    # one made elsewhere without the tag (an older round, a person) gets it when the loop writes to it
+    untagged = client.create_experiment("test-kind-untagged")
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment(untagged).tags
+    assert use_experiment("test-kind-untagged") == untagged
+    assert client.get_experiment(untagged).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    # a deleted one is restored, not recreated under a new id
+    client.delete_experiment(created)
+    assert ensure_experiment("test-kind-new", client) == created
+    assert client.get_experiment(created).lifecycle_stage == "active"

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
+from features.mlflow_experiments import use_experiment
 from training.base_model import BaseModelIdentity, chat_reply, load_model_and_tokenizer
 
 
@@ -61,7 +62,7 @@ def log_sample_replies(
     import mlflow
     import pandas as pd
 
-    mlflow.set_experiment(experiment)
+    use_experiment(experiment)
     with mlflow.start_run(run_name="base-model-sample-replies") as run:
         mlflow.log_params({**identity.as_params(), "sample.size": len(replies)})
         if flyte_execution_id:

@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from features.mlflow_experiments import ensure_experiment
+
 log = logging.getLogger(__name__)
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
@@ -250,18 +252,6 @@ def _is_trial_failure(e: BaseException) -> bool:
 # --- MLflow ----------------------------------------------------------------------------------------
 
 
-def _experiment_id(client, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name)
-    except Exception:  # noqa: BLE001 - created meanwhile by another process
-        return client.get_experiment_by_name(name).experiment_id
-
-
 def _flat(prefix: str, obj) -> dict[str, str]:
     out = {}
     for k, v in asdict(obj).items():
@@ -445,7 +435,7 @@ def run_sweep(sweep_config: SweepConfig, base, snapshot, flyte_execution_id: str
     t0 = time.perf_counter()
     study = load_study(sweep_config)
     client = MlflowClient()
-    experiment_id = _experiment_id(client, base.mlflow_experiment)
+    experiment_id = ensure_experiment(base.mlflow_experiment, client)
     flyte_execution_id = flyte_execution_id or os.environ.get("FLYTE_INTERNAL_EXECUTION_ID", "")
     parent_run_id = _open_parent_run(
         client, study, sweep_config, base, snapshot, experiment_id, flyte_execution_id

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from features.mlflow_experiments import ensure_experiment
 from training.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -361,14 +362,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient()
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            try:
-                exp_id = self.client.create_experiment(experiment)
-            except Exception:  # noqa: BLE001 - a parallel trial created it first
-                exp_id = self.client.get_experiment_by_name(experiment).experiment_id
-        else:
-            exp_id = exp.experiment_id
+        exp_id = ensure_experiment(experiment, self.client)
         self.resumed = False
         if resume_run_id:
             try:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from features.mlflow_experiments import use_experiment
 from serving.monitoring.drift import DriftReport
 from serving.registry import TAG_SNAPSHOT
 
@@ -169,7 +170,7 @@ def log_drift_report(
     from mlflow.tracking import MlflowClient
 
     ref = report.reference
-    mlflow.set_experiment(experiment)
+    use_experiment(experiment)
     when = report.current_end[:16].replace(":", "").replace("-", "")
     with mlflow.start_run(run_name=f"drift-{when}") as run:
         mlflow.log_params(
