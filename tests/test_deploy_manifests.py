@@ -1,7 +1,9 @@
 """deploy/: plain Kubernetes YAML that parses, built by kustomize, with the values a user edits in values.env.
 
-With `kubectl` or `kustomize` on the PATH the real `kustomize build` runs; without either, the
-kustomization is checked in Python (files exist, every replacement's source key is in values.env).
+The kustomization is checked in Python (files exist, every replacement's source key is in values.env), and
+the real `kustomize build` runs with kustomize or kubectl on the PATH, or the kustomize that
+scripts/install-kustomize.sh puts in $AGENTLOOP_HOME/tools (.ci/run does). Without any, those tests skip
+with the reason on a laptop and fail where AGENTLOOP_REQUIRE_SERVICES=1 (CI), like the services tests.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from features.home import agentloop_home
+from tests.conftest import absent_or_fail
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -59,11 +64,24 @@ def kustomize_cmd() -> list[str] | None:
         return ["kustomize", "build"]
     if shutil.which("kubectl"):
         return ["kubectl", "kustomize"]
+    installed = agentloop_home() / "tools" / "bin" / "kustomize"
+    if installed.is_file():
+        return [str(installed), "build"]
     return None
 
 
-def build(folder: Path) -> list[dict]:
+@pytest.fixture(scope="module")
+def kustomize() -> list[str]:
     cmd = kustomize_cmd()
+    if cmd is None:
+        absent_or_fail(
+            "neither kustomize nor kubectl on the PATH, nor $AGENTLOOP_HOME/tools/bin/kustomize: "
+            "run scripts/install-kustomize.sh"
+        )
+    return cmd
+
+
+def build(cmd: list[str], folder: Path) -> list[dict]:
     proc = subprocess.run([*cmd, str(folder)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"`{' '.join(cmd)} {folder}` failed:\n{proc.stderr}"
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
@@ -182,17 +200,12 @@ def test_feast_server_reads_the_repositorys_cluster_feature_store_yaml():
     )
 
 
-# --- kustomize build (kubectl or kustomize on the PATH), else the Python check above stands alone -----
-
-needs_kustomize = pytest.mark.skipif(
-    kustomize_cmd() is None, reason="neither kustomize nor kubectl on the PATH; the Python checks above ran"
-)
+# --- kustomize build ----------------------------------------------------------------------------------
 
 
-@needs_kustomize
-def test_kustomize_build_leaves_no_placeholder_and_puts_everything_in_the_two_namespaces():
+def test_kustomize_build_leaves_no_placeholder_and_puts_everything_in_the_two_namespaces(kustomize):
     values = read_env(VALUES)
-    objects = build(DEPLOY)
+    objects = build(kustomize, DEPLOY)
     kinds = {
         (
             o["kind"],
@@ -231,8 +244,7 @@ def test_kustomize_build_leaves_no_placeholder_and_puts_everything_in_the_two_na
     } <= env
 
 
-@needs_kustomize
-def test_a_value_edited_in_values_env_reaches_every_manifest_that_uses_it(tmp_path):
+def test_a_value_edited_in_values_env_reaches_every_manifest_that_uses_it(kustomize, tmp_path):
     copy = tmp_path / "deploy"
     shutil.copytree(DEPLOY, copy)
     values = (copy / "values.env").read_text()
@@ -245,7 +257,7 @@ def test_a_value_edited_in_values_env_reaches_every_manifest_that_uses_it(tmp_pa
         assert old in values, f"deploy/values.env no longer has {old.strip()!r}; update this test"
         values = values.replace(old, new)
     (copy / "values.env").write_text(values)
-    objects = build(copy)
+    objects = build(kustomize, copy)
     by_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
     assert ("Namespace", "agents-prod") in by_name
     assert {o["metadata"]["namespace"] for o in objects if o["kind"] not in ("Namespace",)} == {
