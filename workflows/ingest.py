@@ -20,6 +20,7 @@ from features.drain import DrainConfig, drain
 from features.feast_store import FeastConfig, apply, materialize_incremental
 from features.ingest import IngestConfig, ingest
 from features.ingest_tracking import log_ingest_report, report_html
+from workflows.cluster import CLUSTER
 from workflows.context import execution_id
 from workflows.images import CPU_IMAGE
 
@@ -111,9 +112,9 @@ ingest_daily = LaunchPlan.get_or_create(
     name="agentloop.ingest_daily",
     schedule=CronSchedule(schedule="0 2 * * *", kickoff_time_input_arg="kickoff_time"),
     default_inputs={
-        "sources": ["s3://agentloop/agent-logs/"],
-        "store": "s3://agentloop/store",
-        "online_store": "redis.agentloop.svc.forge.remote:6379",
+        "sources": [CLUSTER.agent_logs],
+        "store": CLUSTER.store,
+        "online_store": CLUSTER.redis,
     },
 )
 

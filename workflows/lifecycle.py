@@ -59,11 +59,11 @@ class Window(NamedTuple):
 
 
 @task(requests=Resources(cpu="100m", mem="64Mi"), container_image=CPU_IMAGE)
-def ingested_store(report: dict, feast: dict) -> str:
-    """The store the ingest wrote, once Feast has been applied and materialized over it."""
+def ingested_store(report: dict) -> str:
+    """The store the ingest wrote (the workflow runs this after Feast is applied and materialized over it)."""
     print(
         f"store {report['store']}: {report['accepted']} accepted, {report['duplicates']} duplicates, "
-        f"{report['quarantined_total']} quarantined; Feast materialized {sorted(feast['materialized'])}"
+        f"{report['quarantined_total']} quarantined"
     )
     return report["store"]
 
@@ -99,9 +99,7 @@ def frozen_eval_set(
 
 
 @task(requests=Resources(cpu="100m", mem="64Mi"), container_image=CPU_IMAGE)
-def watching(
-    monitor: MonitorConfig, model_name: str, agents: list[str], promoted_version: str
-) -> MonitorConfig:
+def watching(monitor: MonitorConfig, model_name: str, agents: list[str]) -> MonitorConfig:
     """The monitoring config aimed at the model this round registered (its @champion is the drift reference)."""
     from dataclasses import replace
 
@@ -174,7 +172,8 @@ def lifecycle_wf(
     """One round of the loop on [end - days, end) (end defaults to now) of the agents' logs in `sources`."""
     report = ingest_logs(sources=sources, store=store, max_line_bytes=1 << 20, track=True)
     feast = refresh_feast(report=report, kickoff_time=end, online_store=online_store)
-    data_store = ingested_store(report=report, feast=feast)
+    data_store = ingested_store(report=report)
+    feast >> data_store  # training reads the store once Feast serves it
 
     data = fingerprint_training_data(
         store=data_store,
@@ -239,10 +238,10 @@ def lifecycle_wf(
         promote_config=promote_config,
     )
 
-    # after the promotion: the drift reference is the champion it left in place
-    watched = watching(
-        monitor=monitor, model_name=model_name, agents=agents, promoted_version=promoted.version
-    )
+    # after the promotion: the drift reference is the champion it left in place. (`promoted >> watched` would
+    # order nothing: flytekit's tuple of outputs has a no-op >>; one output's promise carries the node.)
+    watched = watching(monitor=monitor, model_name=model_name, agents=agents)
+    promoted.version >> watched
     drift = check_drift(
         store=data_store,
         end=data.end,

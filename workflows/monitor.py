@@ -26,6 +26,7 @@ from serving.monitoring.report import log_drift_report, report_html
 from training.dataset import DatasetConfig
 from training.sweep import SweepConfig
 from training.trainer import TrainConfig
+from workflows.cluster import CLUSTER
 from workflows.context import execution_id
 from workflows.images import CPU_IMAGE
 from workflows.train import train_wf
@@ -192,8 +193,8 @@ drift_hourly = LaunchPlan.get_or_create(
     name="agentloop.drift_hourly",
     schedule=CronSchedule(schedule="0 * * * *", kickoff_time_input_arg="end"),
     default_inputs={
-        "store": "s3://agentloop/store",
-        "decision": DecisionConfig(state_path="s3://agentloop/monitor/decision_state.json"),
-        "metrics": MetricsConfig(pushgateway_url="http://pushgateway.monitoring.svc.forge.remote:9091"),
+        "store": CLUSTER.store,
+        "decision": DecisionConfig(state_path=CLUSTER.monitor_state),
+        "metrics": MetricsConfig(pushgateway_url=CLUSTER.pushgateway),
     },
 )
