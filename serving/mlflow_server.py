@@ -12,38 +12,21 @@ import argparse
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import requests
 
 from features.home import agentloop_home
+from serving.processes import alive, free_port, log_tail, port_free, spawn, stop_group, wait_healthy
 
 SERVER_ENV = {
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
 }
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -75,6 +58,8 @@ class MLflowServer:
 
     def stop(self, timeout: float = 20.0) -> None:
         """Stop the server's whole process group (uvicorn spawns workers)."""
+        if self._proc is not None:
+            self._proc.poll()
         stop_pid(self.pid, timeout)
         if self._proc is not None:
             self._proc.wait(timeout=timeout)
@@ -86,56 +71,11 @@ class MLflowServer:
         self.stop()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child still answers kill(0)
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
 def stop_pid(pid: int, timeout: float = 20.0) -> None:
     """SIGTERM the process group led by pid, then SIGKILL what is left after timeout."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not _alive(pid):
-                return
-            time.sleep(0.1)
-
-
-def wait_healthy(url: str, proc_alive, timeout: float, log_path: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc_alive():
-            raise RuntimeError(
-                f"MLflow server exited before it was healthy; log {log_path}:\n" + _tail(log_path)
-            )
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(
-        f"MLflow server at {url} not healthy after {timeout:.0f}s; log {log_path}:\n" + _tail(log_path)
-    )
-
-
-def _tail(path: Path, n: int = 30) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "(no log)"
+    left = stop_group(pid, timeout)
+    if left:
+        raise RuntimeError(f"MLflow server process group {pid} still has {left} after SIGKILL")
 
 
 def backend_uri(uri: str) -> str:
@@ -175,13 +115,15 @@ def start(config: MLflowServerConfig) -> MLflowServer:
     ]
     env = {**os.environ, **SERVER_ENV, **config.extra_env}
     env.pop("MLFLOW_TRACKING_URI", None)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=root
-        )
+    proc = spawn(cmd, log_path, env, cwd=root)
     server = MLflowServer(pid=proc.pid, url=url, log_path=log_path, _proc=proc)
     try:
-        wait_healthy(url, lambda: proc.poll() is None, config.startup_timeout_s, log_path)
+        wait_healthy(
+            f"{url}/health",
+            proc.poll,
+            config.startup_timeout_s,
+            lambda what: f"MLflow server {what}; log {log_path}:\n" + log_tail(log_path, 30),
+        )
     except BaseException:
         server.stop()
         raise
@@ -201,7 +143,7 @@ def running(root: Path) -> dict | None:
     if not state.exists():
         return None
     info = json.loads(state.read_text())
-    if not _alive(info["pid"]):
+    if not alive(info["pid"]):
         return None
     try:
         requests.get(f"{info['url']}/health", timeout=2).raise_for_status()

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -35,6 +33,17 @@ from pathlib import Path
 import requests
 
 from features.home import agentloop_home
+from serving.processes import (
+    ServerStartError,
+    cmdline,
+    free_port,
+    group_members,
+    log_tail,
+    rss_bytes,
+    spawn,
+    stop_group,
+    wait_healthy,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # What `vllm serve` runs for a single API server, without the CLI's metadata lookup.
@@ -52,13 +61,7 @@ def default_model_dir() -> str:
     )
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-class VLLMServerError(RuntimeError):
+class VLLMServerError(ServerStartError):
     """The server did not come up; the message carries the command's log tail."""
 
 
@@ -181,7 +184,7 @@ class VLLMServer:
         """Live (non-zombie) processes of the server's process group."""
         if self._proc is not None:
             self._proc.poll()  # reap the leader if it exited, or it lingers as a zombie
-        return group_members(self.pid)
+        return [p.pid for p in group_members(self.pid)]
 
     def alive(self) -> bool:
         return bool(self.pids())
@@ -194,23 +197,15 @@ class VLLMServer:
 
     def rss_bytes(self) -> int:
         """Resident memory of the whole group (API server + engine core + worker)."""
-        return sum(_rss(p) for p in self.pids())
+        return rss_bytes(group_members(self.pid))
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the process group, wait, then SIGKILL whatever is left. Idempotent."""
-        for sig, wait_s in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-            if not self.pids():
-                break
-            try:
-                os.killpg(self.pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait_s
-            while self.pids() and time.monotonic() < deadline:
-                time.sleep(0.2)
+        if self._proc is not None:
+            self._proc.poll()
+        left = stop_group(self.pid, timeout)
         if self._proc is not None:
             self._proc.wait(timeout=10)
-        left = self.pids()
         if left:
             raise VLLMServerError(f"vLLM process group {self.pid} still has {left} after SIGKILL")
 
@@ -221,37 +216,9 @@ class VLLMServer:
         self.stop()
 
 
-def group_members(pgid: int) -> list[int]:
-    """Pids in process group `pgid`, zombies excluded (Linux /proc)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        # after "pid (comm)": state ppid pgrp ...
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(stat.parent.name))
-    return sorted(members)
-
-
-def _rss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _tail(path: Path, n: int = 40) -> str:
-    try:
-        lines = Path(path).read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
+def _tail(path: Path) -> str:
     # the route table vLLM prints at startup is noise in an error message
-    return "\n".join([line for line in lines if "Route: " not in line][-n:])
+    return log_tail(path, 40, drop="Route: ")
 
 
 def start(config: VLLMServerConfig) -> VLLMServer:
@@ -282,21 +249,9 @@ def start(config: VLLMServerConfig) -> VLLMServer:
     base_url = f"http://{config.host}:{port}"
     log_path = Path(config.log_path) if config.log_path else agentloop_home() / "logs" / f"vllm-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = config.command(port)
-    with open(log_path, "ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
-        log.flush()
-        # cwd: not the repo, whose top-level packages would shadow nothing today but sit first on
-        # sys.path under `python -m`.
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=config.environment(),
-            cwd=log_path.parent,
-            start_new_session=True,
-        )
+    # cwd: the log folder, not the repo, whose top-level packages would sit first on sys.path under
+    # `python -m`.
+    proc = spawn(config.command(port), log_path, config.environment(), cwd=log_path.parent)
     server = VLLMServer(
         pid=proc.pid,
         base_url=base_url,
@@ -314,20 +269,14 @@ def start(config: VLLMServerConfig) -> VLLMServer:
 
 
 def _wait_healthy(server: VLLMServer, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        code = proc.poll()
-        if code is not None:
-            raise VLLMServerError(
-                f"vLLM for {server.model!r} exited with code {code} before {server.base_url}/health "
-                f"answered; last lines of {server.log_path}:\n{_tail(server.log_path)}"
-            )
-        if server.healthy():
-            return
-        time.sleep(0.5)
-    raise VLLMServerError(
-        f"vLLM for {server.model!r} did not answer {server.base_url}/health within {timeout:.0f}s "
-        f"(stopped it); last lines of {server.log_path}:\n{_tail(server.log_path)}"
+    wait_healthy(
+        f"{server.base_url}/health",
+        proc.poll,
+        timeout,
+        lambda what: (
+            f"vLLM for {server.model!r} {what}; last lines of {server.log_path}:\n" + _tail(server.log_path)
+        ),
+        VLLMServerError,
     )
 
 
@@ -355,11 +304,8 @@ def from_pidfile(pidfile: Path) -> VLLMServer | None:
 
 
 def _is_vllm(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
-        return False
-    return ENTRY_MODULE.encode() in cmdline or cmdline.startswith(b"VLLM::")
+    line = cmdline(pid)
+    return ENTRY_MODULE in line or line.startswith("VLLM::")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from features.ingest import IngestConfig, content_hash, ingest
 from features.raw_format import REQUIRED_FIELDS, to_cloudevent
 from features.readers import SourceFile, list_sources, read_source, split_batch
 from features.store import CRASH_ENV, Store, read_interactions, read_manifest, read_quarantine
+from serving.processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 AWS_KEY = "AKIAQ7ZP4XN2M5KJ3WYR"  # an AWS access key id shape: AKIA + 16 upper-case letters and digits
@@ -733,12 +733,6 @@ def test_a_planted_secret_reaches_no_file_of_the_store(tmp_path):
 # ------------------------------------------------------------------------------------------------ S3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_server():
     """A local S3-compatible server (moto) on loopback for this module."""
@@ -747,7 +741,7 @@ def s3_server():
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

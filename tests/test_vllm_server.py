@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from serving.vllm_server import VLLMServerConfig, VLLMServerError, default_serve_python, group_members, start
+from serving.processes import group_members
+from serving.vllm_server import VLLMServerConfig, VLLMServerError, default_serve_python, start
 from tests.conftest import absent_or_fail
 
 pytestmark = pytest.mark.slow
@@ -82,7 +83,13 @@ def server(serve_python, base_model_dir, lora_adapter, tmp_path_factory):
     try:
         yield srv
     finally:
+        # Stopping is under test too, here, where it cannot take the server from a test that runs after
+        # (the suite runs in random order): a failed assertion is an error of the module's last test.
+        pids = srv.pids()
         srv.stop()
+        assert group_members(srv.pid) == [], f"left behind by stop(): {group_members(srv.pid)} (was {pids})"
+        assert not srv.healthy(timeout=2)
+        srv.stop()  # idempotent
 
 
 def test_models_lists_the_served_name_and_the_adapter(server):
@@ -164,11 +171,8 @@ def test_an_adapter_can_be_loaded_and_unloaded_at_runtime(server, lora_adapter):
     assert r.status_code == 200, r.text
 
 
-def test_stop_leaves_no_process_behind(server):
-    # Last in the module: it stops the shared server (the fixture's stop() is then a no-op).
+def test_the_server_is_a_process_group_of_api_server_engine_core_and_worker(server):
     pids = server.pids()
     assert len(pids) >= 3, f"expected API server, engine core and worker, got {pids}"
-    server.stop()
-    assert group_members(server.pid) == []
-    assert not server.healthy(timeout=2)
-    server.stop()  # idempotent
+    assert server.pid in pids and server.alive()
+    assert server.rss_bytes() > 100 * 2**20  # the whole group's memory, not the leader's
