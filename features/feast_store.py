@@ -22,7 +22,7 @@ import os
 import re
 import runpy
 from dataclasses import astuple, dataclass, replace
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -32,6 +32,7 @@ import pyarrow.fs as pafs
 import yaml
 
 from features.aggregates import INTERACTIONS_DIR, filesystem_and_path, interactions_dataset
+from features.fsutil import utc
 from features.home import agentloop_home
 
 REPO_DIR = Path(__file__).resolve().parent / "repo"
@@ -283,7 +284,7 @@ def materialize_incremental(config: FeastConfig, end_date: datetime) -> dict[str
     from the previous end. Run features.aggregates.write_agent_daily_stats first.
     """
     store = feature_store(config)
-    end = _utc(end_date)
+    end = utc(end_date)
     windows: dict[str, tuple[datetime, datetime]] = {}
     for view in store.list_feature_views():
         if not view.online:
@@ -295,7 +296,7 @@ def materialize_incremental(config: FeastConfig, end_date: datetime) -> dict[str
                     f"feature view {view.name} has no ttl: give it one, or run feast materialize once"
                 )
             start = end - view.ttl
-        start = _utc(start)
+        start = utc(start)
         if start >= end:
             continue
         fs, path = filesystem_and_path(view.batch_source.path)
@@ -364,7 +365,7 @@ def get_monitoring_frame(config: FeastConfig, start: datetime | date, end: datet
 
 def _historical_frame(config, service_name, start, end, agents) -> pd.DataFrame:
     store = feature_store(config)
-    lo, hi = _utc(start), _utc(end)
+    lo, hi = utc(start), utc(end)
     if lo >= hi:
         raise ValueError(f"empty window: start {lo.isoformat()} is not before end {hi.isoformat()}")
     service = store.get_feature_service(service_name)
@@ -414,12 +415,6 @@ def _entity_frame(source: str, start: datetime, end: datetime, agents: Sequence[
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     frame = frame.sort_values(["event_timestamp", "interaction_id"], kind="stable")
     return frame.drop_duplicates("interaction_id", keep="first").reset_index(drop=True)
-
-
-def _utc(value: datetime | date) -> datetime:
-    if not isinstance(value, datetime):
-        return datetime.combine(value, time(), tzinfo=timezone.utc)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 # --- the hive layout Feast can read ---------------------------------------------------------------

@@ -57,6 +57,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from features.fsutil import atomic_write_text
+
 RULES = (
     "prompt_injection",
     "system_prompt_extraction",
@@ -1098,11 +1100,7 @@ class PoisonState:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PoisonState":

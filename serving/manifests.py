@@ -17,11 +17,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+from features.fsutil import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO_ROOT / "deploy" / "vllm" / "vllm.yaml"
@@ -57,12 +57,7 @@ def update_serving_manifest(
         "since": now,
     }
     manifest["updated_at"] = now
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, p)
+    atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
 
 
@@ -197,11 +192,8 @@ def render_to_dir(manifest: dict, config: RenderConfig | None, out_dir: str | Pa
     written = []
     for doc in render(manifest, config):
         path = out / f"{doc['kind'].lower()}-{doc['metadata']['name']}.yaml"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=out)
-        with os.fdopen(fd, "w") as f:
-            f.write("# rendered by serving/manifests.py from deploy/vllm/vllm.yaml; do not edit by hand\n")
-            yaml.safe_dump(doc, f, sort_keys=False)
-        os.replace(tmp, path)
+        text = "# rendered by serving/manifests.py from deploy/vllm/vllm.yaml; do not edit by hand\n"
+        atomic_write_text(path, text + yaml.safe_dump(doc, sort_keys=False))
         written.append(path)
     return written
 

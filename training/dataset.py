@@ -49,7 +49,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -59,6 +58,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+
+from features.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -668,7 +669,7 @@ class DatasetSnapshot:
                 k: np.asarray([getattr(r, k) for r in rows], dtype=np.int32).reshape(len(rows), self.seq_len)
                 for k in ("input_ids", "labels", "position_ids")
             }
-            _atomic_write(d / f"{name}.npz", lambda f, a=arrays: np.savez(f, **a))
+            atomic_write(d / f"{name}.npz", lambda f, a=arrays: np.savez(f, **a))
         meta = {
             "format": SNAPSHOT_FORMAT,
             "snapshot_hash": self.snapshot_hash,
@@ -679,7 +680,7 @@ class DatasetSnapshot:
             "index": self.index,
             "rows": {name: [[r.example_ids, r.lengths] for r in self.splits[name]] for name in SPLITS},
         }
-        _atomic_write(d / SNAPSHOT_FILE, lambda f: f.write(json.dumps(meta, default=str).encode()))
+        atomic_write(d / SNAPSHOT_FILE, lambda f: f.write(json.dumps(meta, default=str).encode()))
         return d
 
     @classmethod
@@ -729,17 +730,6 @@ class DatasetSnapshot:
                 f"{snap.snapshot_hash}; rebuild it"
             )
         return snap
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _split_stats(examples: list[Example], rows: list[PackedRow], seq_len: int, max_seq_len: int) -> dict:

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from features.fsutil import atomic_write_text
 from features.home import agentloop_home
 from serving.monitoring.drift import DriftReport, ScopeDrift
 
@@ -142,11 +142,7 @@ def write_state(path: str, state: dict) -> None:
 
     text = json.dumps(state, indent=1, sort_keys=True)
     if "://" not in path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
         return
     with fsspec.open(path, "w") as f:
         f.write(text)

@@ -31,7 +31,6 @@ import functools
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -43,6 +42,7 @@ import pandas as pd
 
 from features.aggregates import interactions_dataset
 from features.feast_store import FeastConfig, default_offline_store, get_monitoring_frame
+from features.fsutil import progress, utc
 
 # the champion's lineage, in the registry's own names (serving/registry.py writes these tags)
 from serving.registry import DEFAULT_MODEL_NAME as DEFAULT_REGISTERED_MODEL
@@ -217,24 +217,16 @@ def _json_default(value: Any) -> Any:
 # --- windows ------------------------------------------------------------------------------------
 
 
-def _utc(value: datetime | date | str) -> datetime:
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if not isinstance(value, datetime):
-        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
 def current_window(config: MonitorConfig, end: datetime | None = None) -> tuple[datetime, datetime]:
     """[end - window_hours, end); end defaults to now (UTC)."""
     if config.window_hours <= 0:
         raise ValueError(f"MonitorConfig.window_hours must be > 0, got {config.window_hours}")
-    stop = _utc(end or datetime.now(timezone.utc))
+    stop = utc(end or datetime.now(timezone.utc))
     return stop - timedelta(hours=config.window_hours), stop
 
 
 def _fixed_reference(config: MonitorConfig, current_start: datetime, note: str) -> ReferenceWindow:
-    end = _utc(config.reference_end) if config.reference_end else current_start
+    end = utc(config.reference_end) if config.reference_end else current_start
     start = end - timedelta(days=config.reference_days)
     return ReferenceWindow(
         source="fixed",
@@ -283,7 +275,7 @@ def resolve_reference(config: MonitorConfig, current_start: datetime) -> Referen
             "reference window",
         )
     try:
-        start, end = _utc(tags[TAG_DATA_START]), _utc(tags[TAG_DATA_END])
+        start, end = utc(tags[TAG_DATA_START]), utc(tags[TAG_DATA_END])
     except ValueError as exc:
         return _fixed_reference(
             config,
@@ -318,7 +310,7 @@ def load_window(
 
     feast = FeastConfig(offline_store=_store(config))
     root = feast.resolved().offline_store
-    lo, hi = _utc(start), _utc(end)
+    lo, hi = utc(start), utc(end)
     days = pd.date_range(lo.date(), (hi - timedelta(microseconds=1)).date(), freq="D")
     flt = (ds.field("event_timestamp") >= pd.Timestamp(lo)) & (ds.field("event_timestamp") < pd.Timestamp(hi))
     if agents:
@@ -339,7 +331,7 @@ def load_window(
     else:  # group whole days into chunks of about max_rows rows
         chunk_start, rows = lo, 0
         for d in days:
-            day_end = min(hi, _utc(d.date() + timedelta(days=1)))
+            day_end = min(hi, utc(d.date() + timedelta(days=1)))
             rows += counts[d.date().isoformat()]
             if rows >= config.max_rows or day_end >= hi:
                 chunks.append((chunk_start, day_end))
@@ -671,7 +663,7 @@ def check_drift(
             set(reference.get("agent", pd.Series(dtype=str)).dropna())
             | set(current.get("agent", pd.Series(dtype=str)).dropna())
         )
-        for agent in _progress(names, config.progress, "drift per agent"):
+        for agent in progress(names, desc="drift per agent", unit="agent", show=config.progress):
             rmask = (reference["agent"] == agent).to_numpy()
             cmask = (current["agent"] == agent).to_numpy()
             agents[agent], _ = _scope_drift(
@@ -699,7 +691,7 @@ def run_drift_check(config: MonitorConfig, end: datetime | None = None) -> Drift
     lo, hi = current_window(config, end)
     reference_window = resolve_reference(config, lo)
     agents = reference_window.agents
-    ref = load_window(config, _utc(reference_window.start), _utc(reference_window.end), agents, "reference")
+    ref = load_window(config, utc(reference_window.start), utc(reference_window.end), agents, "reference")
     cur = load_window(config, lo, hi, agents, "current")
     if reference_window.source == "champion" and len(ref) == 0:
         reference_window.note += (
@@ -707,9 +699,3 @@ def run_drift_check(config: MonitorConfig, end: datetime | None = None) -> Drift
             "no reference, no verdict"
         )
     return check_drift(ref, cur, config, reference_window, (lo, hi))
-
-
-def _progress(items, show: bool, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, unit="agent", disable=not show, file=sys.stderr)
