@@ -19,7 +19,7 @@ Useful tokens: non-padding positions of the rows a step trains on (context and l
 Model FLOPs of a step (what the maths needs, not what kernels happen to do):
     4 * N_body * useful            frozen decoder matmuls: forward 2N, backward to activations 2N
   + 6 * N_lora * useful            LoRA: forward, backward to activations and to its own weights
-  + 4 * d * V * labels             the LM head, only at label positions (training.trainer.LabelLoss)
+  + 4 * d * V * labels             the LM head, only at label positions (training.loss.LabelLoss)
   + 6 * d_attn * layers * sum(L * (L + 1)) over the step's examples (causal attention, block-diagonal)
 % of peak = model FLOPs per second of step time / the measured bf16 matmul rate.
 """
@@ -203,7 +203,8 @@ def model_dims(model_dir: str, r: int, targets: list[str]) -> dict:
 def run(args, model_dir: str, snap, micro_batch: int, peak_tflops: float, work: Path) -> dict:
     import torch
 
-    from training.trainer import RowStream, TrainConfig, train
+    from training.row_stream import RowStream
+    from training.trainer import TrainConfig, train
 
     rows = args.rows_per_step
     if rows % micro_batch:

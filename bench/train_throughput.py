@@ -32,7 +32,7 @@ FLOPs (model FLOPs, what the maths needs, not what a kernel happens to do), per 
 Gradient-checkpointing recompute and padding are not counted: they are waste, not work.
 % of peak = those FLOPs per second / the bf16 4096^3 matmul rate measured in the same invocation.
 
-Eval (--eval): the mean cross-entropy per assistant label position (training.trainer.LabelLoss) on
+Eval (--eval): the mean cross-entropy per assistant label position (training.loss.LabelLoss) on
 the same held-out validation rows for the base model and for each configuration's adapter after its
 run (warmup + steps optimizer steps of 8 rows).
 """
@@ -178,7 +178,7 @@ def _val_rows(snapshot, n: int):
 def _label_eval(peft_model, rows) -> float | None:
     import torch
 
-    from training.trainer import LabelLoss, evaluate_rows
+    from training.loss import LabelLoss, evaluate_rows
 
     if not rows:
         return None
@@ -217,10 +217,11 @@ def _ours_config(args, output_dir: str, steps: int):
 
 def child_base_eval(args) -> dict:
     from training.dataset import DatasetSnapshot
-    from training.trainer import Dist, _load
+    from training.distributed import Dist
+    from training.peft_model import load_peft_model
 
     snapshot = DatasetSnapshot.load(args.snapshot)
-    model, _, _ = _load(_ours_config(args, "", 1), Dist())
+    model, _, _ = load_peft_model(_ours_config(args, "", 1), Dist())
     return {"eval_loss": _label_eval(model, _val_rows(snapshot, args.eval_rows))}
 
 
@@ -230,7 +231,8 @@ def child_ours(args) -> dict:
     import torch
 
     from training.dataset import DatasetSnapshot
-    from training.trainer import RowStream, train
+    from training.row_stream import RowStream
+    from training.trainer import train
 
     torch.set_num_threads(args.threads)
     snapshot = DatasetSnapshot.load(args.snapshot)
@@ -403,12 +405,15 @@ def child_profile(args) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from training.dataset import DatasetSnapshot
-    from training.trainer import Dist, LabelLoss, RowStream, _load
+    from training.distributed import Dist
+    from training.loss import LabelLoss
+    from training.peft_model import load_peft_model
+    from training.row_stream import RowStream
 
     torch.set_num_threads(args.threads)
     snapshot = DatasetSnapshot.load(args.snapshot)
     config = _ours_config(args, "", 10)
-    model, _, _ = _load(config, Dist())
+    model, _, _ = load_peft_model(config, Dist())
     loss_fn = LabelLoss(model, config.loss_chunk_tokens)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=LR)
@@ -430,7 +435,7 @@ def child_profile(args) -> dict:
                         input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
                     ).last_hidden_state
                     t = tick("forward decoder", t)
-                    from training.trainer import HeadCrossEntropy, label_positions
+                    from training.loss import HeadCrossEntropy, label_positions
 
                     keep = label_positions(batch["labels"], batch["position_ids"])
                     h, y = hidden[:, :-1][keep], batch["labels"][:, 1:][keep]

@@ -38,6 +38,7 @@ from typing import Any
 from mlflow.pyfunc import ChatModel
 from mlflow.types.llm import ChatChoice, ChatCompletionResponse, ChatMessage, ChatParams, TokenUsageStats
 
+from training.adapter import read_lineage
 from training.base_model import resolve_base_model
 from training.eval_set import EvalSet
 
@@ -336,11 +337,9 @@ def register_adapter(req: RegisterRequest) -> RegisteredVersion:
 
 
 def _adapter_lineage(adapter: Path) -> dict:
-    from training.trainer import LINEAGE_FILE  # training/trainer.py imports torch: only when registering
-
     try:
-        return json.loads((adapter / LINEAGE_FILE).read_text())
-    except (OSError, ValueError):
+        return read_lineage(adapter)
+    except (OSError, ValueError):  # unreadable lineage: register without it rather than refuse the adapter
         return {}
 
 

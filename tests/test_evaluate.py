@@ -228,7 +228,7 @@ def test_evaluate_loss_is_the_trainers_validation_loss(base_model_dir, adapter_d
     """Evaluation and training's validation measure the same thing: one number for a reader to compare."""
     from training.dataset import DatasetConfig, build_examples, pack
     from training.evaluate import load_with_adapter
-    from training.trainer import LabelLoss, evaluate_rows
+    from training.loss import LabelLoss, evaluate_rows
 
     model, tokenizer, _ = load_with_adapter(str(base_model_dir), adapter_dir)
     rows = pack(

@@ -23,15 +23,9 @@ import torch
 
 from training.checkpoint import latest_checkpoint
 from training.dataset import IGNORE, DatasetConfig, build_snapshot, collate
-from training.trainer import (
-    LabelLoss,
-    NonFiniteLossError,
-    RowStream,
-    TrainConfig,
-    label_positions,
-    lr_at,
-    train,
-)
+from training.loss import LabelLoss, label_positions
+from training.row_stream import RowStream
+from training.trainer import NonFiniteLossError, TrainConfig, lr_at, train
 
 REPO = Path(__file__).resolve().parents[1]
 SEQ = 128
@@ -192,7 +186,7 @@ def test_lean_lora_forward_matches_peft(base_model_dir, snapshot, one_thread):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from training.trainer import lean_lora_forward
+    from training.peft_model import lean_lora_forward
 
     def build():
         torch.manual_seed(0)

@@ -49,7 +49,7 @@ def evaluate_loss(model, rows: Sequence[Any], batch_size: int = 8, bf16: bool = 
     Rows carry input_ids, labels and position_ids (labels aligned with input_ids: the token at t is
     predicted from position t-1). No attention mask: per-example position_ids keep packed examples
     apart. Logits are computed only where a label exists (the 49k-vocab head dominates otherwise).
-    The same number as the trainer's validation loss (training.trainer.evaluate_rows) on the same rows.
+    The same number as the trainer's validation loss (training.loss.evaluate_rows) on the same rows.
     """
     import torch
     import torch.nn.functional as F
@@ -68,7 +68,7 @@ def evaluate_loss(model, rows: Sequence[Any], batch_size: int = 8, bf16: bool = 
                 labels = torch.tensor([list(r.labels) for r in batch], device=device)
                 pos = torch.tensor([list(r.position_ids) for r in batch], device=device)
                 keep = torch.zeros_like(labels, dtype=torch.bool)
-                # position t predicts the label at t+1; never across examples (the trainer's label_positions)
+                # position t predicts the label at t+1; never across examples (training.loss.label_positions)
                 keep[:, :-1] = (labels[:, 1:] != IGNORE_INDEX) & (pos[:, 1:] != 0)
                 if not keep.any():
                     continue

@@ -40,7 +40,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -49,21 +48,23 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from features.mlflow_experiments import ensure_experiment
+from training.adapter import save_adapter
 from training.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
+from training.distributed import Dist, all_sum, broadcast, init_distributed
+from training.loss import LabelLoss, evaluate_rows
+from training.peft_model import load_peft_model, trainable_weights
+from training.row_stream import RowStream
+from training.tracking import Tracker, end_status, flat_params, loss_curve
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100
 # All linear layers of a Llama block. Attention-only LoRA (q/v) trains noticeably worse at equal
 # rank (QLoRA, Dettmers et al. 2023); the MLP layers hold most of the weights a reply style lives in.
 # Adapter cost at r=16 on SmolLM2-135M: 4.9M parameters (3.6%).
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-LINEAGE_FILE = "agentloop-adapter.json"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -162,93 +163,6 @@ class TrainResult:
     output_dir: str = ""
 
 
-# --- the model: loss at label positions only ------------------------------------------------------------
-
-
-def label_positions(labels: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-    """[rows, seq-1] bool: which next-token targets carry loss (labels set, not an example's first token)."""
-    return (labels[:, 1:] != IGNORE) & (position_ids[:, 1:] != 0)
-
-
-class LabelLoss(nn.Module):
-    """Summed cross-entropy over label positions, from the decoder's hidden states (no full logits).
-
-    forward(input_ids, position_ids, labels) -> (loss_sum fp32 scalar, number of label positions).
-    This is the module DDP wraps, so gradient sync sees every forward.
-    """
-
-    def __init__(self, peft_model: nn.Module, chunk_tokens: int = 1024):
-        super().__init__()
-        self.peft_model = peft_model
-        self.chunk_tokens = chunk_tokens
-
-    def forward(self, input_ids, position_ids, labels):
-        base = self.peft_model.get_base_model()
-        hidden = base.get_decoder()(
-            input_ids=input_ids, position_ids=position_ids, use_cache=False
-        ).last_hidden_state
-        keep = label_positions(labels, position_ids)
-        h, targets = hidden[:, :-1][keep], labels[:, 1:][keep]
-        n = targets.numel()
-        if n == 0:  # keep every parameter in the graph (DDP expects a gradient for each)
-            return hidden.sum() * 0.0, n
-        head = base.get_output_embeddings()
-        if (
-            head.weight.requires_grad or getattr(head, "bias", None) is not None
-        ):  # a trained head: plain autograd
-            total = hidden.new_zeros((), dtype=torch.float32)
-            for i in range(0, n, self.chunk_tokens):
-                total = total + torch.utils.checkpoint.checkpoint(
-                    _head_cross_entropy,
-                    head,
-                    h[i : i + self.chunk_tokens],
-                    targets[i : i + self.chunk_tokens],
-                    use_reentrant=False,
-                )
-            return total, n
-        return HeadCrossEntropy.apply(h, head.weight, targets, self.chunk_tokens), n
-
-
-def _head_cross_entropy(head: nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(head(h).float(), targets, reduction="sum")
-
-
-class HeadCrossEntropy(torch.autograd.Function):
-    """sum_i CE(h_i @ W^T, t_i) for a frozen LM head W, a chunk of logits at a time, forward and backward.
-
-    Autograd's path (log_softmax, nll, their backwards, a zero-filled [n, vocab] gradient) makes ~5
-    passes over the logits; this makes 2 in forward (fp32 logsumexp, gather) and 2 in backward
-    (softmax from the saved logsumexp, minus one-hot), recomputing each chunk's logits instead of
-    keeping them. The 49k-wide head is ~15% of a step on CPU, so this is worth a custom backward.
-    """
-
-    @staticmethod
-    def forward(ctx, h, weight, targets, chunk: int):
-        w = weight.to(h.dtype)
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
-        lse = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
-        for i in range(0, h.shape[0], chunk):
-            logits = (h[i : i + chunk] @ w.t()).float()
-            lse[i : i + chunk] = torch.logsumexp(logits, dim=-1)
-            total += (lse[i : i + chunk] - logits.gather(1, targets[i : i + chunk, None]).squeeze(1)).sum()
-        ctx.save_for_backward(h, weight, targets, lse)
-        ctx.chunk = chunk
-        return total
-
-    @staticmethod
-    def backward(ctx, grad):
-        h, weight, targets, lse = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        w, chunk = weight.to(h.dtype), ctx.chunk
-        grad_h = torch.empty_like(h)
-        for i in range(0, h.shape[0], chunk):
-            p = (h[i : i + chunk] @ w.t()).float().sub_(lse[i : i + chunk, None]).exp_()  # softmax
-            p[torch.arange(p.shape[0], device=p.device), targets[i : i + chunk]] -= 1.0
-            grad_h[i : i + chunk] = p.mul_(grad).to(h.dtype) @ w
-        return grad_h, None, None, None
-
-
 def lr_at(step: int, config: TrainConfig) -> float:
     """Linear warmup over warmup_steps, then cosine down to learning_rate * min_lr_ratio at max_steps."""
     if step < config.warmup_steps:
@@ -257,199 +171,6 @@ def lr_at(step: int, config: TrainConfig) -> float:
     progress = min(1.0, (step - config.warmup_steps) / span)
     low = config.learning_rate * config.min_lr_ratio
     return low + 0.5 * (1 + math.cos(math.pi * progress)) * (config.learning_rate - low)
-
-
-# --- data order --------------------------------------------------------------------------------------
-
-
-class RowStream:
-    """A split's packed rows as tensors, read as an endless stream of per-epoch shuffles.
-
-    Micro-batch g holds stream positions [g * mbs, (g + 1) * mbs); position i is row perm(i // N)[i % N].
-    """
-
-    def __init__(self, rows, seed: int, shuffle: bool = True):
-        from training.dataset import collate
-
-        if not rows:
-            raise ValueError("no rows to train on")
-        self.tensors = collate(rows)
-        self.loss_tokens = label_positions(self.tensors["labels"], self.tensors["position_ids"]).sum(1)
-        self.tokens = torch.tensor([sum(r.lengths) for r in rows])  # padding excluded
-        self.n, self.seed, self.shuffle = len(rows), seed, shuffle
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._perms = {
-                e: p for e, p in self._perms.items() if e == epoch - 1
-            }  # a batch spans <= 2 epochs
-            self._perms[epoch] = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
-        return self._perms[epoch]
-
-    def rows(self, g: int, mbs: int) -> torch.Tensor:
-        return torch.stack([self._perm(i // self.n)[i % self.n] for i in range(g * mbs, (g + 1) * mbs)])
-
-    def batch(self, idx: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-        return {k: v[idx].to(device, non_blocking=True) for k, v in self.tensors.items()}
-
-
-# --- distributed ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    owns_group: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def ddp(self) -> bool:
-        return self.world > 1
-
-
-def init_distributed() -> Dist:
-    """Join the process group torchrun describes (WORLD_SIZE > 1): nccl on GPUs, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    if world == 1:
-        return Dist(device=torch.device("cuda") if cuda else torch.device("cpu"))
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    owns = not dist.is_initialized()
-    if owns:
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return Dist(rank, world, device, owns)
-
-
-def _all_sum(d: Dist, *values: float) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=d.device)
-    if d.ddp:
-        dist.all_reduce(t)
-    return t.tolist()
-
-
-def _broadcast(d: Dist, obj: Any) -> Any:
-    if not d.ddp:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-# --- MLflow (rank 0) ---------------------------------------------------------------------------------
-
-
-class Tracker:
-    """One MLflow run through MlflowClient (no global active run: callers may have their own)."""
-
-    def __init__(
-        self,
-        experiment: str,
-        run_name: str,
-        parent_run_id: str | None,
-        resume_run_id: str,
-        tags: dict[str, str],
-    ):
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient()
-        exp_id = ensure_experiment(experiment, self.client)
-        self.resumed = False
-        if resume_run_id:
-            try:
-                self.client.get_run(resume_run_id)
-                self.client.update_run(resume_run_id, status="RUNNING")
-                self.run_id, self.resumed = resume_run_id, True
-            except Exception:  # noqa: BLE001 - another tracking server: start a new run
-                log.warning(
-                    "MLflow run %s of the checkpoint is not on %s; starting a new run",
-                    resume_run_id,
-                    self.client.tracking_uri,
-                )
-        if not self.resumed:
-            if parent_run_id:
-                tags = {**tags, "mlflow.parentRunId": parent_run_id}
-            self.run_id = self.client.create_run(exp_id, run_name=run_name or None, tags=tags).info.run_id
-
-    def params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
-
-    def metrics(self, step: int, values: dict[str, float]) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id,
-            metrics=[
-                Metric(k, float(v), now, step)
-                for k, v in values.items()
-                if v is not None and math.isfinite(v)
-            ],
-        )
-
-    def artifacts(self, local: Path, artifact_path: str | None = None) -> None:
-        if local.is_dir():
-            self.client.log_artifacts(self.run_id, str(local), artifact_path)
-        else:
-            self.client.log_artifact(self.run_id, str(local), artifact_path)
-
-    def end(self, status: str) -> None:
-        self.client.set_terminated(self.run_id, status=status)
-
-
-def _end_status(error: BaseException | None) -> str:
-    if error is None:
-        return "FINISHED"
-    if isinstance(error, KeyboardInterrupt) or type(error).__name__ == "TrialPruned":
-        return "KILLED"  # stopped on purpose (a pruned Optuna trial, ^C), not broken
-    return "FAILED"
-
-
-def _flat(prefix: str, d: dict) -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(f"{prefix}{k}.", v))
-        elif isinstance(v, (list, tuple)):
-            out[f"{prefix}{k}"] = ",".join(map(str, v))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def loss_curve(history: list[dict], path: Path) -> Path:
-    """Train loss per step and validation loss per evaluation, as a PNG (Agg; no pyplot state)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4), dpi=110)
-    ax = fig.add_subplot()
-    ax.plot([h["step"] for h in history], [h["train_loss"] for h in history], lw=1, label="train")
-    val = [h for h in history if h.get("val_loss") is not None]
-    if val:
-        ax.plot([h["step"] for h in val], [h["val_loss"] for h in val], "o-", label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats / label token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
-
-
-# --- train -------------------------------------------------------------------------------------------
 
 
 def train(
@@ -487,73 +208,6 @@ def train(
             dist.destroy_process_group()
 
 
-def _load(config: TrainConfig, d: Dist):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from training.base_model import resolve_base_model
-
-    if d.main:  # may convert the embedded model on first use; the others wait for it
-        identity = resolve_base_model(config.base_model)
-    if d.ddp:
-        dist.barrier()
-    if not d.main:
-        identity = resolve_base_model(config.base_model)
-    tokenizer = AutoTokenizer.from_pretrained(identity.path)
-    dtype = torch.bfloat16 if config.bf16 else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(
-        identity.path, dtype=dtype, attn_implementation=config.attn_implementation
-    )
-    model.config.use_cache = False
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    torch.manual_seed(config.seed)  # LoRA A init: the same on every rank and every (re)start
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    peft_model = get_peft_model(model, lora)  # LoRA weights in fp32 (PEFT's autocast_adapter_dtype)
-    if config.lora_dropout == 0.0:
-        lean_lora_forward(peft_model)
-    return peft_model.to(d.device), tokenizer, identity
-
-
-def lean_lora_forward(peft_model) -> int:
-    """Give each LoRA linear a forward without PEFT's input upcast; returns how many were changed.
-
-    PEFT casts the layer's bf16 input to the adapter's fp32 dtype (a full-activation copy), autocast
-    casts it back for the matmul (another), then scales and adds the [rows, seq, out] update (two more
-    passes), for every adapted layer. Here the adapter weights are cast instead (16 x 576, cheap), the
-    scale is applied on the rank-16 intermediate, and the update is added inside the GEMM (addmm).
-    Same maths; only for a single adapter without dropout, anything else keeps PEFT's forward.
-    """
-    from peft.tuners.lora.layer import Linear
-
-    def forward(self, x, *args, **kwargs):
-        if self.disable_adapters or self.merged or self.active_adapters != ["default"] or self.lora_variant:
-            return Linear.forward(self, x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
-        a, b = self.lora_A["default"].weight.to(x.dtype), self.lora_B["default"].weight.to(x.dtype)
-        low = F.linear(x, a) * self.scaling["default"]
-        out = torch.addmm(result.reshape(-1, result.shape[-1]), low.reshape(-1, low.shape[-1]), b.t())
-        return out.view(result.shape)
-
-    changed = 0
-    for module in peft_model.modules():
-        if isinstance(module, Linear) and isinstance(module.lora_dropout["default"], nn.Identity):
-            module.forward = forward.__get__(module)
-            changed += 1
-    return changed
-
-
-def _trainable(peft_model) -> dict[str, torch.Tensor]:
-    return {k: p.detach().clone() for k, p in peft_model.named_parameters() if p.requires_grad}
-
-
 def _train(config, snapshot, d: Dist, on_eval, parent_run_id, resume, flyte_execution_id) -> TrainResult:
     from training.dataset import tokenizer_identity
 
@@ -564,8 +218,8 @@ def _train(config, snapshot, d: Dist, on_eval, parent_run_id, resume, flyte_exec
             f"WORLD_SIZE={d.world}; use a multiple of {d.world}"
         )
     out = Path(config.output_dir or _fresh_output_dir(config))
-    out = Path(_broadcast(d, str(out)))
-    model, tokenizer, identity = _load(config, d)
+    out = Path(broadcast(d, str(out)))
+    model, tokenizer, identity = load_peft_model(config, d)
     if tokenizer_identity(tokenizer)["sha256"] != snapshot.tokenizer["sha256"]:
         raise ValueError(
             f"dataset snapshot {snapshot.snapshot_hash[:12]} was tokenized with "
@@ -587,7 +241,7 @@ def _train(config, snapshot, d: Dist, on_eval, parent_run_id, resume, flyte_exec
 
     # where to start: the latest checkpoint, or a clean slate (final outputs exist only for finished runs)
     ckpt = latest_checkpoint(out) if (resume and d.main) else None
-    ckpt = _broadcast(d, str(ckpt) if ckpt else None)
+    ckpt = broadcast(d, str(ckpt) if ckpt else None)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(out / "adapter", ignore_errors=True)
@@ -642,12 +296,12 @@ def _train(config, snapshot, d: Dist, on_eval, parent_run_id, resume, flyte_exec
         if not tracker.resumed:
             tracker.params(
                 {
-                    **_flat("", {k: v for k, v in asdict(config).items()}),
+                    **flat_params("", {k: v for k, v in asdict(config).items()}),
                     **identity.as_params(),
                     "dataset.snapshot_hash": snapshot.snapshot_hash,
-                    **_flat("dataset.tokenizer.", snapshot.tokenizer),
-                    **_flat("dataset.", snapshot.stats),
-                    **_flat("dataset.source.", getattr(snapshot, "source", {}) or {}),
+                    **flat_params("dataset.tokenizer.", snapshot.tokenizer),
+                    **flat_params("dataset.", snapshot.stats),
+                    **flat_params("dataset.source.", getattr(snapshot, "source", {}) or {}),
                     "world_size": d.world,
                     "device": d.device.type,
                     "output_dir": str(out),
@@ -657,157 +311,195 @@ def _train(config, snapshot, d: Dist, on_eval, parent_run_id, resume, flyte_exec
                     "versions.peft": _version("peft"),
                 }
             )
+    run = _Run(
+        config=config,
+        snapshot=snapshot,
+        d=d,
+        out=out,
+        model=model,
+        ddp_model=ddp_model,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        train_rows=train_rows,
+        val_rows=val_rows,
+        state=st,
+        best=best,
+        tracker=tracker,
+        tokenizer=tokenizer,
+        identity=identity,
+        on_eval=on_eval,
+        info=info,
+    )
     try:
-        result = _fit(
-            config,
-            snapshot,
-            d,
-            out,
-            model,
-            ddp_model,
-            loss_fn,
-            optimizer,
-            train_rows,
-            val_rows,
-            st,
-            best,
-            tracker,
-            tokenizer,
-            identity,
-            on_eval,
-            info,
-        )
+        result = _fit(run)
     except BaseException as e:
         if tracker:
-            tracker.end(_end_status(e))
+            tracker.end(end_status(e))
         raise
     if tracker:
         tracker.end("FINISHED")
     return result
 
 
-def _fit(
-    config,
-    snapshot,
-    d,
-    out,
-    model,
-    ddp_model,
-    loss_fn,
-    optimizer,
-    train_rows,
-    val_rows,
-    st,
-    best,
-    tracker,
-    tokenizer,
-    identity,
-    on_eval,
-    info,
-) -> TrainResult:
-    mbs, accum = config.micro_batch_size, config.grad_accum_steps
-    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext()
-    params = [p for p in model.parameters() if p.requires_grad]
-    info(
+@dataclass
+class _Run:
+    """What one training run holds while it fits: built by _train, advanced step by step by _fit."""
+
+    config: TrainConfig
+    snapshot: Any  # training.dataset.DatasetSnapshot
+    d: Dist
+    out: Path
+    model: nn.Module  # the PEFT model
+    ddp_model: nn.Module  # what forward and backward go through: loss_fn, DDP-wrapped when distributed
+    loss_fn: LabelLoss
+    optimizer: torch.optim.Optimizer
+    train_rows: RowStream
+    val_rows: list
+    state: dict  # step, token counts, best validation loss, history: what a checkpoint saves
+    best: dict[str, torch.Tensor] | None  # the trainable weights at the best validation loss
+    tracker: Tracker | None
+    tokenizer: Any
+    identity: Any  # training.base_model.BaseModelIdentity
+    on_eval: Callable[[int, float], None] | None
+    info: Callable[..., None]  # log.info on rank 0, silent elsewhere
+
+    @property
+    def autocast(self):
+        if self.config.bf16:
+            return torch.autocast(self.d.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def _fit(run: _Run) -> TrainResult:
+    config, st = run.config, run.state
+    run.info(
         "training %s on %d train rows (%d validation), world %d, global batch %d rows x %d tokens, %d steps",
-        identity.name,
-        train_rows.n,
-        len(val_rows),
-        d.world,
-        mbs * accum,
-        snapshot.seq_len,
+        run.identity.name,
+        run.train_rows.n,
+        len(run.val_rows),
+        run.d.world,
+        config.micro_batch_size * config.grad_accum_steps,
+        run.snapshot.seq_len,
         config.max_steps,
     )
     stopped_early = False
-    model.train()
+    run.model.train()
     while st["step"] < config.max_steps:
-        step = st["step"]
-        lr = lr_at(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        t0 = time.perf_counter()
-        micro = range(
-            step * accum + d.rank, (step + 1) * accum, d.world
-        )  # this rank's global micro-batch ids
-        idx = [train_rows.rows(g, mbs) for g in range(step * accum, (step + 1) * accum)]
-        n_loss = max(1, int(sum(train_rows.loss_tokens[i].sum() for i in idx)))  # label positions, all ranks
-        loss_sum = torch.zeros((), device=d.device)
-        for k, g in enumerate(micro):
-            if d.ddp:  # all-reduce gradients only after the last micro-batch
-                ddp_model.require_backward_grad_sync = k == len(micro) - 1
-            torch.manual_seed(config.seed * 1_000_003 + g)  # dropout depends on the micro-batch, not the rank
-            with autocast:
-                s, _ = ddp_model(**train_rows.batch(idx[g - step * accum], d.device))
-            (s * (d.world / n_loss)).backward()  # DDP averages over ranks; undo it: the loss is a global sum
-            loss_sum += s.detach()
-        loss = _all_sum(d, float(loss_sum))[0] / n_loss
-        if not math.isfinite(loss):
-            raise NonFiniteLossError(
-                step + 1,
-                loss,
-                hint=f"lr was {lr:.3g}; lower TrainConfig.learning_rate "
-                f"({config.learning_rate:g}) or inspect the rows of this step",
-            )
-        grad_norm = float(nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf")))
-        if not math.isfinite(grad_norm):
-            raise NonFiniteLossError(step + 1, grad_norm, "gradient norm", f"lr was {lr:.3g}")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t0
-
-        tokens = int(sum(train_rows.tokens[i].sum() for i in idx))
-        st["step"] = step = step + 1
-        st["tokens_seen"] += tokens
-        st["loss_tokens_seen"] += n_loss
-        st["train_time_s"] += dt
-        entry = {
-            "step": step,
-            "train_loss": loss,
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "tokens": tokens,
-            "loss_tokens": n_loss,
-            "step_time_s": dt,
-            "tokens_per_s": tokens / dt,
-            "loss_tokens_per_s": n_loss / dt,
-        }
-        st["history"].append(entry)
-
+        entry = _optimizer_step(run)
+        step = entry["step"]
         last = step == config.max_steps
-        val = None
-        if (config.eval_every and step % config.eval_every == 0) or last:
-            entry["val_loss"] = val = evaluate_rows(loss_fn, val_rows, mbs, d, autocast)
-            model.train()
-            if val is not None and (st["best_val_loss"] is None or val < st["best_val_loss"]):
-                st["best_val_loss"], st["best_step"], st["bad_evals"] = val, step, 0
-                best = _trainable(model)
-            elif val is not None:
-                st["bad_evals"] += 1
-        if tracker and (step % config.log_every == 0 or "val_loss" in entry or last):
-            tracker.metrics(step, {k: v for k, v in entry.items() if k != "step"})
+        val = _evaluate_if_due(run, entry, last)
+        if run.tracker and (step % config.log_every == 0 or val is not None or last):
+            run.tracker.metrics(step, {k: v for k, v in entry.items() if k != "step"})
         if step % config.log_every == 0 or last or val is not None:
-            info(
-                "step %d/%d | loss %.4f | lr %.2e | grad %.3f | %.0f loss-tok/s | %.1fs%s",
-                step,
-                config.max_steps,
-                loss,
-                lr,
-                grad_norm,
-                n_loss / dt,
-                dt,
-                ""
-                if val is None
-                else f" | val {val:.4f} (best {st['best_val_loss']:.4f} at step {st['best_step']})",
-            )
+            _log_step(run, entry, val)
         if val is not None:
-            _call_on_eval(on_eval, step, val, d)
+            _call_on_eval(run.on_eval, step, val, run.d)
             if config.early_stopping_patience and st["bad_evals"] >= config.early_stopping_patience:
-                info("early stop at step %d: %d evaluations without improvement", step, st["bad_evals"])
+                run.info("early stop at step %d: %d evaluations without improvement", step, st["bad_evals"])
                 stopped_early = True
                 break
-        if d.main and config.checkpoint_every and step % config.checkpoint_every == 0 and not last:
-            save_checkpoint(out, step, model, optimizer, st, best, config.keep_checkpoints)
+        if run.d.main and config.checkpoint_every and step % config.checkpoint_every == 0 and not last:
+            save_checkpoint(run.out, step, run.model, run.optimizer, st, run.best, config.keep_checkpoints)
+    return _finish(run, stopped_early)
 
+
+def _optimizer_step(run: _Run) -> dict:
+    """One optimizer step over the global batch (this rank's share of its micro-batches); its history entry."""
+    config, d, st, rows = run.config, run.d, run.state, run.train_rows
+    mbs, accum = config.micro_batch_size, config.grad_accum_steps
+    step = st["step"]
+    lr = lr_at(step, config)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    t0 = time.perf_counter()
+    micro = range(step * accum + d.rank, (step + 1) * accum, d.world)  # this rank's global micro-batch ids
+    idx = [rows.rows(g, mbs) for g in range(step * accum, (step + 1) * accum)]
+    n_loss = max(1, int(sum(rows.loss_tokens[i].sum() for i in idx)))  # label positions, all ranks
+    loss_sum = torch.zeros((), device=d.device)
+    autocast = run.autocast
+    for k, g in enumerate(micro):
+        if d.ddp:  # all-reduce gradients only after the last micro-batch
+            run.ddp_model.require_backward_grad_sync = k == len(micro) - 1
+        torch.manual_seed(config.seed * 1_000_003 + g)  # dropout depends on the micro-batch, not the rank
+        with autocast:
+            s, _ = run.ddp_model(**rows.batch(idx[g - step * accum], d.device))
+        (s * (d.world / n_loss)).backward()  # DDP averages over ranks; undo it: the loss is a global sum
+        loss_sum += s.detach()
+    loss = all_sum(d, float(loss_sum))[0] / n_loss
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            step + 1,
+            loss,
+            hint=f"lr was {lr:.3g}; lower TrainConfig.learning_rate "
+            f"({config.learning_rate:g}) or inspect the rows of this step",
+        )
+    grad_norm = float(nn.utils.clip_grad_norm_(run.params, config.max_grad_norm or float("inf")))
+    if not math.isfinite(grad_norm):
+        raise NonFiniteLossError(step + 1, grad_norm, "gradient norm", f"lr was {lr:.3g}")
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    dt = time.perf_counter() - t0
+
+    tokens = int(sum(rows.tokens[i].sum() for i in idx))
+    st["step"] = step + 1
+    st["tokens_seen"] += tokens
+    st["loss_tokens_seen"] += n_loss
+    st["train_time_s"] += dt
+    entry = {
+        "step": step + 1,
+        "train_loss": loss,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens": tokens,
+        "loss_tokens": n_loss,
+        "step_time_s": dt,
+        "tokens_per_s": tokens / dt,
+        "loss_tokens_per_s": n_loss / dt,
+    }
+    st["history"].append(entry)
+    return entry
+
+
+def _evaluate_if_due(run: _Run, entry: dict, last: bool) -> float | None:
+    """The validation loss when this step evaluates (recorded in `entry`, best weights kept), else None."""
+    config, st, step = run.config, run.state, entry["step"]
+    if not ((config.eval_every and step % config.eval_every == 0) or last):
+        return None
+    entry["val_loss"] = val = evaluate_rows(
+        run.loss_fn, run.val_rows, config.micro_batch_size, run.d, run.autocast
+    )
+    run.model.train()
+    if val is not None and (st["best_val_loss"] is None or val < st["best_val_loss"]):
+        st["best_val_loss"], st["best_step"], st["bad_evals"] = val, step, 0
+        run.best = trainable_weights(run.model)
+    elif val is not None:
+        st["bad_evals"] += 1
+    return val
+
+
+def _log_step(run: _Run, entry: dict, val: float | None) -> None:
+    st = run.state
+    run.info(
+        "step %d/%d | loss %.4f | lr %.2e | grad %.3f | %.0f loss-tok/s | %.1fs%s",
+        entry["step"],
+        run.config.max_steps,
+        entry["train_loss"],
+        entry["lr"],
+        entry["grad_norm"],
+        entry["loss_tokens_per_s"],
+        entry["step_time_s"],
+        "" if val is None else f" | val {val:.4f} (best {st['best_val_loss']:.4f} at step {st['best_step']})",
+    )
+
+
+def _finish(run: _Run, stopped_early: bool) -> TrainResult:
+    """The result; on rank 0 the best adapter, result.json and the loss curve, written and logged."""
+    st, out = run.state, run.out
     final_val = next((h["val_loss"] for h in reversed(st["history"]) if "val_loss" in h), None)
     adapter_dir = out / "adapter"
     result = TrainResult(
@@ -823,34 +515,34 @@ def _fit(
         stopped_early=stopped_early,
         output_dir=str(out),
     )
-    if d.main:
-        if best is not None:  # the adapter that reached best_val_loss
-            unexpected = model.load_state_dict(best, strict=False).unexpected_keys
+    if run.d.main:
+        if run.best is not None:  # the adapter that reached best_val_loss
+            unexpected = run.model.load_state_dict(run.best, strict=False).unexpected_keys
             assert not unexpected, unexpected
-        _save_adapter(
-            model,
-            tokenizer,
+        save_adapter(
+            run.model,
+            run.tokenizer,
             adapter_dir,
             {
-                "base_model": asdict(identity),
-                "dataset_snapshot_hash": snapshot.snapshot_hash,
+                "base_model": asdict(run.identity),
+                "dataset_snapshot_hash": run.snapshot.snapshot_hash,
                 "mlflow_run_id": result.mlflow_run_id,
                 "step": result.best_step,
                 "val_loss": result.best_val_loss,
-                "train_config": asdict(config),
+                "train_config": asdict(run.config),
             },
         )
         (out / "result.json").write_text(json.dumps(asdict(result), indent=1))
         curve = loss_curve(st["history"], out / "loss_curve.png")
-        if tracker:
-            tracker.metrics(
+        if run.tracker:
+            run.tracker.metrics(
                 result.steps,
                 {"best_val_loss": result.best_val_loss, "loss_tokens_per_s_mean": result.loss_tokens_per_s},
             )
-            tracker.artifacts(adapter_dir, "adapter")
-            tracker.artifacts(curve)
-            tracker.artifacts(out / "result.json")
-        info(
+            run.tracker.artifacts(adapter_dir, "adapter")
+            run.tracker.artifacts(curve)
+            run.tracker.artifacts(out / "result.json")
+        run.info(
             "done: %d steps, best validation loss %s at step %d, %.0f loss-tokens/s, adapter %s",
             result.steps,
             result.best_val_loss,
@@ -858,31 +550,9 @@ def _fit(
             result.loss_tokens_per_s,
             adapter_dir,
         )
-    if d.ddp:
+    if run.d.ddp:
         dist.barrier()  # no rank returns before the outputs exist
     return result
-
-
-@torch.no_grad()
-def evaluate_rows(
-    loss_fn: LabelLoss, rows, micro_batch_size: int, d: Dist | None = None, autocast=None
-) -> float | None:
-    """Mean cross-entropy per label position over rows (sharded over ranks); None when there are none."""
-    d = d or Dist()
-    if not rows:
-        return None
-    from training.dataset import collate
-
-    loss_fn.eval()
-    mine = rows[d.rank :: d.world]
-    total = count = 0.0
-    for i in range(0, len(mine), micro_batch_size):
-        batch = {k: v.to(d.device) for k, v in collate(mine[i : i + micro_batch_size]).items()}
-        with autocast or nullcontext():
-            s, n = loss_fn(**batch)
-        total, count = total + float(s), count + n
-    total, count = _all_sum(d, total, count)
-    return total / count if count else None
 
 
 def _call_on_eval(on_eval, step: int, val: float, d: Dist) -> None:
@@ -893,25 +563,10 @@ def _call_on_eval(on_eval, step: int, val: float, d: Dist) -> None:
             on_eval(step, val)
         except BaseException as e:  # noqa: BLE001 - re-raised below, after the other ranks know
             error = e
-    if d.ddp and _all_sum(d, float(error is not None))[0] and error is None:
+    if d.ddp and all_sum(d, float(error is not None))[0] and error is None:
         raise RuntimeError(f"rank {d.rank}: stopping at step {step} because on_eval raised on rank 0")
     if error is not None:
         raise error
-
-
-def _save_adapter(model, tokenizer, adapter_dir: Path, lineage: dict) -> None:
-    """Adapter (PEFT format) + tokenizer + lineage, renamed into place whole."""
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter.tmp", dir=adapter_dir.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / LINEAGE_FILE).write_text(json.dumps(lineage, indent=1, default=str))
-        tmp.chmod(0o755)
-        shutil.rmtree(adapter_dir, ignore_errors=True)
-        os.replace(tmp, adapter_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _fresh_output_dir(config: TrainConfig) -> Path:
