@@ -20,24 +20,16 @@ import logging
 import sys
 from dataclasses import asdict
 
+from features.configcli import add_options, from_options
 from serving.gate import GateConfig, run_gate
 from serving.manifests import RenderConfig, read_serving_manifest, render_to_dir
 from serving.promote import PromoteConfig, PromotionError, promote, rollback
 from serving.registry import RegisterRequest, RegistryError, register_adapter, status
 
 
-def _promote_config(args):
-    d = PromoteConfig()
-    return PromoteConfig(
-        replica_urls=args.replica or d.replica_urls,
-        api_key_env=args.api_key_env,
-        store=args.store or d.store,
-        replica_store=args.replica_store,
-        latency_budget_s=args.latency_budget,
-        require_gate=not getattr(args, "force", False),
-        manifest_path=args.manifest,
-        k8s_dir=args.k8s_dir,
-    )
+def _promote_config(args) -> PromoteConfig:
+    replicas = {"replica_urls": args.replica} if args.replica else {}
+    return from_options(PromoteConfig, args, require_gate=not getattr(args, "force", False), **replicas)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     g.add_argument("model")
     g.add_argument("version")
-    g.add_argument("--loss-margin", type=float, default=0.0)
-    g.add_argument("--rouge-margin", type=float, default=0.0)
-    g.add_argument("--max-empty-share", type=float, default=0.0)
+    add_options(g, GateConfig)
 
     for name, help_ in (
         ("promote", "serve a version on every replica, then move @champion/@previous"),
@@ -87,18 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             metavar="URL",
             help="a vLLM base URL (repeat for each replica; default http://127.0.0.1:8000)",
         )
-        q.add_argument("--api-key-env", default="AGENTLOOP_VLLM_API_KEY", metavar="VAR")
-        q.add_argument(
-            "--store",
-            default="",
-            help="model store folder or s3:// URL (default $AGENTLOOP_HOME/model-store)",
-        )
-        q.add_argument("--replica-store", default="", help="the store's path as the replicas mount it")
-        q.add_argument("--latency-budget", type=float, default=30.0, metavar="SECONDS")
-        q.add_argument(
-            "--manifest", default="", help="serving manifest JSON (default <store>/serving-manifest.json)"
-        )
-        q.add_argument("--k8s-dir", default="", help="write rendered Kubernetes manifests here")
+        add_options(q, PromoteConfig, exclude={"replica_urls", "require_gate"})
 
     k = sub.add_parser("render", help="render the vLLM Kubernetes manifests from a serving manifest")
     k.add_argument("--manifest", required=True)
@@ -135,11 +114,7 @@ def _run(args) -> int:
         d = run_gate(
             args.model,
             args.version,
-            GateConfig(
-                loss_margin=args.loss_margin,
-                rouge_margin=args.rouge_margin,
-                max_empty_share=args.max_empty_share,
-            ),
+            from_options(GateConfig, args),
         )
         print(json.dumps({"decision": d.decision, "reasons": d.reasons, "metrics": d.metrics}, indent=1))
         return 0 if d.promote else 1

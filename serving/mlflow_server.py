@@ -19,6 +19,7 @@ from pathlib import Path
 
 import requests
 
+from features.configcli import add_options, from_options
 from features.home import agentloop_home
 from serving.processes import alive, free_port, log_tail, port_free, spawn, stop_group, wait_healthy
 
@@ -188,30 +189,15 @@ def main(argv: list[str] | None = None) -> int:
         description="Local MLflow server (SQLite backend, local artifacts by default)."
     )
     p.add_argument("action", choices=["up", "down", "status", "url"])
-    p.add_argument("--root", type=Path, default=default_root())
-    p.add_argument("--port", type=int, default=int(os.environ.get("AGENTLOOP_MLFLOW_PORT", 5000)))
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument(
-        "--backend-store-uri",
-        default="",
-        help="e.g. postgresql://user@host:5432/mlflow (password: PGPASSWORD); default SQLite in --root",
-    )
-    p.add_argument(
-        "--artifacts-destination",
-        default="",
-        help="e.g. s3://bucket/mlflow (endpoint: MLFLOW_S3_ENDPOINT_URL); default <root>/artifacts",
+    add_options(
+        p,
+        MLflowServerConfig,
+        exclude={"extra_env"},
+        defaults={"root": default_root(), "port": int(os.environ.get("AGENTLOOP_MLFLOW_PORT", 5000))},
     )
     args = p.parse_args(argv)
     if args.action == "up":
-        info = up(
-            MLflowServerConfig(
-                root=args.root,
-                host=args.host,
-                port=args.port,
-                backend_store_uri=args.backend_store_uri,
-                artifacts_destination=args.artifacts_destination,
-            )
-        )
+        info = up(from_options(MLflowServerConfig, args))
         print(f"MLflow server up: {info['url']} (pid {info['pid']}, log {info['log']})")
     elif args.action == "down":
         print(

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import requests
 
+from features.configcli import add_options, from_options
 from features.home import agentloop_home
 from serving.processes import (
     ServerStartError,
@@ -315,32 +316,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = p.add_subparsers(dest="action", required=True)
     s = sub.add_parser("start", help="start a detached server and wait until /health answers")
-    d = VLLMServerConfig()
-    s.add_argument("--model", default=d.model, help="HF model folder (default: %(default)s)")
-    s.add_argument("--served-model-name", default="")
-    s.add_argument("--host", default=d.host)
-    s.add_argument("--port", type=int, default=8000, help="0 = a free port")
-    s.add_argument("--python", default=d.python, help="the serve venv's python (default: %(default)s)")
+    # every VLLMServerConfig field is an option (--max-loras, --kv-cache-gib, --no-enable-lora, ...)
+    add_options(s, VLLMServerConfig, exclude={"api_key", "lora_modules"}, defaults={"port": 8000})
     s.add_argument(
-        "--lora", action="append", default=[], metavar="NAME=DIR", help="adapter to load at startup"
+        "--lora", action="append", default=[], metavar="NAME=DIR", help="adapter to load at startup (repeat)"
     )
-    s.add_argument(
-        "--no-lora", action="store_true", help="disable LoRA (vLLM then torch.compiles at startup)"
-    )
-    s.add_argument("--max-loras", type=int, default=d.max_loras)
-    s.add_argument("--max-lora-rank", type=int, default=d.max_lora_rank)
-    s.add_argument("--dtype", default=d.dtype, choices=["bfloat16", "float32"])
-    s.add_argument("--max-model-len", type=int, default=d.max_model_len)
-    s.add_argument("--kv-cache-gib", type=int, default=d.kv_cache_gib)
-    s.add_argument("--threads-bind", default=d.omp_threads_bind, help="VLLM_CPU_OMP_THREADS_BIND")
     s.add_argument(
         "--api-key-env",
         default="",
         metavar="VAR",
         help="require the bearer token held in this environment variable",
     )
-    s.add_argument("--log", default="", help="log file (default: $AGENTLOOP_HOME/logs/vllm-<port>.log)")
-    s.add_argument("--timeout", type=float, default=d.startup_timeout_s)
     for name in ("start", "stop", "status"):
         (s if name == "start" else sub.add_parser(name)).add_argument(
             "--pidfile", type=Path, default=default_pidfile(), help="default: %(default)s"
@@ -356,24 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.api_key_env and not api_key:
             p.error(f"--api-key-env {args.api_key_env}: that variable is empty or unset")
         loras = dict(item.split("=", 1) for item in args.lora)
-        cfg = VLLMServerConfig(
-            model=args.model,
-            python=args.python,
-            served_model_name=args.served_model_name,
-            host=args.host,
-            port=args.port,
-            enable_lora=not args.no_lora,
-            max_loras=args.max_loras,
-            max_lora_rank=args.max_lora_rank,
-            lora_modules=loras,
-            dtype=args.dtype,
-            max_model_len=args.max_model_len,
-            api_key=api_key,
-            kv_cache_gib=args.kv_cache_gib,
-            omp_threads_bind=args.threads_bind,
-            log_path=args.log,
-            startup_timeout_s=args.timeout,
-        )
+        cfg = from_options(VLLMServerConfig, args, lora_modules=loras, api_key=api_key)
         t0 = time.monotonic()
         server = start(cfg)
         args.pidfile.parent.mkdir(parents=True, exist_ok=True)
