@@ -16,11 +16,7 @@ is off). What it does, in one process, in well under 8 minutes on an H100:
    rows per step, bf16 autocast, LoRA r=16 on all seven linear layers (TrainConfig's defaults).
 
 Useful tokens: non-padding positions of the rows a step trains on (context and loss-bearing alike).
-Model FLOPs of a step (what the maths needs, not what kernels happen to do):
-    4 * N_body * useful            frozen decoder matmuls: forward 2N, backward to activations 2N
-  + 6 * N_lora * useful            LoRA: forward, backward to activations and to its own weights
-  + 4 * d * V * labels             the LM head, only at label positions (training.loss.LabelLoss)
-  + 6 * d_attn * layers * sum(L * (L + 1)) over the step's examples (causal attention, block-diagonal)
+Model FLOPs of a step: training/flops.py (the same formula as bench/train_throughput.py).
 % of peak = model FLOPs per second of step time / the measured bf16 matmul rate.
 """
 
@@ -176,33 +172,10 @@ def snapshot(args, model_dir: str, work: Path):
 # --- 4. training -----------------------------------------------------------------------------------------
 
 
-def model_dims(model_dir: str, r: int, targets: list[str]) -> dict:
-    c = json.loads((Path(model_dir) / "config.json").read_text())
-    d, ff, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
-    hd = c.get("head_dim") or d // c["num_attention_heads"]
-    q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
-    shapes = {
-        "q_proj": (d, q),
-        "k_proj": (d, kv),
-        "v_proj": (d, kv),
-        "o_proj": (q, d),
-        "gate_proj": (d, ff),
-        "up_proj": (d, ff),
-        "down_proj": (ff, d),
-    }
-    return {
-        "d": d,
-        "vocab": c["vocab_size"],
-        "layers": layers,
-        "d_attn": q,
-        "n_body": layers * sum(i * o for i, o in shapes.values()),
-        "n_lora": layers * sum(r * sum(shapes[m]) for m in targets),
-    }
-
-
 def run(args, model_dir: str, snap, micro_batch: int, peak_tflops: float, work: Path) -> dict:
     import torch
 
+    from training.flops import model_dims, step_flops
     from training.row_stream import RowStream
     from training.trainer import TrainConfig, train
 
@@ -243,12 +216,7 @@ def run(args, model_dir: str, snap, micro_batch: int, peak_tflops: float, work: 
         useful += h["tokens"]
         labels += h["loss_tokens"]
     seconds = sum(h["step_time_s"] for h in measured)
-    flops = (
-        4 * dims["n_body"] * useful
-        + 6 * dims["n_lora"] * useful
-        + 4 * dims["d"] * dims["vocab"] * labels
-        + 6 * dims["d_attn"] * dims["layers"] * attn
-    )
+    flops = step_flops(dims, useful, labels, attn)
     tflops = flops / seconds / 1e12
     return {
         "micro_batch": micro_batch,

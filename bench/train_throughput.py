@@ -22,14 +22,7 @@ Useful tokens: the tokens of the examples a step trains on, i.e. every non-paddi
 (context and loss-bearing alike); padding (to the batch's longest example, or a packed row's empty
 tail) is not counted. Also reported: label tokens, the positions whose next-token loss is taken.
 
-FLOPs (model FLOPs, what the maths needs, not what a kernel happens to do), per step:
-    4 * N_body * useful   (frozen decoder matmuls: forward 2N, backward to activations 2N; no weight grads)
-  + 6 * N_lora * useful   (LoRA matmuls: forward, backward to activations and to its own weights)
-  + 4 * d * V * labels    (the tied LM head, forward + backward to the hidden state, only where loss is
-                           taken: TRL's defaults take it on every token, so they are charged for it)
-  + 6 * d_attn * layers * sum(L * (L + 1)) over the step's examples of length L (causal QK^T and AV,
-                           forward 2 * d_attn * L(L+1), backward twice that; block-diagonal, no padding)
-Gradient-checkpointing recompute and padding are not counted: they are waste, not work.
+FLOPs: model FLOPs per step as training/flops.py defines them (padding and recompute are waste, not work).
 % of peak = those FLOPs per second / the bf16 4096^3 matmul rate measured in the same invocation.
 
 Eval (--eval): the mean cross-entropy per assistant label position (training.loss.LabelLoss) on
@@ -97,44 +90,6 @@ def build_data(args, out: Path) -> dict:
     )
     snapshot.save(out)
     return {"model": identity.path, "stats": snapshot.stats}
-
-
-# --- FLOPs ---------------------------------------------------------------------------------------------
-
-
-def model_dims(model_path: str) -> dict:
-    c = json.loads((Path(model_path) / "config.json").read_text())
-    d, ff, layers, hd = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c.get("head_dim")
-    hd = hd or d // c["num_attention_heads"]
-    q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
-    shapes = {
-        "q_proj": (d, q),
-        "k_proj": (d, kv),
-        "v_proj": (d, kv),
-        "o_proj": (q, d),
-        "gate_proj": (d, ff),
-        "up_proj": (d, ff),
-        "down_proj": (ff, d),
-    }
-    n_body = layers * sum(i * o for i, o in shapes.values())
-    n_lora = layers * sum(LORA["r"] * (shapes[m][0] + shapes[m][1]) for m in TARGETS)
-    return {
-        "d": d,
-        "vocab": c["vocab_size"],
-        "layers": layers,
-        "d_attn": q,
-        "n_body": n_body,
-        "n_lora": n_lora,
-    }
-
-
-def step_flops(dims: dict, useful: int, labels: int, sum_l_l1: int) -> float:
-    return (
-        4 * dims["n_body"] * useful
-        + 6 * dims["n_lora"] * useful
-        + 4 * dims["d"] * dims["vocab"] * labels
-        + 6 * dims["d_attn"] * dims["layers"] * sum_l_l1
-    )
 
 
 # --- children: one configuration each ---------------------------------------------------------------
@@ -523,6 +478,8 @@ def run_child(name: str, args, snapshot_dir: Path, argv: list[str]) -> dict:
 
 
 def summarise(name: str, res: dict, warmup: int, threads: int, dims: dict, peak: dict | None) -> dict:
+    from training.flops import step_flops
+
     steps = res["steps"][warmup:]
     wall = sum(s["time_s"] for s in steps)
     cpu = sum(s["cpu_s"] for s in steps) / threads  # contention-robust: CPU seconds per thread
@@ -646,7 +603,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-        dims = model_dims(info["model"])
+        from training.flops import model_dims
+
+        dims = model_dims(info["model"], LORA["r"], TARGETS)
         results = {}
         order = (
             [w for w in ("matmul-peak",) if w in which]
