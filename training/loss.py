@@ -73,7 +73,8 @@ class HeadCrossEntropy(torch.autograd.Function):
     Autograd's path (log_softmax, nll, their backwards, a zero-filled [n, vocab] gradient) makes ~5
     passes over the logits; this makes 2 in forward (fp32 logsumexp, gather) and 2 in backward
     (softmax from the saved logsumexp, minus one-hot), recomputing each chunk's logits instead of
-    keeping them. The 49k-wide head is ~15% of a step on CPU, so this is worth a custom backward.
+    keeping them. The 49k-wide head is a sizeable share of a CPU step (bench/train_throughput.py times it
+    apart), so this is worth a custom backward.
     """
 
     @staticmethod

@@ -26,9 +26,9 @@ What a reader may question later:
 - bf16: autocast to bfloat16 with the frozen base held in bf16 (as saved) and LoRA weights,
   optimizer and loss in fp32. bf16=False trains fully in fp32.
 - lora_dropout defaults to 0.0 (torchtune's and Unsloth's default too): on CPU, PEFT's dropout draws
-  a Bernoulli mask for each of the 7 adapted layers' inputs in all 30 blocks, and that cost
-  2.7x the step time at seq 512 (16-core AMX CPU: 176 vs 483 loss-tokens/s). The sweep may still
-  search it; with dropout on, resume and DDP stay exact (masks are seeded per micro-batch).
+  a Bernoulli mask for each of the 7 adapted layers' inputs in all 30 blocks, which multiplies the step
+  time (bench/RESULTS.md, "Trainer step throughput"). The sweep may still search it; with dropout on,
+  resume and DDP stay exact (masks are seeded per micro-batch).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class TrainConfig:
     base_model: str = ""  # "" = the embedded SmolLM2-135M-Instruct; else a HF folder or hub id
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.0  # see the module docstring: dropout costs 2.7x on CPU
+    lora_dropout: float = 0.0  # see the module docstring: PEFT's dropout is slow on CPU
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
     learning_rate: float = 2e-4
     min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio at max_steps
