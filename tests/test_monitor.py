@@ -402,7 +402,16 @@ def test_the_check_reads_feast_and_logs_html_json_and_metrics_to_mlflow(rows, tm
         "drift_score.prompt_tokens" in run.data.metrics
         and "embedding_auc.last_user_message" in run.data.metrics
     )
-    assert {"drift_report.html", "drift_report.json"} <= {a.path for a in client.list_artifacts(run_id)}
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"drift_report.html", "drift_report.json", "drift_chart.png", "images"} <= artifacts
+    # the chart is a keyed image (the experiment's chart view shows it), the table is the run's description
+    assert any(a.path.startswith("images/drift") for a in client.list_artifacts(run_id, "images"))
+    note = run.data.tags["mlflow.note.content"]
+    assert all(f"| {scope} |" in note for scope in ["all", *report.agents])
+    assert (
+        client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"]
+        == "custom_model_development"
+    )
     logged = json.loads(
         Path(client.download_artifacts(run_id, "drift_report.json", str(tmp_path))).read_text()
     )

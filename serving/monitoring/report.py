@@ -113,6 +113,85 @@ def report_html(report: DriftReport, decision: Any = None, as_iframe: bool = Fal
     return render_widgets(widgets, as_iframe=as_iframe)
 
 
+def drift_chart(report: DriftReport, decision: Any = None):
+    """The overall column drift scores against their thresholds (drifted in red) and each agent's drift
+    share, as an RGB array (matplotlib Agg, no pyplot state): the picture a reviewer sees first."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    o = report.overall
+    cols = sorted(o.columns + o.embeddings, key=lambda c: (c.kind, c.column))
+    agents = [(name, s) for name, s in sorted(report.agents.items())]
+    fig = Figure(figsize=(9, 0.32 * (len(cols) + len(agents)) + 2.2), dpi=100)
+    top, bottom = fig.subplots(2, 1, height_ratios=[max(len(cols), 1), max(len(agents), 1)])
+    y = np.arange(len(cols))
+    rel = [_relative(c) for c in cols]
+    top.barh(y, rel, color=["#d62728" if c.drifted else "#1f77b4" for c in cols])
+    top.axvline(1.0, color="k", lw=0.8, ls="--")
+    top.set_yticks(y, [f"{c.column} ({c.method})" for c in cols], fontsize=7)
+    top.invert_yaxis()
+    top.set_xlabel("score relative to its drift threshold (> 1 = drifted)", fontsize=8)
+    verdict = (
+        "" if decision is None else (" — RETRAIN RECOMMENDED" if decision.retrain else " — no retraining")
+    )
+    top.set_title(
+        f"drift {report.current_start[:16]} → {report.current_end[:16]}: {o.drift_share:.0%} of columns{verdict}",
+        fontsize=9,
+    )
+    ya = np.arange(len(agents))
+    bottom.barh(
+        ya,
+        [s.drift_share if s.status == "ok" else 0.0 for _, s in agents],
+        color=[
+            "#d62728" if s.dataset_drift else ("#bbbbbb" if s.status != "ok" else "#1f77b4")
+            for _, s in agents
+        ],
+    )
+    bottom.set_yticks(
+        ya, [name if s.status == "ok" else f"{name} ({s.status})" for name, s in agents], fontsize=7
+    )
+    bottom.invert_yaxis()
+    bottom.set_xlim(0, 1)
+    bottom.set_xlabel("share of drifted columns per agent", fontsize=8)
+    fig.tight_layout()
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _relative(c) -> float:
+    """A score over its threshold, oriented so that > 1 is drift: p-value tests drift below it, distances
+    and AUCs above it. Capped at 5 so one column does not flatten the rest."""
+    if math.isnan(c.score) or c.threshold <= 0:
+        return 0.0
+    if "p_value" in c.method.lower().replace("-", "_"):
+        return min(c.threshold / max(c.score, 1e-12), 5.0)
+    return min(c.score / c.threshold, 5.0)
+
+
+def description_markdown(report: DriftReport, decision: Any = None) -> str:
+    """The run's description (MLflow renders it on the run page): the verdict, its reasons, every scope."""
+    lines = []
+    if decision is not None:
+        verdict = "RETRAIN RECOMMENDED" if decision.retrain else "no retraining"
+        lines += [f"**{verdict}**", "", *(f"- {r}" for r in decision.reasons), ""]
+    lines += [
+        "| scope | status | rows (ref → cur) | drift share | drifted columns | topic drift |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in [report.overall, *report.agents.values()]:
+        lines.append(
+            f"| {s.scope} | {s.status} | {s.reference_rows} → {s.current_rows} | {s.drift_share:.0%} | "
+            f"{', '.join(s.drifted_columns) or '-'} | {', '.join(s.topic_drift) or '-'} |"
+        )
+    lines += [
+        "",
+        "Chart: this experiment's chart view (image `drift`); full report: artifact `drift_report.html`.",
+    ]
+    return "\n".join(lines)
+
+
 # --- MLflow ---------------------------------------------------------------------------------------
 
 MONITORING_EXPERIMENT = "monitoring"
@@ -196,14 +275,16 @@ def log_drift_report(
         if decision is not None:
             tags["agentloop.retrain_recommended"] = str(decision.retrain).lower()
             tags["agentloop.retrain_signals"] = ",".join(decision.signals)[:5000]
-            verdict = "RETRAIN RECOMMENDED" if decision.retrain else "no retraining"
-            tags["mlflow.note.content"] = f"**{verdict}**\n\n" + "\n".join(f"- {r}" for r in decision.reasons)
+        tags["mlflow.note.content"] = description_markdown(report, decision)
         mlflow.set_tags({k: v for k, v in tags.items() if v})
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, 0) for k, v in drift_metrics(report, decision).items()]
         client = MlflowClient()
         for i in range(0, len(metrics), 500):
             client.log_batch(run.info.run_id, metrics=metrics[i : i + 500])
+        chart = drift_chart(report, decision)
+        mlflow.log_image(chart, key="drift", step=0)  # an image card in the experiment's chart view
+        mlflow.log_image(chart, artifact_file="drift_chart.png")
         mlflow.log_text(report_html(report, decision), "drift_report.html")
         mlflow.log_text(report.to_json(decision), "drift_report.json")
         return run.info.run_id
