@@ -12,6 +12,7 @@ switched off for the base): a number for the adapter alone says nothing about wh
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -155,33 +156,16 @@ def held_out_prompts(
 # --- scores ----------------------------------------------------------------------------------------
 
 
-def _words(text: str) -> list[str]:
-    # rouge-score's default tokenizer: lowercase, anything not [a-z0-9] separates tokens
-    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+@functools.cache
+def _rouge_l_scorer():
+    from rouge_score import rouge_scorer
 
-
-def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b, 1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
+    return rouge_scorer.RougeScorer(["rougeL"])  # its tokenizer: lowercase, split on anything not [a-z0-9]
 
 
 def rouge_l(candidate: str, reference: str) -> float:
-    """ROUGE-L F1 (longest common subsequence of words), as rouge-score computes it; 0 when either is empty."""
-    c, r = _words(candidate), _words(reference)
-    if not c or not r:
-        return 0.0
-    lcs = _lcs(c, r)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(c), lcs / len(r)
-    return 2 * precision * recall / (precision + recall)
+    """ROUGE-L F1 (longest common subsequence of words) by Google's rouge-score; 0 when either is empty."""
+    return _rouge_l_scorer().score(reference, candidate)["rougeL"].fmeasure
 
 
 def is_refusal(text: str) -> bool:
