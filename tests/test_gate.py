@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from features.mlflow_experiments import ui_link
 from serving.gate import GateConfig, SideScores, decide, safety_findings
-from tests.test_registry import (
-    eval_set_dir,
-    one_torch_thread,  # noqa: F401 (autouse)
-    register,
-    scaled_adapter,
-    trained_adapter,
-)
+from tests.conftest import browse, eval_set_dir, register, scaled_adapter, trained_adapter
 from training.eval_set import DEFAULT_CANARIES, EvalSet
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def scores(
@@ -121,16 +118,21 @@ def versions(tmp_path_factory, base_model_dir, mlflow_server):
         mlflow.set_tracking_uri(None)
 
 
+@pytest.fixture(scope="module")
+def good_decision(versions, mlflow_server):
+    """The gate run once on the good adapter, with no champion (as the first round has)."""
+    from serving.gate import run_gate
+
+    return run_gate(NAME, versions["good"].version, GateConfig(max_new_tokens=16, tracking_uri=mlflow_server))
+
+
 @pytest.mark.slow
 def test_gate_promotes_a_trained_adapter_that_beats_the_base_model_and_writes_its_numbers(
-    versions, mlflow_server
+    versions, good_decision, mlflow_server
 ):
     from mlflow.tracking import MlflowClient
 
-    from serving.gate import run_gate
-
-    v = versions["good"].version
-    d = run_gate(NAME, v, GateConfig(max_new_tokens=16, tracking_uri=mlflow_server))
+    v, d = versions["good"].version, good_decision
     assert d.promote, d.reasons
     assert d.metrics["challenger_loss"] < d.metrics["base_loss"]
     assert d.champion_version == ""
@@ -144,6 +146,21 @@ def test_gate_promotes_a_trained_adapter_that_beats_the_base_model_and_writes_it
 
 
 @pytest.mark.slow
+def test_the_model_version_page_shows_the_gate_decision_and_its_table(
+    versions, good_decision, mlflow_server, chromium
+):
+    """What a reviewer opens in the MLflow UI, in a real browser: the version page renders the gate's
+    Markdown (its verdict and the per-side table) from the description the gate wrote."""
+    v, d = versions["good"].version, good_decision
+    dom = browse(
+        chromium, ui_link(mlflow_server, f"models/{NAME}/versions/{v}"), "gate-model-version"
+    ).replace("\n", "")
+    assert f"Gate: <strong>{d.decision}</strong>" in dom
+    for side in ("base", "challenger"):
+        assert f"<td>{side}</td><td>{d.metrics[side + '_loss']:.4f}</td>" in dom
+
+
+@pytest.mark.slow
 def test_a_worse_challenger_is_refused_against_the_champion_and_nothing_moves(versions, mlflow_server):
     from mlflow.tracking import MlflowClient
 
@@ -151,14 +168,19 @@ def test_a_worse_challenger_is_refused_against_the_champion_and_nothing_moves(ve
 
     c = MlflowClient(mlflow_server)
     c.set_registered_model_alias(NAME, "champion", versions["good"].version)  # as a promotion would leave it
-    before = dict(c.get_registered_model(NAME).aliases)
-    d = run_gate(NAME, versions["broken"].version, GateConfig(max_new_tokens=16, tracking_uri=mlflow_server))
-    assert not d.promote
-    assert d.champion_version == versions["good"].version
-    assert d.metrics["challenger_loss"] > d.metrics["champion_loss"]
-    assert any("does not beat champion's" in r for r in d.reasons)
-    assert dict(c.get_registered_model(NAME).aliases) == before
-    mv = c.get_model_version(NAME, versions["broken"].version)
-    assert mv.tags["agentloop.gate.decision"] == "reject"
-    assert "does not beat" in mv.tags["agentloop.gate.reasons"]
-    assert "### Gate: **reject**" in mv.description
+    try:
+        before = dict(c.get_registered_model(NAME).aliases)
+        d = run_gate(
+            NAME, versions["broken"].version, GateConfig(max_new_tokens=16, tracking_uri=mlflow_server)
+        )
+        assert not d.promote
+        assert d.champion_version == versions["good"].version
+        assert d.metrics["challenger_loss"] > d.metrics["champion_loss"]
+        assert any("does not beat champion's" in r for r in d.reasons)
+        assert dict(c.get_registered_model(NAME).aliases) == before
+        mv = c.get_model_version(NAME, versions["broken"].version)
+        assert mv.tags["agentloop.gate.decision"] == "reject"
+        assert "does not beat" in mv.tags["agentloop.gate.reasons"]
+        assert "### Gate: **reject**" in mv.description
+    finally:  # the suite runs in random order: the other test gates "good" with no champion
+        c.delete_registered_model_alias(NAME, "champion")

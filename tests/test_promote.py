@@ -2,10 +2,11 @@
 under a stable name, every failure leaves the previous adapter serving with the aliases unchanged, rollback
 restores @previous, and what a restart needs (serving manifest, Kubernetes manifests) is written.
 
-The module's tests run in order and build on each other: v1 (trained, gated) is promoted; a broken v2 is
-refused by the gate; v3 (a milder copy of v1's adapter, promoted without the gate: the promotion mechanics
-are under test, not the gate) fails on a down replica and on a bad store mount, then succeeds under load;
-rollback returns to v1.
+The real-server tests share module fixtures, not each other's side effects (the suite runs in random order):
+v1 (trained, gated, promoted) is the champion every test starts from and ends with; a broken v2 is refused by
+the gate; v3 (a milder copy of v1's adapter, promoted without the gate: the promotion mechanics are under
+test, not the gate) fails on a down replica and on a bad store mount, and succeeds under load in the one
+test that then rolls back to v1.
 """
 
 from __future__ import annotations
@@ -34,13 +35,9 @@ from serving.promote import (
 )
 from serving.registry import RegistryError
 from serving.vllm_server import free_port
-from tests.test_registry import (
-    eval_set_dir,
-    one_torch_thread,  # noqa: F401 (autouse)
-    register,
-    scaled_adapter,
-    trained_adapter,
-)
+from tests.conftest import eval_set_dir, register, scaled_adapter, trained_adapter
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 NAME = "agentloop-test-promote"
 KEY_ENV = "AGENTLOOP_TEST_VLLM_KEY"
@@ -192,7 +189,6 @@ def world(tmp_path_factory, base_model_dir, mlflow_server, promotion_vllm):
             "good": (good, run_id, es),
             "mild": mild,
             "broken": broken,
-            "versions": {},
         }
     finally:
         os.environ.pop(KEY_ENV, None)
@@ -218,20 +214,37 @@ def serving_path(world) -> str:
     return served_adapters(world["server"].base_url, world["config"])[NAME]
 
 
-@pytest.mark.slow
-def test_register_gate_promote_then_the_served_name_answers_unlike_the_base_model(world, mlflow_server):
+# Every test below starts from the same state, whatever ran before it (the suite runs in random order):
+# v1 (the good adapter) is @champion and served, and no @previous exists. A test that moves the
+# aliases puts them back before it ends.
+
+
+@pytest.fixture(scope="module")
+def v1(world, mlflow_server) -> dict:
+    """The good adapter registered, gated and promoted: the first champion."""
     from serving.gate import GateConfig, run_gate
 
     good, run_id, es = world["good"]
-    v1 = register(good, run_id, es, NAME).version
-    world["versions"]["v1"] = v1
-    decision = run_gate(NAME, v1, GateConfig(max_new_tokens=16, tracking_uri=mlflow_server))
+    version = register(good, run_id, es, NAME).version
+    decision = run_gate(NAME, version, GateConfig(max_new_tokens=16, tracking_uri=mlflow_server))
     assert decision.promote, decision.reasons
+    result = promote(NAME, version, world["config"])
+    return {"version": version, "result": result, "aliases": aliases(mlflow_server)}
 
-    result = promote(NAME, v1, world["config"])
+
+@pytest.fixture(scope="module")
+def v3(world, v1) -> str:
+    """A milder adapter, registered after v1 and never gated."""
+    _, run_id, es = world["good"]
+    return register(world["mild"], run_id, es, NAME).version
+
+
+@pytest.mark.slow
+def test_register_gate_promote_then_the_served_name_answers_unlike_the_base_model(world, v1):
+    result = v1["result"]
     assert result.ok and result.served_name == NAME and result.previous_version == ""
-    assert aliases(mlflow_server) == {"champion": v1}  # @challenger dropped: it is the champion now
-    assert serving_path(world) == str(Path(world["config"].store) / NAME / f"v{v1}")
+    assert v1["aliases"] == {"champion": v1["version"]}  # @challenger dropped: it is the champion now
+    assert serving_path(world) == str(Path(world["config"].store) / NAME / f"v{v1['version']}")
 
     tuned, base = chat(world["server"], NAME), chat(world["server"], "base")
     assert tuned.status_code == 200 and base.status_code == 200
@@ -239,7 +252,8 @@ def test_register_gate_promote_then_the_served_name_answers_unlike_the_base_mode
 
     manifest = json.loads(Path(result.manifest_path).read_text())
     assert (
-        manifest["served"][NAME]["version"] == v1 and manifest["served"][NAME]["path"] == result.adapter_path
+        manifest["served"][NAME]["version"] == v1["version"]
+        and manifest["served"][NAME]["path"] == result.adapter_path
     )
     assert sorted(Path(f).name.split("-")[0] for f in result.k8s_files) == [
         "configmap",
@@ -250,7 +264,7 @@ def test_register_gate_promote_then_the_served_name_answers_unlike_the_base_mode
 
 
 @pytest.mark.slow
-def test_the_pyfunc_loads_from_champion_and_answers(world, mlflow_server):
+def test_the_pyfunc_loads_from_champion_and_answers(world, v1, mlflow_server):
     import mlflow
 
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
@@ -259,7 +273,7 @@ def test_the_pyfunc_loads_from_champion_and_answers(world, mlflow_server):
 
 
 @pytest.mark.slow
-def test_a_worse_challenger_is_refused_and_nothing_moves(world, mlflow_server):
+def test_a_worse_challenger_is_refused_and_nothing_moves(world, v1, mlflow_server):
     from serving.gate import GateConfig, run_gate
 
     _, run_id, es = world["good"]
@@ -274,19 +288,16 @@ def test_a_worse_challenger_is_refused_and_nothing_moves(world, mlflow_server):
 
 
 @pytest.mark.slow
-def test_promotion_rolls_back_when_a_replica_is_down(world, mlflow_server):
+def test_promotion_rolls_back_when_a_replica_is_down(world, v1, v3, mlflow_server):
     from dataclasses import replace
 
-    _, run_id, es = world["good"]
-    v3 = register(world["mild"], run_id, es, NAME).version
-    world["versions"]["v3"] = v3
     before, path_before = aliases(mlflow_server), serving_path(world)
     down = f"http://127.0.0.1:{free_port()}"
     config = replace(world["config"], replica_urls=[world["server"].base_url, down], require_gate=False)
     with pytest.raises(
         PromotionError,
         match=rf"(?s)failed on {down} at step read.*put back on what it served before "
-        rf"\(v{world['versions']['v1']}\); aliases unchanged",
+        rf"\(v{v1['version']}\); aliases unchanged",
     ) as e:
         promote(NAME, v3, config)
     first, second = e.value.result.replicas
@@ -298,7 +309,7 @@ def test_promotion_rolls_back_when_a_replica_is_down(world, mlflow_server):
 
 
 @pytest.mark.slow
-def test_a_bad_adapter_path_gives_a_clear_error(world, mlflow_server):
+def test_a_bad_adapter_path_gives_a_clear_error(world, v3, mlflow_server):
     from dataclasses import replace
 
     server, config = world["server"], world["config"]
@@ -308,14 +319,16 @@ def test_a_bad_adapter_path_gives_a_clear_error(world, mlflow_server):
     wrong_mount = replace(config, replica_store="/mnt/not-mounted", require_gate=False)
     with pytest.raises(
         PromotionError,
-        match=rf"(?s)/mnt/not-mounted/{NAME}/v{world['versions']['v3']}.*model store is mounted",
+        match=rf"(?s)/mnt/not-mounted/{NAME}/v{v3}.*model store is mounted",
     ):
-        promote(NAME, world["versions"]["v3"], wrong_mount)
+        promote(NAME, v3, wrong_mount)
     assert aliases(mlflow_server) == before and serving_path(world) == path_before
 
 
 @pytest.mark.slow
-def test_replicas_get_the_bearer_token_from_the_named_variable_and_a_missing_one_is_named(world, monkeypatch):
+def test_replicas_get_the_bearer_token_from_the_named_variable_and_a_missing_one_is_named(
+    world, v1, monkeypatch
+):
     from dataclasses import replace
 
     server, config = world["server"], world["config"]
@@ -328,8 +341,13 @@ def test_replicas_get_the_bearer_token_from_the_named_variable_and_a_missing_one
 
 
 @pytest.mark.slow
-def test_requests_sent_during_an_in_place_swap_all_succeed(world, mlflow_server):
+def test_an_in_place_swap_under_traffic_loses_no_request_and_rollback_restores_the_previous(
+    world, v1, v3, mlflow_server
+):
+    """One test, because rollback needs the @previous that the swap creates; it ends as every test starts."""
     from dataclasses import replace
+
+    from mlflow.tracking import MlflowClient
 
     server, stop, codes = world["server"], threading.Event(), []
 
@@ -346,7 +364,7 @@ def test_requests_sent_during_an_in_place_swap_all_succeed(world, mlflow_server)
     try:
         while len(codes) < 2:  # the swap starts while requests are in flight
             time.sleep(0.05)
-        result = promote(NAME, world["versions"]["v3"], replace(world["config"], require_gate=False))
+        result = promote(NAME, v3, replace(world["config"], require_gate=False))
         n_at_swap = len(codes)
         while len(codes) < n_at_swap + 2:  # and requests keep flowing after it
             time.sleep(0.05)
@@ -360,42 +378,40 @@ def test_requests_sent_during_an_in_place_swap_all_succeed(world, mlflow_server)
         f"smoke {[round(x, 2) for x in result.replicas[0].smoke_latency_s]}s"
     )
     assert len(codes) >= 4 and codes == [200] * len(codes), codes
-    assert aliases(mlflow_server) == {
-        "champion": world["versions"]["v3"],
-        "previous": world["versions"]["v1"],
-    }
-    assert serving_path(world).endswith(f"/v{world['versions']['v3']}")
+    swapped = aliases(mlflow_server)
+    assert swapped["champion"] == v3 and swapped["previous"] == v1["version"]
+    assert swapped.get("challenger") != v3  # promoting the challenger drops its alias
+    assert serving_path(world).endswith(f"/v{v3}")
 
-
-@pytest.mark.slow
-def test_rollback_restores_the_previous_adapter(world, mlflow_server):
-    from mlflow.tracking import MlflowClient
-
-    v1, v3 = world["versions"]["v1"], world["versions"]["v3"]
-    result = rollback(NAME, world["config"])
+    back = rollback(NAME, world["config"])
     assert (
-        result.ok and result.action == "rollback" and result.version == v1 and result.previous_version == v3
+        back.ok
+        and back.action == "rollback"
+        and back.version == v1["version"]
+        and back.previous_version == v3
     )
-    assert serving_path(world).endswith(f"/v{v1}")
+    assert serving_path(world).endswith(f"/v{v1['version']}")
     now = aliases(mlflow_server)
-    assert now["champion"] == v1 and "previous" not in now
+    assert now["champion"] == v1["version"] and "previous" not in now
     assert (
         MlflowClient(mlflow_server).get_model_version(NAME, v3).tags["agentloop.promotion.status"]
         == "rolled_back"
     )
-    assert json.loads(Path(result.manifest_path).read_text())["served"][NAME]["version"] == v1
+    assert json.loads(Path(back.manifest_path).read_text())["served"][NAME]["version"] == v1["version"]
     with pytest.raises(RegistryError, match="no @previous version to roll back to"):
         rollback(NAME, world["config"])
 
 
 @pytest.mark.slow
-def test_the_cli_shows_status_and_exits_1_when_there_is_nothing_to_roll_back_to(world, mlflow_server, capsys):
+def test_the_cli_shows_status_and_exits_1_when_there_is_nothing_to_roll_back_to(
+    world, v1, mlflow_server, capsys
+):
     from serving.cli import main
 
     assert main(["status", NAME]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["aliases"] == {"champion": world["versions"]["v1"]}
-    assert {v["version"]: v["gate"] for v in shown["versions"]}[world["versions"]["v1"]] == "promote"
+    assert shown["aliases"]["champion"] == v1["version"] and "previous" not in shown["aliases"]
+    assert {v["version"]: v["gate"] for v in shown["versions"]}[v1["version"]] == "promote"
     config = world["config"]
     code = main(
         [
