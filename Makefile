@@ -77,7 +77,7 @@ demo: setup model data serve-env mlflow-up vllm-up
 	  --sources '["$(RAW_DIR)"]' --days $(DEMO_DAYS) --train '$(DEMO_TRAIN)' --sweep_config '$(DEMO_SWEEP)' \
 	  --final_max_steps $(DEMO_FINAL_STEPS) --eval_prompts $(DEMO_PROMPTS) --gate_config '$(DEMO_GATE)' \
 	  --promote_config '{"replica_urls": ["http://127.0.0.1:$(VLLM_PORT)"]}'
-	@echo "MLflow UI: $$($(PY) -m serving.mlflow_server url)   vLLM: http://127.0.0.1:$(VLLM_PORT)/v1  (stop both: make mlflow-down vllm-down)"
+	@echo "MLflow UI: $$($(PY) -m serving.mlflow_server url)/#/experiments?workflowType=machine_learning   vLLM: http://127.0.0.1:$(VLLM_PORT)/v1  (stop both: make mlflow-down vllm-down)"
 
 # The foundation's demo: the base model answers a few real interactions, logged to MLflow.
 demo-base: setup model data serve-env mlflow-up

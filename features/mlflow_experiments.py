@@ -39,3 +39,15 @@ def use_experiment(name: str) -> str:
     exp_id = ensure_experiment(name)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+# MLflow 3.17's UI takes an experiment's view from a UI-wide switch (GenAI | Model training, remembered per
+# browser, GenAI by default) where that switch is on, and from the tag above only where it is off. The links
+# the loop prints carry the switch's URL parameter, so they open on the runs, the metrics and the artifacts.
+UI_WORKFLOW = "workflowType=machine_learning"
+
+
+def ui_link(tracking_uri: str, route: str) -> str:
+    """A link into the MLflow UI (`route` as "experiments/1/runs/abc" or "models/name/versions/3") that
+    opens in its model-training view."""
+    return f"{tracking_uri.rstrip('/')}/#/{route.strip('/')}?{UI_WORKFLOW}"

@@ -13,6 +13,7 @@ from typing import Any
 
 import requests
 
+from features.mlflow_experiments import ui_link
 from serving.promote import replica_headers
 from serving.registry import get_version, status
 from training.eval_set import EvalSet
@@ -77,7 +78,7 @@ def render_report(
     mv = get_version(model_name, version)
     lines = [
         f"== agentloop round: {model_name} v{version}, gate decision: {decision.upper()}",
-        f"MLflow UI, this version:  {ui}/#/models/{model_name}/versions/{version}",
+        f"MLflow UI, this version:  {ui_link(ui, f'models/{model_name}/versions/{version}')}",
         "aliases now:              "
         + (", ".join(f"@{a} -> v{v}" for a, v in sorted(st["aliases"].items())) or "none"),
     ]
@@ -119,7 +120,7 @@ def render_report(
 
         run = mlflow.get_run(drift_run_id)
         lines.append(
-            f"drift report:             {ui}/#/experiments/{run.info.experiment_id}/runs/{drift_run_id} "
+            f"drift report:             {ui_link(ui, f'experiments/{run.info.experiment_id}/runs/{drift_run_id}')} "
             f"(retrain recommended: {'yes' if drift_retrain else 'no'})"
         )
         lines.append(f"drift report artifacts:   {run.info.artifact_uri}")

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.mlflow_experiments import ui_link
 from features.sample_logs import generate_sample_logs
 from serving.monitoring.decision import DecisionConfig, decide, read_state
 from serving.monitoring.drift import (
@@ -33,6 +34,7 @@ from serving.monitoring.drift import (
     run_drift_check,
 )
 from serving.monitoring.report import log_drift_report, save_report
+from tests.conftest import browse
 from tests.test_feast_store import read_sample_rows, write_store
 
 END = date(2025, 1, 7)  # last day of the sample logs
@@ -355,7 +357,7 @@ def test_the_reference_is_the_champions_training_window(mlflow_uri):
     )
 
 
-def test_the_check_reads_feast_and_logs_html_json_and_metrics_to_mlflow(rows, tmp_path, mlflow_uri):
+def test_the_check_reads_feast_logs_to_mlflow_and_the_run_page_shows_it(rows, tmp_path, mlflow_uri, chromium):
     from mlflow.tracking import MlflowClient
 
     from features.feast_store import FeastConfig, apply
@@ -416,6 +418,19 @@ def test_the_check_reads_feast_and_logs_html_json_and_metrics_to_mlflow(rows, tm
         Path(client.download_artifacts(run_id, "drift_report.json", str(tmp_path))).read_text()
     )
     assert logged["summary"]["reference"]["champion_version"] == version
+
+    # what a reviewer opens in the MLflow UI, in a real browser: the description (verdict, reasons, a row per
+    # scope) on the run's page, and the HTML report in MLflow's artifact viewer
+    page = ui_link(mlflow_uri, f"experiments/{run.info.experiment_id}/runs/{run_id}")
+    dom = browse(chromium, page, "drift-run")
+    verdict = "RETRAIN RECOMMENDED" if decision.retrain else "no retraining"
+    assert f"<strong>{verdict}</strong>" in dom
+    assert all(f"<td>{scope}</td>" in dom for scope in ["all", *report.agents])
+    report_page = ui_link(
+        mlflow_uri, f"experiments/{run.info.experiment_id}/runs/{run_id}/artifacts/drift_report.html"
+    )
+    viewer = browse(chromium, report_page, "drift-report", wait_ms=30_000)
+    assert 'class="mlflow-html-iframe"' in viewer
 
 
 def test_a_sampled_window_keeps_max_rows_from_every_day(rows, tmp_path):

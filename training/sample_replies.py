@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
-from features.mlflow_experiments import use_experiment
+from features.mlflow_experiments import ui_link, use_experiment
 from training.base_model import BaseModelIdentity, chat_reply, load_model_and_tokenizer
 
 
@@ -87,4 +87,4 @@ def run_url(run_id: str) -> str:
     uri = mlflow.get_tracking_uri()
     run = mlflow.get_run(run_id)
     base = uri if uri.startswith("http") else os.environ.get("MLFLOW_TRACKING_URI", uri)
-    return f"{base.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    return ui_link(base, f"experiments/{run.info.experiment_id}/runs/{run_id}")

@@ -51,8 +51,8 @@ def report_html(report: DriftReport, decision: Any = None, as_iframe: bool = Fal
         counter(
             title="agentloop drift check",
             counters=[
-                CounterData(f"{o.drift_share:.0%}", "share of drifted columns"),
-                CounterData(", ".join(o.topic_drift) or "none", "topic drift (embeddings)"),
+                CounterData(f"{o.drift_share:.0%}", "columns drifted"),
+                CounterData(", ".join(o.topic_drift) or "none", "topic drift"),
                 CounterData(
                     f"{_fmt(o.mean_rating_reference, 2)} → {_fmt(o.mean_rating_current, 2)}", "mean rating"
                 ),
@@ -60,7 +60,7 @@ def report_html(report: DriftReport, decision: Any = None, as_iframe: bool = Fal
                     "yes"
                     if decision is not None and decision.retrain
                     else ("no" if decision is not None else "-"),
-                    "retrain recommended",
+                    "retrain",
                 ),
             ],
         ),
