@@ -1,0 +1,586 @@
+"""Corpus poisoning: the same odd trigger planted in the user turns of many different sessions (a backdoor).
+
+find_poisoning runs per ingest batch; PoisonState carries what it saw between batches and runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from features.fsutil import atomic_write_text
+from features.guard.config import STATE_VERSION, GuardConfig
+
+# --------------------------------------------------------------------------------------------------
+# Poisoning.
+
+# Numbers with separators stay one token ("300,000", "3.14", "10:30"); underscores join ("cf_zx9").
+_TOKEN = re.compile(r"\d+(?:[.,:]\d+)+|[^\W_]+(?:_+[^\W_]+)*")
+_INVISIBLE_RUN = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200e\u200f\u202a-\u202e\u2060-\u2064"
+    "\u2066-\u206f\u3164\ufeff\uffa0\U000e0000-\U000e007f]+"
+)
+_LATIN = re.compile(r"[a-zA-Z]")
+_CYRILLIC_GREEK = re.compile(r"[\u0370-\u03ff\u0400-\u04ff]")
+_LOWER_UPPER = re.compile(r"[a-z][A-Z]")
+# A turn without digits, underscores, lower-to-upper flips or non-ASCII has no odd token.
+_MAYBE_ODD = re.compile(r"[\d_]|[a-z][A-Z]")
+_LETTER_DIGIT = re.compile(r"(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])")
+
+
+def odd_token(token: str) -> bool:
+    """A token that ordinary text almost never repeats: the shape of a planted trigger.
+
+    Odd: an internal underscore (cf_zx9), letters and digits interleaved twice or more (zx9q, a1b2;
+    not ps4, mp3, 2nd, 90s), a 3-8 digit number with a leading zero (007; not 000), two or more
+    lower-to-upper case flips (xYzZy; not iPhone, YouTube), Latin mixed with Cyrillic/Greek in one word,
+    and runs of invisible characters (tokenized as zw_<codepoints>).
+    """
+    if token.isalpha():
+        if token.isascii():
+            return not (token.islower() or token.isupper()) and len(_LOWER_UPPER.findall(token)) >= 2
+        return bool(_LATIN.search(token) and _CYRILLIC_GREEK.search(token))
+    if token.isdigit():
+        return 3 <= len(token) <= 8 and token[0] == "0" and token.strip("0") != ""
+    if "_" in token:
+        return True
+    return len(_LETTER_DIGIT.findall(token)) >= 2
+
+
+def _invisible_token(m: re.Match) -> str:
+    return " zw_" + "_".join(f"{ord(c):x}" for c in m.group()) + " "
+
+
+def tokenize(text: str) -> list[str]:
+    """Word tokens of a user turn as the poisoning detector sees them (original case kept)."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", _INVISIBLE_RUN.sub(_invisible_token, text))
+    return _TOKEN.findall(text)
+
+
+def _h(text: str, bits: int = 48) -> int:
+    return int.from_bytes(
+        hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big"
+    ) >> (64 - bits)
+
+
+_PUNCT = "".join(chr(c) for c in range(33, 127) if not chr(c).isalnum())
+
+
+def _reply_signature(content: Any) -> int:
+    """Same number for replies that start with the same 8 words (case and punctuation aside); 0 for none."""
+    if not isinstance(content, str):
+        return 0
+    words = [w for w in (w.strip(_PUNCT) for w in content[:200].lower().split()[:8]) if w]
+    return (_h(" ".join(words)) or 1) if words else 0
+
+
+class _Candidate:
+    """One tracked n-gram in one batch: its sessions, interactions and reply signatures."""
+
+    __slots__ = ("kind", "count", "sessions", "ids", "sigs")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.count = 0  # interactions that contain it
+        self.sessions: set[int] = set()
+        self.ids: list[str] = []
+        self.sigs: Counter = Counter()  # reply signature -> sessions
+
+    def add(self, session: int, iid: str, sig: int, kind: str, max_ids: int) -> None:
+        if kind == "odd":
+            self.kind = "odd"
+        self.count += 1
+        if len(self.ids) < max_ids:
+            self.ids.append(iid)
+        if session not in self.sessions:
+            self.sessions.add(session)
+            if sig:
+                self.sigs[sig] += 1
+
+
+@dataclass
+class Trigger:
+    """A trigger string found by find_poisoning, with the numbers that made it one."""
+
+    text: str
+    kind: str  # "odd" (odd-shaped token) | "edge" (identical text prepended/appended to user turns) | "known"
+    sessions: int  # distinct sessions, this batch and the history together
+    interactions: int
+    share: float  # sessions / all sessions seen
+    reply_consistency: float  # share of its sessions whose next reply starts with the same 8 words
+    rare_tokens: list[str] = field(default_factory=list)
+    batch_interaction_ids: list[str] = field(default_factory=list)
+    earlier_interaction_ids: list[str] = field(default_factory=list)  # from earlier batches (capped)
+
+
+@dataclass
+class PoisonState:
+    """What the poisoning detector remembers between batches (days), bounded, JSON-serializable.
+
+    `candidates`: n-grams seen in >= 2 sessions but not yet triggers; `triggers`: confirmed ones,
+    which flag every later interaction that contains them; `token_df`: the most common tokens, so
+    that ordinary words stay ordinary across days.
+    """
+
+    batches: int = 0
+    sessions: int = 0
+    interactions: int = 0
+    token_df: dict[str, int] = field(default_factory=dict)
+    candidates: dict[str, dict] = field(default_factory=dict)
+    triggers: dict[str, dict] = field(default_factory=dict)
+    version: int = STATE_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "PoisonState":
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"PoisonState: expected a JSON object with version {STATE_VERSION}, got "
+                f"{data.get('version') if isinstance(data, dict) else type(data).__name__}; "
+                "delete the state file to start afresh"
+            )
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically (temp file + rename)."""
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "PoisonState":
+        """The state saved at `path`, or a fresh one when there is no file yet."""
+        path = Path(path)
+        if not path.exists():
+            return cls()
+        try:
+            return cls.from_json(path.read_text(encoding="utf-8"))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: not a PoisonState ({exc})") from exc
+
+
+@dataclass
+class PoisonReport:
+    """Result of find_poisoning: the flagged interactions of this batch, the triggers, the new state."""
+
+    flagged_ids: list[str]  # interactions of this batch that contain a trigger
+    action: str  # quarantine | warn, from GuardConfig.actions["poisoning"]
+    triggers: list[Trigger]
+    interactions: int  # of this batch
+    sessions: int  # of this batch
+    candidates: int  # n-grams tracked in this batch
+    pruned: int  # single-session candidates dropped to bound memory (0: counts are exact)
+    state: PoisonState
+
+    @property
+    def reason(self) -> str:
+        return "guard:poisoning"
+
+    @property
+    def earlier_ids(self) -> list[str]:
+        """Interactions of earlier batches that contain a trigger confirmed only now (capped per trigger)."""
+        return sorted({i for t in self.triggers for i in t.earlier_interaction_ids})
+
+
+def _user_turns(messages: Any):
+    """(user text, the content of the next assistant message) for each user turn."""
+    if not isinstance(messages, list):
+        return
+    for i, m in enumerate(messages):
+        if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str):
+            reply = None
+            for nxt in messages[i + 1 :]:
+                if isinstance(nxt, dict) and nxt.get("role") == "assistant":
+                    reply = nxt.get("content")
+                    break
+                if isinstance(nxt, dict) and nxt.get("role") == "user":
+                    break
+            yield m["content"], reply
+
+
+def _interaction_keys(
+    messages: Any, config: GuardConfig, known: dict[str, list[tuple[int, str]]] | None = None
+) -> tuple[dict[str, tuple[str, int]], set[str]]:
+    """Candidate n-grams of one interaction (key -> (kind, reply signature)) and its token set.
+
+    `known`: confirmed triggers by first token, as (length in tokens, text), found wherever they occur.
+    """
+    keys: dict[str, tuple[str, int]] = {}
+    vocab: set[str] = set()
+    n_max, edge_min = config.ngram_size, config.min_edge_tokens
+    for text, reply in _user_turns(messages):
+        if text.isascii():
+            toks = _TOKEN.findall(text.lower())  # same tokens as tokenize(text), lower-cased
+            maybe_odd = _MAYBE_ODD.search(text) is not None
+        else:
+            toks = [t.lower() for t in tokenize(text)]
+            maybe_odd = True
+        if not toks:
+            continue
+        vocab.update(toks)
+        odd = []
+        if maybe_odd:
+            raw = tokenize(text)
+            odd = [j for j, t in enumerate(raw) if odd_token(t)] if len(raw) == len(toks) else []
+        length = len(toks)
+        found = []
+        if known:
+            for j, t in enumerate(toks):
+                for n, text in known.get(t, ()):
+                    if " ".join(toks[j : j + n]) == text:
+                        found.append(text)
+        if not odd and not found and length <= edge_min:
+            continue
+        sig = _reply_signature(reply)
+        for text in found:
+            keys[text] = ("known", sig)
+        for j in odd:
+            for n in range(1, n_max + 1):
+                for start in range(max(0, j - n + 1), min(j, length - n) + 1):
+                    key = " ".join(toks[start : start + n])
+                    if keys.get(key, ("",))[0] != "known":
+                        keys[key] = ("odd", sig)
+        for k in range(edge_min, n_max + 1):
+            if length > k:
+                for key in (" ".join(toks[:k]), " ".join(toks[-k:])):
+                    if key not in keys:
+                        keys[key] = ("edge", sig)
+    return keys, vocab
+
+
+def contains_trigger(messages: list[dict], triggers: Iterable[str]) -> list[str]:
+    """The triggers (as returned in PoisonReport) that occur, token for token, in the user turns."""
+    wanted = {t: t.split() for t in triggers}
+    found = []
+    grams: set[str] = set()
+    sizes = {len(v) for v in wanted.values()}
+    for text, _ in _user_turns(messages):
+        toks = [t.lower() for t in tokenize(text)]
+        for n in sizes:
+            grams.update(" ".join(toks[i : i + n]) for i in range(len(toks) - n + 1))
+    for t in wanted:
+        if t in grams:
+            found.append(t)
+    return found
+
+
+def find_poisoning(
+    interactions: Iterable[tuple[str, str, list[dict]]],
+    config: GuardConfig | None = None,
+    history: PoisonState | None = None,
+) -> PoisonReport:
+    """Find backdoor triggers planted across sessions; flag the interactions that carry them.
+
+    Input: (interaction_id, session_id, messages), one pass, any order. The rule:
+
+    A trigger is an n-gram (1..ngram_size tokens, case-insensitive) of user turns that
+      1. occurs in >= min_sessions distinct sessions (this batch plus `history`), and
+      2. in <= max_share of all sessions seen: a phrase everybody uses is not a trigger, and
+      3. is unusual, in one of two ways:
+         odd   it contains an odd-shaped token (see odd_token: cf_zx9, 007, zX9q, mixed scripts,
+               zero-width runs). Ordinary chat almost never repeats such a token across sessions.
+         edge  it is the identical first or last min_edge_tokens..ngram_size tokens of user turns
+               that say more than it (prepended/appended text), and either has >= edge_min_rare_tokens
+               rare tokens (tokens found inside this n-gram in >= edge_min_concentration of their
+               uses, corpus-wide) or the replies that follow it are uniform (>= edge_reply_consistency
+               of its sessions get a reply starting with the same 8 words).
+    Overlapping n-grams are reduced to the longest one covering (>= 90% of) the same sessions, and
+    only the interactions that contain a reported trigger are flagged. Triggers confirmed in an
+    earlier batch (`history.triggers`) flag any later interaction that contains them.
+
+    Limits: a trigger made of common words inserted mid-sentence, with varied replies, looks like
+    ordinary text and is not found; neither is one planted in fewer than min_sessions sessions
+    (in all batches together) or in more than max_share of them; a single-token trigger must be
+    odd-shaped (a rare dictionary word such as "cf" or "mn" is not); legitimate recurring
+    identifiers with underscores (code, product keys) in many sessions do look odd: allow-list them.
+    Memory: one entry per distinct candidate n-gram of the batch (about 4 per user turn), capped
+    at max_candidates by dropping single-session entries (`pruned` > 0 says counts became lower bounds;
+    rerun with `contains_trigger` over the batch to flag exactly); PoisonState is capped by the
+    state_max_* fields.
+    """
+    config = config or GuardConfig()
+    state = history if history is not None else PoisonState()
+    action = config.actions["poisoning"]
+    if "poisoning" not in config.rules:
+        return PoisonReport([], action, [], 0, 0, 0, 0, state)
+    max_ids = config.max_ids_per_trigger
+    allow = [" " + " ".join(t.lower() for t in tokenize(a)) + " " for a in config.allow_phrases]
+    allow = [a for a in allow if a.strip()]
+
+    def allowed(key: str) -> bool:
+        padded = f" {key} "
+        return any(a in padded or padded in a for a in allow)
+
+    known: dict[str, list[tuple[int, str]]] = {}
+    for text in state.triggers:
+        if text and not allowed(text):
+            known.setdefault(text.split()[0], []).append((len(text.split()), text))
+
+    table: dict[str, Any] = {}  # key -> (session, id, sig, kind) for a single sighting, else _Candidate
+    token_df: Counter = Counter()
+    batch_sessions: set[int] = set()
+    n_interactions = pruned = 0
+    prune_at = config.max_candidates
+    for iid, sid, messages in interactions:
+        iid, sid = str(iid), str(sid)
+        n_interactions += 1
+        session = _h(sid)
+        batch_sessions.add(session)
+        keys, vocab = _interaction_keys(messages, config, known)
+        token_df.update(vocab)
+        for key, (kind, sig) in keys.items():
+            entry = table.get(key)
+            if entry is None:
+                table[key] = (session, iid, sig, kind)
+                continue
+            if isinstance(entry, tuple):
+                cand = _Candidate(entry[3])
+                cand.add(entry[0], entry[1], entry[2], entry[3], max_ids)
+                table[key] = entry = cand
+            entry.add(session, iid, sig, kind, max_ids)
+        if len(table) > prune_at:
+            before = len(table)
+            table = _prune(table, config.max_candidates // 2)
+            pruned += before - len(table)
+            # Soft cap: when what is left is still large, wait for as many new entries before pruning again.
+            prune_at = max(config.max_candidates, len(table) + config.max_candidates // 2)
+
+    total_sessions = state.sessions + len(batch_sessions)
+    df = Counter(state.token_df)
+    df.update(token_df)
+
+    flagged: list[tuple[str, _Candidate, dict, Trigger]] = []
+    known_hits: list[tuple[str, _Candidate]] = []
+    for key, entry in table.items():
+        if isinstance(entry, tuple):
+            if key not in state.triggers and key not in state.candidates:
+                continue  # one sighting, no history: cannot reach min_sessions
+            cand = _Candidate(entry[3])
+            cand.add(entry[0], entry[1], entry[2], entry[3], max_ids)
+        else:
+            cand = entry
+        if key in state.triggers:
+            known_hits.append((key, cand))
+            continue
+        old = state.candidates.get(key, {})
+        sessions = cand.sessions | set(old.get("sessions", ()))
+        if len(sessions) < config.min_sessions or len(key) < config.min_trigger_chars:
+            continue
+        if allowed(key):
+            continue
+        new_sessions = len(cand.sessions - set(old.get("sessions", ())))
+        n_sessions = max(len(sessions), int(old.get("n_sessions", 0)) + new_sessions)
+        if n_sessions > config.max_share * max(total_sessions, 1):
+            continue
+        count = cand.count + int(old.get("count", 0))
+        sigs = Counter(old.get("sigs", {}))
+        sigs.update({int(k): v for k, v in cand.sigs.items()})
+        with_reply = sum(sigs.values())
+        consistency = max(sigs.values()) / with_reply if with_reply else 0.0
+        kind = "odd" if cand.kind == "odd" or old.get("kind") == "odd" else "edge"
+        rare = [t for t in key.split() if df.get(t, 0) and count / df[t] >= config.edge_min_concentration]
+        if kind == "edge" and not (
+            len(rare) >= config.edge_min_rare_tokens or consistency >= config.edge_reply_consistency
+        ):
+            continue
+        if config.min_reply_consistency and consistency < config.min_reply_consistency:
+            continue
+        trigger = Trigger(
+            key,
+            kind,
+            n_sessions,
+            count,
+            round(n_sessions / max(total_sessions, 1), 6),
+            round(consistency, 4),
+            rare,
+        )
+        flagged.append((key, cand, old, trigger))
+
+    # Keep the longest n-gram of each overlapping group: "james bond 007 alpha", not "007".
+    flagged.sort(key=lambda f: (-len(f[0].split()), -f[3].sessions, f[0]))
+    kept: list[tuple[str, _Candidate, dict, Trigger]] = []
+    containers = [(k, c) for k, c in known_hits if not allowed(k)]
+    for item in flagged:
+        key, cand = item[0], item[1]
+        padded = f" {key} "
+        if any(
+            padded in f" {k} " and len(cand.sessions & c.sessions) >= 0.9 * len(cand.sessions)
+            for k, c in containers
+        ):
+            continue
+        kept.append(item)
+        containers.append((key, cand))
+
+    triggers: list[Trigger] = []
+    flagged_ids: set[str] = set()
+    for _key, cand, old, trigger in kept:
+        trigger.batch_interaction_ids = sorted(set(cand.ids))
+        earlier = set(old.get("ids", ())) - set(cand.ids)
+        trigger.earlier_interaction_ids = sorted(earlier)
+        flagged_ids.update(cand.ids)
+        triggers.append(trigger)
+    for key, cand in known_hits:
+        if allowed(key):
+            continue
+        info = state.triggers[key]
+        triggers.append(
+            Trigger(
+                key,
+                "known",
+                int(info.get("sessions", 0)) + len(cand.sessions),
+                int(info.get("interactions", 0)) + cand.count,
+                0.0,
+                0.0,
+                [],
+                sorted(set(cand.ids)),
+                [],
+            )
+        )
+        flagged_ids.update(cand.ids)
+    if pruned and kept and isinstance(interactions, Sequence):
+        # Pruning may have dropped early sightings: one exact pass over the batch for the triggers found.
+        by_text = {t.text: t for t in triggers}
+        for iid, _, messages in interactions:
+            for text in contains_trigger(messages, list(by_text)):
+                if str(iid) not in flagged_ids:
+                    flagged_ids.add(str(iid))
+                    by_text[text].batch_interaction_ids.append(str(iid))
+        for t in triggers:
+            t.batch_interaction_ids.sort()
+    triggers.sort(key=lambda t: (-t.sessions, t.text))
+
+    new_state = _next_state(
+        state, config, table, token_df, df, batch_sessions, n_interactions, kept, known_hits
+    )
+    return PoisonReport(
+        flagged_ids=sorted(flagged_ids),
+        action=action,
+        triggers=triggers,
+        interactions=n_interactions,
+        sessions=len(batch_sessions),
+        candidates=len(table),
+        pruned=pruned,
+        state=new_state,
+    )
+
+
+def _prune(table: dict, target: int) -> dict:
+    """Drop single sightings, appended/prepended text first (the bulk; odd-shaped n-grams are few)."""
+    table = {k: v for k, v in table.items() if not (isinstance(v, tuple) and v[3] == "edge")}
+    if len(table) > target:
+        table = {k: v for k, v in table.items() if not isinstance(v, tuple)}
+    if len(table) > target:
+        table = {k: v for k, v in table.items() if len(v.sessions) > 1}
+    return table
+
+
+def _next_state(
+    state: PoisonState,
+    config: GuardConfig,
+    table: dict,
+    token_df: Counter,
+    df: Counter,
+    batch_sessions: set[int],
+    n_interactions: int,
+    kept: list,
+    known_hits: list,
+) -> PoisonState:
+    """Fold this batch into the history, within the state_max_* bounds."""
+    batch_no = state.batches + 1
+    total = state.sessions + len(batch_sessions)
+    session_cap = max(4 * config.min_sessions, 64)
+
+    triggers = {k: dict(v) for k, v in state.triggers.items()}
+    for key, cand in known_hits:
+        info = triggers[key]
+        info["sessions"] = int(info.get("sessions", 0)) + len(cand.sessions)
+        info["interactions"] = int(info.get("interactions", 0)) + cand.count
+        info["last_batch"] = batch_no
+    for key, _cand, _, trigger in kept:
+        triggers[key] = {
+            "sessions": trigger.sessions,
+            "interactions": trigger.interactions,
+            "kind": trigger.kind,
+            "first_batch": batch_no,
+            "last_batch": batch_no,
+        }
+    if len(triggers) > config.state_max_triggers:
+        order = sorted(triggers, key=lambda k: (-triggers[k]["last_batch"], -triggers[k]["sessions"], k))
+        triggers = {k: triggers[k] for k in order[: config.state_max_triggers]}
+
+    inside_triggers: set[str] = (
+        set()
+    )  # every sub-n-gram of a confirmed trigger: nothing left to learn about those
+    for text in triggers:
+        toks = text.split()
+        inside_triggers.update(
+            " ".join(toks[i:j]) for i in range(len(toks)) for j in range(i + 1, len(toks) + 1)
+        )
+    covered = inside_triggers.__contains__
+
+    candidates = {k: v for k, v in state.candidates.items() if not covered(k)}
+    for key, entry in table.items():
+        if isinstance(entry, tuple) and entry[3] != "odd" and key not in candidates:
+            continue  # the bulk: appended/prepended text seen once
+        if covered(key):
+            continue
+        if isinstance(entry, tuple):  # a single sighting: odd-shaped (few) or adding to the history
+            single = _Candidate(entry[3])
+            single.add(entry[0], entry[1], entry[2], entry[3], config.state_max_ids)
+            entry = single
+        old = candidates.get(key, {})
+        old_sessions = set(old.get("sessions", ()))
+        sessions = old_sessions | entry.sessions
+        n_sessions = int(old.get("n_sessions", len(old_sessions))) + len(entry.sessions - old_sessions)
+        if n_sessions > config.max_share * max(total, 1) and n_sessions >= config.min_sessions:
+            candidates.pop(key, None)  # ordinary by now: never a trigger at this share
+            continue
+        sigs = Counter({int(k): v for k, v in old.get("sigs", {}).items()})
+        sigs.update(entry.sigs)
+        kind = "odd" if entry.kind == "odd" or old.get("kind") == "odd" else "edge"
+        count = int(old.get("count", 0)) + entry.count
+        if kind == "edge" and not old:
+            # Remember appended/prepended text only if it could ever qualify: a rare token or uniform replies.
+            replies = sum(sigs.values())
+            if not (
+                any(df.get(t, 0) and count / df[t] >= config.edge_min_concentration for t in key.split())
+                or (replies >= 2 and max(sigs.values()) / replies >= config.edge_reply_consistency)
+            ):
+                continue
+        old_ids = list(old.get("ids", ()))
+        seen_ids = set(old_ids)
+        candidates[key] = {
+            "kind": kind,
+            "count": count,
+            "n_sessions": n_sessions,
+            "sessions": sorted(sessions)[:session_cap],
+            "ids": (old_ids + [i for i in entry.ids if i not in seen_ids])[: config.state_max_ids],
+            "sigs": {str(k): v for k, v in sigs.most_common(8)},
+            "last_batch": batch_no,
+        }
+    if len(candidates) > config.state_max_candidates:
+        order = sorted(
+            candidates, key=lambda k: (-candidates[k]["last_batch"], -candidates[k]["n_sessions"], k)
+        )
+        candidates = {k: candidates[k] for k in order[: config.state_max_candidates]}
+
+    tokens = Counter(state.token_df)
+    tokens.update(token_df)
+    return PoisonState(
+        batches=batch_no,
+        sessions=total,
+        interactions=state.interactions + n_interactions,
+        token_df=dict(tokens.most_common(config.state_max_tokens)),
+        candidates=candidates,
+        triggers=triggers,
+    )
