@@ -115,7 +115,8 @@ def test_only_assistant_turns_and_their_closing_im_end_carry_loss(tokenizer):
 
 
 def test_the_linear_template_path_finds_the_blocks_rendering_every_prefix_finds(tokenizer):
-    from training.dataset import _blocks_by_prefix, _blocks_fast, _prepare_messages, _render, parse_messages
+    from training.chat_template import _blocks_by_prefix, _blocks_fast, _render, parse_messages
+    from training.examples import _prepare_messages
 
     for record in (chat("a", "b", "c", "d"), chat("x", "", "y", "z", system=None), long_chat(5)):
         messages, _ = _prepare_messages(parse_messages(json.dumps(record)), DatasetConfig())

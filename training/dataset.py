@@ -38,540 +38,72 @@ the system prompt:
 An exchange that cannot fit even alone is cut at max_seq_len inside the turn (the only cut inside
 a turn; counted in stats["cut_inside_turn"]).
 
+Modules: training/chat_template.py (rendering and the loss mask), training/examples.py (DatasetConfig,
+policies, examples), training/packing.py (split and packing), this one (the snapshot; it re-exports the
+others' public names).
+
 Split: by sha256(split_salt + session_id), so every example of a session lands in one split, and a
 session keeps its split as the data grows. Records without a session id are their own session.
 """
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import logging
 import os
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from features.fsutil import atomic_write
+from training.chat_template import IGNORE, TemplateError, parse_messages, render_and_mask
+from training.examples import (
+    OVER_LONG_POLICIES,
+    SNAPSHOT_FILE,
+    SNAPSHOT_FORMAT,
+    SPLITS,
+    SYSTEM_PROMPT_POLICIES,
+    TRAIN_ON,
+    DatasetConfig,
+    Example,
+    PackedRow,
+    build_examples,
+)
+from training.packing import collate, pack, session_bucket, split_by_session
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100  # the label of a position that carries no loss (torch's CrossEntropyLoss ignore_index)
-SPLITS = ("train", "validation", "test")
-SNAPSHOT_FORMAT = 1
-SNAPSHOT_FILE = "snapshot.json"
-SYSTEM_PROMPT_POLICIES = ("record", "drop")
-OVER_LONG_POLICIES = ("split", "truncate", "drop")
-TRAIN_ON = ("all_assistant_turns", "last_assistant_turn")
-
-
-@dataclass
-class DatasetConfig:
-    """How interactions become training rows. Simple types only: Flyte passes it as a task input."""
-
-    max_seq_len: int = 512  # no example is longer
-    pack_seq_len: int = 0  # length of a packed row; 0 = max_seq_len (larger packs more per row)
-    val_fraction: float = 0.1  # of sessions
-    test_fraction: float = 0.1  # of sessions
-    split_salt: str = "agentloop"
-    system_prompt_policy: str = "record"  # "record" | "drop"; see the module docstring
-    default_system_prompt: str = ""  # policy "record": the system message of a record that has none
-    train_on: str = "all_assistant_turns"  # or "last_assistant_turn": only the reply the interaction produced
-    over_long: str = "split"  # "split" | "truncate" | "drop"
-    min_assistant_tokens: int = 1  # an example with fewer loss tokens is dropped
-    drop_errors: bool = True  # drop interactions whose call failed (has_error): their last reply is missing
-
-    def __post_init__(self) -> None:
-        if self.max_seq_len < 16:
-            raise ValueError(f"DatasetConfig.max_seq_len must be at least 16, got {self.max_seq_len}")
-        if self.pack_seq_len and self.pack_seq_len < self.max_seq_len:
-            raise ValueError(
-                f"DatasetConfig.pack_seq_len ({self.pack_seq_len}) must be 0 or >= max_seq_len "
-                f"({self.max_seq_len}): an example must fit in a row"
-            )
-        for name in ("val_fraction", "test_fraction"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"DatasetConfig.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError(
-                "DatasetConfig.val_fraction + test_fraction must leave sessions for training, "
-                f"got {self.val_fraction} + {self.test_fraction}"
-            )
-        for name, allowed in (
-            ("system_prompt_policy", SYSTEM_PROMPT_POLICIES),
-            ("over_long", OVER_LONG_POLICIES),
-            ("train_on", TRAIN_ON),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"DatasetConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
-                )
-        if self.min_assistant_tokens < 1:
-            raise ValueError(
-                f"DatasetConfig.min_assistant_tokens must be >= 1, got {self.min_assistant_tokens}"
-            )
-
-    @property
-    def row_len(self) -> int:
-        return self.pack_seq_len or self.max_seq_len
-
-
-@dataclass
-class Example:
-    """One training sequence: an interaction (or one piece of an over-long one), template applied."""
-
-    interaction_id: str
-    session_id: str
-    agent: str
-    input_ids: list[int]
-    labels: list[int]  # IGNORE where no loss; else == input_ids at that position (the model shifts)
-    part: int = 0  # > 0 for the later pieces of a split interaction
-
-    @property
-    def example_id(self) -> str:
-        return self.interaction_id if self.part == 0 else f"{self.interaction_id}#{self.part}"
-
-    @property
-    def n_loss_tokens(self) -> int:
-        return sum(label != IGNORE for label in self.labels)
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-
-@dataclass
-class PackedRow:
-    """Examples laid end to end in one row of exactly seq_len tokens; the tail is padding.
-
-    position_ids restart at 0 for every example and for the padding tail: with attention_mask=None
-    and use_cache=False, transformers reads the restarts as sequence boundaries and builds a
-    block-diagonal causal mask, so no example attends to another (test_packed_loss_equals_unpacked).
-    """
-
-    input_ids: list[int]
-    labels: list[int]
-    position_ids: list[int]
-    example_ids: list[str]
-    lengths: list[int]  # of each example, in order; the padding tail is seq_len - sum(lengths)
-
-    @property
-    def n_padding(self) -> int:
-        return len(self.input_ids) - sum(self.lengths)
-
-
-# --- chat template and masking ----------------------------------------------------------------------
-
-
-class TemplateError(ValueError):
-    """The tokenizer's chat template cannot be used for position-based masking."""
-
-
-def _content_text(content: Any) -> str:
-    """OpenAI content: a string, None, or a list of parts ({"type": "text", "text": ...})."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
-    return str(content)
-
-
-def parse_messages(messages_json: Any) -> list[dict] | None:
-    """[{"role", "content", "trainable"}] from a record's messages_json, or None when it is not messages.
-
-    An assistant message is trainable when it has text and calls no tools; tool calls are kept as
-    context (as compact JSON after the text, since the template knows no tools).
-    """
-    try:
-        raw = json.loads(messages_json) if isinstance(messages_json, (str, bytes)) else messages_json
-    except (TypeError, ValueError):
-        return None
-    if not isinstance(raw, list) or not raw:
-        return None
-    out = []
-    for m in raw:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            return None
-        text = _content_text(m.get("content"))
-        calls = m.get("tool_calls")
-        if calls:
-            text = (text + "\n" if text else "") + json.dumps(
-                calls, ensure_ascii=False, separators=(",", ":")
-            )
-        trainable = m["role"] == "assistant" and not calls and bool(text.strip())
-        out.append({"role": m["role"], "content": text, "trainable": trainable})
-    return out
-
-
-def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
-    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-    if not plain and not generation_prompt:
-        try:
-            return tokenizer.apply_chat_template(plain, tokenize=False)
-        except Exception:  # noqa: BLE001 - some templates refuse an empty conversation; it renders nothing
-            return ""
-    return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=generation_prompt)
-
-
-@dataclass
-class _Rendered:
-    input_ids: list[int]
-    labels: list[int]
-    block_starts: list[int]  # token index where message i's block starts; one extra entry: the end
-
-
-def _blocks_fast(tokenizer, messages: list[dict], text: str) -> tuple[list[int], list[int]] | None:
-    """Block bounds and assistant content starts from each message rendered after the first alone.
-
-    Linear in the conversation; valid only when the pieces add up to the full rendering (the block of
-    a message does not depend on the messages around it), else None.
-    """
-    empty = _render(tokenizer, [])
-    base = _render(tokenizer, messages[:1])
-    header = _render(tokenizer, messages[:1], generation_prompt=True)
-    if not base.startswith(empty) or not header.startswith(base):
-        return None
-    header = header[len(base) :]
-    bounds, pieces = [len(empty), len(base)], [base]
-    for m in messages[1:]:
-        two = _render(tokenizer, [messages[0], m])
-        if not two.startswith(base):
-            return None
-        pieces.append(two[len(base) :])
-        bounds.append(bounds[-1] + len(pieces[-1]))
-    if "".join(pieces) != text:
-        return None
-    starts = []
-    for i, m in enumerate(messages):
-        if m["trainable"]:
-            if i == 0 or not text.startswith(header, bounds[i]):
-                return None
-            starts.append(bounds[i] + len(header))
-    return bounds, starts
-
-
-def _blocks_by_prefix(tokenizer, messages: list[dict], text: str) -> tuple[list[int], list[int]]:
-    """The same from rendering every prefix of the conversation: quadratic, for context-dependent templates."""
-    prefixes = [_render(tokenizer, messages[:i]) for i in range(len(messages))] + [text]
-    bounds = [len(p) for p in prefixes]
-    starts = []
-    for i, m in enumerate(messages):
-        prefix = prefixes[i]
-        if not prefixes[i + 1].startswith(prefix) or not text.startswith(prefix):
-            raise TemplateError(
-                f"the chat template of {tokenizer.name_or_path!r} does not render messages "
-                "as consecutive blocks; position-based masking needs one that does"
-            )
-        if m["trainable"]:
-            header = _render(tokenizer, messages[:i], generation_prompt=True)
-            if not header.startswith(prefix) or not text.startswith(header):
-                raise TemplateError(
-                    f"the chat template of {tokenizer.name_or_path!r}: the generation prompt is "
-                    f"not how an assistant turn begins (message {i})"
-                )
-            starts.append(len(header))
-    return bounds, starts
-
-
-def render_and_mask(tokenizer, messages: list[dict]) -> _Rendered:
-    """Token ids of the templated conversation and their labels, chosen by character position.
-
-    The template must render a conversation as the concatenation of per-message blocks (each prefix of
-    the conversation renders to a prefix of the text); SmolLM2's, Llama's and ChatML templates do.
-    """
-    eos = tokenizer.eos_token
-    if not eos:
-        raise TemplateError(f"tokenizer {tokenizer.name_or_path!r} has no eos token: cannot find turn ends")
-    text = _render(tokenizer, messages)
-    bounds, content_starts = _blocks_fast(tokenizer, messages, text) or _blocks_by_prefix(
-        tokenizer, messages, text
-    )
-    spans = []  # character spans that carry loss: assistant content + the eos that closes it
-    trainable = [i for i, m in enumerate(messages) if m["trainable"]]
-    for i, start in zip(trainable, content_starts, strict=True):
-        end = text.rfind(eos, start, bounds[i + 1])
-        if end < 0:
-            raise TemplateError(
-                f"the chat template of {tokenizer.name_or_path!r} closes assistant turns without "
-                f"the eos token {eos!r}: the model would never learn to stop"
-            )
-        spans.append((start, end + len(eos)))
-
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-    starts = [s for s, _ in offsets]
-    block_starts = []
-    for b in bounds:
-        k = bisect.bisect_left(starts, b)
-        if k > 0 and offsets[k - 1][1] > b:
-            raise TemplateError(
-                f"a token of {tokenizer.name_or_path!r} straddles a message boundary at character {b}"
-            )
-        block_starts.append(k)
-    labels = [IGNORE] * len(ids)
-    for lo, hi in spans:
-        for k in range(bisect.bisect_left(starts, lo), len(ids)):
-            s, e = offsets[k]
-            if s >= hi:
-                break
-            if e <= hi:  # a token merged across the header/content boundary starts before lo: skipped
-                labels[k] = ids[k]
-    return _Rendered(ids, labels, block_starts)
-
-
-def _exchanges(messages: list[dict], first: int) -> list[int]:
-    """Message indices where an exchange starts (a user message, or `first`): the only cut points."""
-    cuts = [first]
-    cuts += [i for i in range(first + 1, len(messages)) if messages[i]["role"] == "user"]
-    return cuts
-
-
-def _windows(
-    n_prefix: int, units: list[tuple[int, int]], max_len: int, policy: str
-) -> tuple[list[list[tuple[int, int]]], int]:
-    """Group token ranges of exchanges into windows that fit after the prefix; (windows, cuts inside a turn)."""
-    room = max_len - n_prefix
-    total = sum(hi - lo for lo, hi in units)
-    if total <= room:
-        return [units], 0
-    if policy == "drop":
-        return [], 0
-    if policy == "truncate":
-        kept, used = [], 0
-        for lo, hi in reversed(units):
-            if used + hi - lo > room:
-                break
-            kept.insert(0, (lo, hi))
-            used += hi - lo
-        if kept:
-            return [kept], 0
-        lo, hi = units[-1]
-        return [[(lo, lo + room)]], 1
-    windows, current, used, cut = [], [], 0, 0
-    for lo, hi in units:
-        n = hi - lo
-        if n > room:  # cannot fit even alone: cut inside the turn, its own window
-            if current:
-                windows.append(current)
-            windows.append([(lo, lo + room)])
-            current, used, cut = [], 0, cut + 1
-        elif used + n > room:
-            windows.append(current)
-            current, used = [(lo, hi)], n
-        else:
-            current.append((lo, hi))
-            used += n
-    if current:
-        windows.append(current)
-    return windows, cut
-
-
-def _prepare_messages(messages: list[dict], config: DatasetConfig) -> tuple[list[dict] | None, str]:
-    """Apply the system-prompt and train_on policies; (messages, drop reason)."""
-    if messages[0]["role"] != "system":
-        if config.system_prompt_policy == "drop":
-            return None, "no_system_prompt"
-        messages = [
-            {"role": "system", "content": config.default_system_prompt, "trainable": False},
-            *messages,
-        ]
-    last = max((i for i, m in enumerate(messages) if m["trainable"]), default=None)
-    if last is None:
-        return None, "no_loss_tokens"
-    messages = messages[: last + 1]  # trailing turns after the last reply teach nothing
-    if config.train_on == "last_assistant_turn":
-        messages = [{**m, "trainable": i == last} for i, m in enumerate(messages)]
-    return messages, ""
-
-
-def build_examples(
-    frame: pd.DataFrame, tokenizer, config: DatasetConfig | None = None, stats: dict | None = None
-) -> list[Example]:
-    """Examples from a training frame (features.feast_store.get_training_frame), in frame order.
-
-    Needs columns interaction_id and messages_json; session_id, agent and has_error are used when
-    present. Dropped records are counted per reason in stats["dropped"] when `stats` is given.
-    """
-    config = config or DatasetConfig()
-    missing = {"interaction_id", "messages_json"} - set(frame.columns)
-    if missing:
-        raise KeyError(
-            f"training frame lacks column(s) {sorted(missing)}; build it with "
-            "features.feast_store.get_training_frame"
-        )
-    forbidden = [t for t in tokenizer.all_special_tokens if t]
-    dropped: Counter = Counter()
-    seen: set[str] = set()
-    examples: list[Example] = []
-    cut_inside_turn = split_interactions = 0
-    has_error = frame["has_error"] if "has_error" in frame else pd.Series(False, index=frame.index)
-    sessions = frame["session_id"] if "session_id" in frame else pd.Series("", index=frame.index)
-    agents = frame["agent"] if "agent" in frame else pd.Series("", index=frame.index)
-    for iid, raw, err, session, agent in zip(
-        frame["interaction_id"], frame["messages_json"], has_error, sessions, agents, strict=True
-    ):
-        iid = str(iid)
-        if iid in seen:
-            dropped["duplicate"] += 1
-            continue
-        seen.add(iid)
-        if config.drop_errors and not pd.isna(err) and bool(err):
-            dropped["error"] += 1
-            continue
-        messages = parse_messages(raw)
-        if messages is None:
-            dropped["invalid_messages"] += 1
-            continue
-        if any(t in m["content"] for m in messages for t in forbidden):
-            dropped["special_token_text"] += 1
-            continue
-        messages, reason = _prepare_messages(messages, config)
-        if messages is None:
-            dropped[reason] += 1
-            continue
-        r = render_and_mask(tokenizer, messages)
-        # _prepare_messages left a system prefix and a trainable assistant message after it
-        n_system = next(i for i, m in enumerate(messages) if m["role"] != "system")
-        prefix_end = r.block_starts[n_system]
-        if prefix_end >= config.max_seq_len:
-            dropped["too_long"] += 1  # the system prompt alone fills max_seq_len
-            continue
-        cuts = _exchanges(messages, n_system)
-        units = [
-            (r.block_starts[a], r.block_starts[b])
-            for a, b in zip(cuts, [*cuts[1:], len(messages)], strict=True)
-        ]
-        windows, cut = _windows(prefix_end, units, config.max_seq_len, config.over_long)
-        if not windows:
-            dropped["too_long"] += 1
-            continue
-        cut_inside_turn += cut
-        pieces = []
-        for window in windows:
-            keep = list(range(prefix_end))
-            for lo, hi in window:
-                keep.extend(range(lo, hi))
-            labels = [r.labels[k] for k in keep]
-            if sum(label != IGNORE for label in labels) < config.min_assistant_tokens:
-                continue
-            pieces.append(([r.input_ids[k] for k in keep], labels))
-        if not pieces:
-            dropped["no_loss_tokens"] += 1
-            continue
-        split_interactions += len(pieces) > 1
-        session = "" if session is None or pd.isna(session) else str(session)
-        for part, (ids, labels) in enumerate(pieces):
-            # Examples are packed end to end: a first position with a label would be the target of
-            # the previous example's last token.
-            assert labels[0] == IGNORE and len(ids) <= config.max_seq_len, iid
-            examples.append(
-                Example(iid, session or iid, "" if pd.isna(agent) else str(agent), ids, labels, part)
-            )
-    if stats is not None:
-        stats["interactions"] = stats.get("interactions", 0) + len(frame)
-        stats["dropped"] = dict(sorted((Counter(stats.get("dropped", {})) + dropped).items()))
-        stats["cut_inside_turn"] = stats.get("cut_inside_turn", 0) + cut_inside_turn
-        stats["split_interactions"] = stats.get("split_interactions", 0) + split_interactions
-    if dropped:
-        log.info(
-            "build_examples: %d examples from %d records; dropped %s",
-            len(examples),
-            len(frame),
-            dict(dropped),
-        )
-    return examples
-
-
-# --- split and packing -----------------------------------------------------------------------------
-
-
-def session_bucket(session_id: str, salt: str) -> float:
-    """A session's fixed place in [0, 1): sha256 of salt + session id."""
-    digest = hashlib.sha256(f"{salt}\x00{session_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def split_by_session(
-    examples: Sequence[Example], config: DatasetConfig | None = None
-) -> dict[str, list[Example]]:
-    """{"train", "validation", "test"}: each session wholly in one, by hash of session id and salt."""
-    config = config or DatasetConfig()
-    out: dict[str, list[Example]] = {name: [] for name in SPLITS}
-    for ex in examples:
-        u = session_bucket(ex.session_id or ex.interaction_id, config.split_salt)
-        name = (
-            "test"
-            if u < config.test_fraction
-            else ("validation" if u < config.test_fraction + config.val_fraction else "train")
-        )
-        out[name].append(ex)
-    return out
-
-
-def pack(examples: Sequence[Example], seq_len: int, pad_id: int = 0) -> list[PackedRow]:
-    """Best-fit decreasing: each example, longest first, goes to the row it fills most tightly.
-
-    Deterministic (ties broken by example id). Rows are returned longest-examples-first: shuffle them
-    for training. The padding tail (pad_id, label IGNORE) is a segment of its own (positions from 0).
-    """
-    order = sorted(examples, key=lambda e: (-len(e), e.example_id))
-    bins: list[list[Example]] = []
-    free: list[tuple[int, int]] = []  # (room left, row index), sorted
-    for ex in order:
-        n = len(ex)
-        if n > seq_len:
-            raise ValueError(
-                f"example {ex.example_id} has {n} tokens, more than the row length {seq_len}; "
-                "build examples with max_seq_len <= seq_len"
-            )
-        if n == 0:
-            continue
-        k = bisect.bisect_left(free, (n, -1))
-        if k < len(free):
-            room, b = free.pop(k)
-            bins[b].append(ex)
-        else:
-            room, b = seq_len, len(bins)
-            bins.append([ex])
-        if room - n > 0:
-            bisect.insort(free, (room - n, b))
-    rows = []
-    for members in bins:
-        ids, labels, pos = [], [], []
-        for ex in members:
-            ids += ex.input_ids
-            labels += ex.labels
-            pos += range(len(ex))
-        pad = seq_len - len(ids)
-        rows.append(
-            PackedRow(
-                ids + [pad_id] * pad,
-                labels + [IGNORE] * pad,
-                pos + list(range(pad)),
-                [ex.example_id for ex in members],
-                [len(ex) for ex in members],
-            )
-        )
-    return rows
-
-
-def collate(rows: Sequence[PackedRow]) -> dict:
-    """Stack rows into int64 tensors input_ids, labels, position_ids. No attention_mask, on purpose."""
-    import torch
-
-    return {
-        "input_ids": torch.tensor([r.input_ids for r in rows], dtype=torch.long),
-        "labels": torch.tensor([r.labels for r in rows], dtype=torch.long),
-        "position_ids": torch.tensor([r.position_ids for r in rows], dtype=torch.long),
-    }
+__all__ = [
+    "IGNORE",
+    "OVER_LONG_POLICIES",
+    "SNAPSHOT_FILE",
+    "SNAPSHOT_FORMAT",
+    "SPLITS",
+    "SYSTEM_PROMPT_POLICIES",
+    "TRAIN_ON",
+    "DatasetConfig",
+    "DatasetSnapshot",
+    "Example",
+    "PackedRow",
+    "TemplateError",
+    "build_examples",
+    "build_snapshot",
+    "collate",
+    "compute_snapshot_hash",
+    "load_training_snapshot",
+    "pack",
+    "parse_messages",
+    "render_and_mask",
+    "session_bucket",
+    "split_by_session",
+    "tokenizer_identity",
+]
 
 
 # --- the snapshot ------------------------------------------------------------------------------------
