@@ -11,8 +11,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.monitoring.config import ColumnDrift, DriftReport, ReferenceWindow, ScopeDrift
 from serving.monitoring.decision import RetrainDecision
-from serving.monitoring.drift import ColumnDrift, DriftReport, ReferenceWindow, ScopeDrift
 from serving.monitoring.metrics import MetricsConfig, drift_registry, export_metrics, exposition
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,20 +20,12 @@ import pytest
 
 from features.mlflow_experiments import ui_link
 from features.sample_logs import generate_sample_logs
+from serving.monitoring.config import ColumnDrift, DriftReport, MonitorConfig, ReferenceWindow, ScopeDrift
 from serving.monitoring.decision import DecisionConfig, decide, read_state
-from serving.monitoring.drift import (
-    ColumnDrift,
-    DriftReport,
-    MonitorConfig,
-    ReferenceWindow,
-    ScopeDrift,
-    auc_null_threshold,
-    check_drift,
-    embedding_drift,
-    resolve_reference,
-    run_drift_check,
-)
+from serving.monitoring.drift import check_drift, run_drift_check
+from serving.monitoring.embeddings import auc_null_threshold, embedding_drift
 from serving.monitoring.report import log_drift_report, save_report
+from serving.monitoring.windows import resolve_reference
 from tests.conftest import browse
 from tests.test_feast_store import read_sample_rows, write_store
 
@@ -435,7 +427,7 @@ def test_the_check_reads_feast_logs_to_mlflow_and_the_run_page_shows_it(rows, tm
 
 def test_a_sampled_window_keeps_max_rows_from_every_day(rows, tmp_path):
     from features.feast_store import FeastConfig, apply
-    from serving.monitoring.drift import load_window
+    from serving.monitoring.windows import load_window
 
     store = tmp_path / "store"
     write_store(store, rows)

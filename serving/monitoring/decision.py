@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 
 from features.fsutil import atomic_write_text
 from features.home import agentloop_home
-from serving.monitoring.drift import DriftReport, ScopeDrift
+from serving.monitoring.config import DriftReport, ScopeDrift
 
 
 @dataclass

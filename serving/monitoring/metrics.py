@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from features.home import agentloop_home
+from serving.monitoring.config import DriftReport, ScopeDrift
 from serving.monitoring.decision import RetrainDecision
-from serving.monitoring.drift import DriftReport, ScopeDrift
 
 PUSH_JOB = "agentloop_drift"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from features.mlflow_experiments import use_experiment
-from serving.monitoring.drift import DriftReport
+from serving.monitoring.config import DriftReport
 from serving.registry import TAG_SNAPSHOT
 
 # --- HTML -----------------------------------------------------------------------------------------
