@@ -23,9 +23,9 @@ import torch
 
 from training.checkpoint import latest_checkpoint
 from training.dataset import IGNORE, DatasetConfig, build_snapshot, collate
-from training.loss import LabelLoss, label_positions
+from training.loss import LabelLoss, NonFiniteLossError, label_positions
 from training.row_stream import RowStream
-from training.trainer import NonFiniteLossError, TrainConfig, lr_at, train
+from training.trainer import TrainConfig, lr_at, train
 
 REPO = Path(__file__).resolve().parents[1]
 SEQ = 128

@@ -97,3 +97,16 @@ def load_checkpoint(
     best_file = path / "best_adapter.safetensors"
     best = load_file(best_file) if best_file.exists() else None
     return json.loads((path / "state.json").read_text()), best
+
+
+def fingerprint_diff(a: dict, b: dict, prefix: str = "") -> str:
+    """What differs between two (nested) fingerprints, as "key: old -> new; ..."."""
+    keys = sorted(set(a) | set(b))
+    parts = []
+    for k in keys:
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            sub = fingerprint_diff(a[k], b[k], f"{prefix}{k}.")
+            parts += [sub] if sub else []
+        elif a.get(k) != b.get(k):
+            parts.append(f"{prefix}{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    return "; ".join(parts)

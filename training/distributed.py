@@ -55,3 +55,17 @@ def broadcast(d: Dist, obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main_rank(d: Dist, what: str, fn, *args) -> None:
+    """Rank 0 runs fn(*args) (if fn is set); every rank learns whether it raised, so none waits forever."""
+    error = None
+    if fn and d.main:
+        try:
+            fn(*args)
+        except BaseException as e:  # noqa: BLE001 - re-raised below, after the other ranks know
+            error = e
+    if d.ddp and all_sum(d, float(error is not None))[0] and error is None:
+        raise RuntimeError(f"rank {d.rank}: stopping because {what} raised on rank 0")
+    if error is not None:
+        raise error

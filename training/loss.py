@@ -19,6 +19,17 @@ from training.dataset import IGNORE, collate
 from training.distributed import Dist, all_sum
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The loss (or gradient norm) of a step is NaN or infinite: the run stops, no adapter is written."""
+
+    def __init__(self, step: int, value: float, what: str = "training loss", hint: str = ""):
+        self.step, self.value, self.what = step, value, what
+        super().__init__(
+            f"step {step}: {what} is {value}; training stopped before the optimizer applied it "
+            f"and no final adapter was written. {hint}".strip()
+        )
+
+
 def label_positions(labels: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
     """[rows, seq-1] bool: which next-token targets carry loss (labels set, not an example's first token)."""
     return (labels[:, 1:] != IGNORE) & (position_ids[:, 1:] != 0)

@@ -32,15 +32,20 @@ import os
 import re
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from features.mlflow_experiments import ensure_experiment
+from training.sweep_tracking import (
+    PARENT_RUN_ATTR,
+    log_metrics,
+    log_study,
+    open_parent_run,
+    tag_trial_run,
+)
 
 log = logging.getLogger(__name__)
-
-PARENT_RUN_ATTR = "mlflow_parent_run_id"
 
 
 @dataclass
@@ -239,7 +244,7 @@ def _is_trial_failure(e: BaseException) -> bool:
     """A failure of the trial's configuration (diverged, too big for memory), not of the code."""
     import torch
 
-    from training.trainer import NonFiniteLossError
+    from training.loss import NonFiniteLossError
 
     if isinstance(e, (NonFiniteLossError, TrialFailure, MemoryError, torch.OutOfMemoryError)):
         return True
@@ -247,156 +252,6 @@ def _is_trial_failure(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and bool(
         re.search(r"out of memory|can't allocate memory|failed to allocate", str(e), re.IGNORECASE)
     )
-
-
-# --- MLflow ----------------------------------------------------------------------------------------
-
-
-def _flat(prefix: str, obj) -> dict[str, str]:
-    out = {}
-    for k, v in asdict(obj).items():
-        s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-        out[f"{prefix}{k}"] = s[:6000]
-    return out
-
-
-def _open_parent_run(
-    client, study, config: SweepConfig, base, snapshot, experiment_id: str, flyte_execution_id: str
-) -> str:
-    """The sweep's MLflow run: the one this study already has (reopened), else a new one."""
-    from mlflow.entities import Param, RunTag
-
-    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
-    if run_id:
-        try:
-            run = client.get_run(run_id)
-            if run.info.lifecycle_stage == "active":
-                client.update_run(run_id, status="RUNNING")
-                return run_id
-        except Exception:  # noqa: BLE001 - another tracking server, or the run was deleted
-            log.warning(
-                "study %s names MLflow run %s, which this tracking server does not have: starting a new "
-                "parent run",
-                config.study_name,
-                run_id,
-            )
-    tags = {
-        "agentloop.stage": "sweep",
-        "optuna.study_name": config.study_name,
-        "optuna.storage": redacted(config.storage or default_storage()),
-        "dataset.snapshot_hash": snapshot.snapshot_hash,
-    }
-    if flyte_execution_id:
-        tags["flyte.execution_id"] = flyte_execution_id
-    run = client.create_run(experiment_id, run_name=f"sweep-{config.study_name}", tags=tags)
-    params = {
-        **_flat("sweep.", config),
-        **_flat("base.", base),
-        "dataset.snapshot_hash": snapshot.snapshot_hash,
-    }
-    params = [Param(k, v) for k, v in params.items()]
-    for i in range(0, len(params), 100):
-        client.log_batch(run.info.run_id, params=params[i : i + 100])
-    client.log_batch(
-        run.info.run_id,
-        tags=[
-            RunTag(
-                "mlflow.note.content",
-                f"Optuna study `{config.study_name}`: each child run is a trial "
-                "(tags optuna.trial_number, optuna.trial_state). Plots under "
-                "optuna/.",
-            )
-        ],
-    )
-    study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
-    return run.info.run_id
-
-
-def _trial_run(client, experiment_id: str, parent_run_id: str, run_name: str):
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.mlflow.runName = '{run_name}'",
-        max_results=1,
-        order_by=["attributes.start_time DESC"],
-    )
-    return runs[0] if runs else None
-
-
-def _tag_trial_run(
-    client,
-    experiment_id: str,
-    parent_run_id: str,
-    run_name: str,
-    trial_number: int,
-    state: str,
-    note: str = "",
-    run_id: str = "",
-) -> str:
-    """Tag the trial's run (the trainer made it); a trial that died before making one gets a FAILED stub."""
-    from mlflow.entities import RunTag
-
-    run = None
-    if run_id:
-        try:
-            run = client.get_run(run_id)
-        except Exception:  # noqa: BLE001 - not on this server: look it up by name as for pruned/failed trials
-            run = None
-    run = run or _trial_run(client, experiment_id, parent_run_id, run_name)
-    if run is None:
-        run = client.create_run(experiment_id, run_name=run_name, tags={"mlflow.parentRunId": parent_run_id})
-        client.set_terminated(run.info.run_id, status="FAILED" if state == "FAIL" else "KILLED")
-    tags = [RunTag("optuna.trial_number", str(trial_number)), RunTag("optuna.trial_state", state)]
-    if note:
-        tags.append(RunTag("optuna.note", note[:4000]))
-    client.log_batch(run.info.run_id, tags=tags)
-    return run.info.run_id
-
-
-def _log_study(client, run_id: str, study, out_dir: Path) -> list[str]:
-    """Plots (plotly HTML: interactive; matplotlib PNG: readable offline, in the MLflow UI) and the trials table."""
-    import optuna
-    from optuna.trial import TrialState
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    plots = {
-        "optimization_history": (
-            optuna.visualization.plot_optimization_history,
-            optuna.visualization.matplotlib.plot_optimization_history,
-        ),
-        "intermediate_values": (
-            optuna.visualization.plot_intermediate_values,
-            optuna.visualization.matplotlib.plot_intermediate_values,
-        ),
-    }
-    if len(complete) >= 2 and any(
-        len({str(t.params.get(p)) for t in complete}) > 1 for p in complete[0].params
-    ):
-        plots["param_importances"] = (
-            optuna.visualization.plot_param_importances,
-            optuna.visualization.matplotlib.plot_param_importances,
-        )
-    written = []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    for name, (plotly_fn, mpl_fn) in plots.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                plotly_fn(study).write_html(out_dir / f"{name}.html", include_plotlyjs="cdn")
-                ax = mpl_fn(study)
-                fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
-                fig.savefig(out_dir / f"{name}.png", dpi=110, bbox_inches="tight")
-                plt.close(fig)
-            written.append(name)
-        except Exception as e:  # noqa: BLE001 - a plot must not fail the sweep; say which and why
-            log.warning("optuna plot %s failed: %s", name, e)
-    study.trials_dataframe().to_csv(out_dir / "trials.csv", index=False)
-    client.log_artifacts(run_id, str(out_dir), artifact_path="optuna")
-    return written
 
 
 # --- the sweep -------------------------------------------------------------------------------------
@@ -437,8 +292,15 @@ def run_sweep(sweep_config: SweepConfig, base, snapshot, flyte_execution_id: str
     client = MlflowClient()
     experiment_id = ensure_experiment(base.mlflow_experiment, client)
     flyte_execution_id = flyte_execution_id or os.environ.get("FLYTE_INTERNAL_EXECUTION_ID", "")
-    parent_run_id = _open_parent_run(
-        client, study, sweep_config, base, snapshot, experiment_id, flyte_execution_id
+    parent_run_id = open_parent_run(
+        client,
+        study,
+        sweep_config,
+        redacted(sweep_config.storage or default_storage()),
+        base,
+        snapshot,
+        experiment_id,
+        flyte_execution_id,
     )
     log.info(
         "sweep %s: %d trials already in the study, adding %d (MLflow parent run %s)",
@@ -483,19 +345,19 @@ def run_sweep(sweep_config: SweepConfig, base, snapshot, flyte_execution_id: str
                 flyte_execution_id=flyte_execution_id,
             )
         except optuna.TrialPruned as e:
-            _tag_trial_run(client, experiment_id, parent_run_id, run_name, trial.number, "PRUNED", str(e))
+            tag_trial_run(client, experiment_id, parent_run_id, run_name, trial.number, "PRUNED", str(e))
             raise
         except Exception as e:
             note = f"{type(e).__name__}: {e}"
             trial.set_user_attr("error", note[:2000])
-            _tag_trial_run(client, experiment_id, parent_run_id, run_name, trial.number, "FAIL", note)
+            tag_trial_run(client, experiment_id, parent_run_id, run_name, trial.number, "FAIL", note)
             if _is_trial_failure(e):
                 _free_memory()
                 raise TrialFailure(f"trial {trial.number} failed ({note}); the sweep goes on") from e
             raise
         value = float("nan") if result.best_val_loss is None else float(result.best_val_loss)
         if not math.isfinite(value):
-            _tag_trial_run(
+            tag_trial_run(
                 client,
                 experiment_id,
                 parent_run_id,
@@ -510,7 +372,7 @@ def run_sweep(sweep_config: SweepConfig, base, snapshot, flyte_execution_id: str
         trial.set_user_attr("mlflow_run_id", result.mlflow_run_id)
         trial.set_user_attr("steps", int(result.steps))
         # by id: a retried trial's run is the dead trial's (resumed from its checkpoint), named after it
-        _tag_trial_run(
+        tag_trial_run(
             client,
             experiment_id,
             parent_run_id,
@@ -535,7 +397,7 @@ def run_sweep(sweep_config: SweepConfig, base, snapshot, flyte_execution_id: str
             s: sum(t.state == s for t in trials)
             for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         }
-        written = _log_study(client, parent_run_id, study, trial_dir(sweep_config, 0).parent / "_study")
+        written = log_study(client, parent_run_id, study, trial_dir(sweep_config, 0).parent / "_study")
         metrics = {
             "trials": len(trials),
             "trials_complete": counts[TrialState.COMPLETE],
@@ -544,7 +406,7 @@ def run_sweep(sweep_config: SweepConfig, base, snapshot, flyte_execution_id: str
             "sweep_wall_s": time.perf_counter() - t0,
         }
         if counts[TrialState.COMPLETE] == 0:
-            _log_metrics(client, parent_run_id, metrics, step=len(trials))
+            log_metrics(client, parent_run_id, metrics, step=len(trials))
             raise RuntimeError(
                 f"sweep {sweep_config.study_name}: no trial completed ({counts[TrialState.PRUNED]} "
                 f"pruned, {counts[TrialState.FAIL]} failed); see MLflow run {parent_run_id} and the "
@@ -553,7 +415,7 @@ def run_sweep(sweep_config: SweepConfig, base, snapshot, flyte_execution_id: str
         best = study.best_trial
         adapter_dir, best_run_id, retrained = _best_adapter(best, base, snapshot, parent_run_id, sweep_config)
         metrics.update(best_val_loss=float(best.value), best_trial_number=best.number)
-        _log_metrics(client, parent_run_id, metrics, step=len(trials))
+        log_metrics(client, parent_run_id, metrics, step=len(trials))
         client.set_tag(parent_run_id, "optuna.best_trial", str(best.number))
         client.set_tag(parent_run_id, "optuna.best_overrides", json.dumps(best.user_attrs["overrides"]))
         client.set_tag(parent_run_id, "optuna.best_run_id", best_run_id)
@@ -576,13 +438,6 @@ def run_sweep(sweep_config: SweepConfig, base, snapshot, flyte_execution_id: str
         )
     finally:
         client.set_terminated(parent_run_id, status=status)
-
-
-def _log_metrics(client, run_id: str, metrics: dict[str, float], step: int) -> None:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
 def _free_memory() -> None:

@@ -116,3 +116,9 @@ def loss_curve(history: list[dict], path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, format="png")
     return path
+
+
+def package_version(pkg: str) -> str:
+    from importlib.metadata import version
+
+    return version(pkg)

@@ -52,12 +52,18 @@ import torch.utils.checkpoint
 from torch import nn
 
 from training.adapter import save_adapter
-from training.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
-from training.distributed import Dist, all_sum, broadcast, init_distributed
-from training.loss import LabelLoss, evaluate_rows
+from training.checkpoint import (
+    checkpoint_root,
+    fingerprint_diff,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from training.distributed import Dist, all_sum, broadcast, init_distributed, on_main_rank
+from training.loss import LabelLoss, NonFiniteLossError, evaluate_rows
 from training.peft_model import load_peft_model, trainable_weights
 from training.row_stream import RowStream
-from training.tracking import Tracker, end_status, flat_params, loss_curve
+from training.tracking import Tracker, end_status, flat_params, loss_curve, package_version
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +71,6 @@ log = logging.getLogger(__name__)
 # rank (QLoRA, Dettmers et al. 2023); the MLP layers hold most of the weights a reply style lives in.
 # Adapter cost at r=16 on SmolLM2-135M: 4.9M parameters (3.6%).
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss (or gradient norm) of a step is NaN or infinite: the run stops, no adapter is written."""
-
-    def __init__(self, step: int, value: float, what: str = "training loss", hint: str = ""):
-        self.step, self.value, self.what = step, value, what
-        super().__init__(
-            f"step {step}: {what} is {value}; training stopped before the optimizer applied it "
-            f"and no final adapter was written. {hint}".strip()
-        )
 
 
 @dataclass
@@ -264,7 +259,7 @@ def _train(config, snapshot, d: Dist, on_eval, parent_run_id, resume, flyte_exec
     if ckpt:
         saved, best = load_checkpoint(ckpt, model, optimizer)
         if saved["fingerprint"] != fingerprint:
-            diff = _diff(saved["fingerprint"], fingerprint)
+            diff = fingerprint_diff(saved["fingerprint"], fingerprint)
             raise ValueError(
                 f"checkpoint {ckpt} was written by a different run ({diff}); resume=False or a "
                 f"fresh output_dir starts over"
@@ -307,8 +302,8 @@ def _train(config, snapshot, d: Dist, on_eval, parent_run_id, resume, flyte_exec
                     "output_dir": str(out),
                     "trainable_params": sum(p.numel() for p in params),
                     "versions.torch": torch.__version__,
-                    "versions.transformers": _version("transformers"),
-                    "versions.peft": _version("peft"),
+                    "versions.transformers": package_version("transformers"),
+                    "versions.peft": package_version("peft"),
                 }
             )
     run = _Run(
@@ -398,7 +393,7 @@ def _fit(run: _Run) -> TrainResult:
         if step % config.log_every == 0 or last or val is not None:
             _log_step(run, entry, val)
         if val is not None:
-            _call_on_eval(run.on_eval, step, val, run.d)
+            on_main_rank(run.d, f"on_eval at step {step}", run.on_eval, step, val)
             if config.early_stopping_patience and st["bad_evals"] >= config.early_stopping_patience:
                 run.info("early stop at step %d: %d evaluations without improvement", step, st["bad_evals"])
                 stopped_early = True
@@ -555,42 +550,10 @@ def _finish(run: _Run, stopped_early: bool) -> TrainResult:
     return result
 
 
-def _call_on_eval(on_eval, step: int, val: float, d: Dist) -> None:
-    """Rank 0 runs the callback; every rank learns whether it raised, so none waits forever."""
-    error = None
-    if on_eval and d.main:
-        try:
-            on_eval(step, val)
-        except BaseException as e:  # noqa: BLE001 - re-raised below, after the other ranks know
-            error = e
-    if d.ddp and all_sum(d, float(error is not None))[0] and error is None:
-        raise RuntimeError(f"rank {d.rank}: stopping at step {step} because on_eval raised on rank 0")
-    if error is not None:
-        raise error
-
-
 def _fresh_output_dir(config: TrainConfig) -> Path:
     from training.base_model import agentloop_home
 
     return agentloop_home() / "train" / f"{config.run_name or 'run'}-{time.strftime('%Y%m%dT%H%M%S')}"
-
-
-def _diff(a: dict, b: dict, prefix: str = "") -> str:
-    keys = sorted(set(a) | set(b))
-    parts = []
-    for k in keys:
-        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            sub = _diff(a[k], b[k], f"{prefix}{k}.")
-            parts += [sub] if sub else []
-        elif a.get(k) != b.get(k):
-            parts.append(f"{prefix}{k}: {a.get(k)!r} -> {b.get(k)!r}")
-    return "; ".join(parts)
-
-
-def _version(pkg: str) -> str:
-    from importlib.metadata import version
-
-    return version(pkg)
 
 
 # --- CLI (torchrun / Flyte Elastic entry) ---------------------------------------------------------------
