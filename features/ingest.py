@@ -51,6 +51,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import sys
 import time
 import unicodedata
@@ -61,8 +62,17 @@ from typing import Any, Sequence
 import orjson
 import pyarrow as pa
 
+from features.canonical import LINEAGE, feedback_items, hash_user_id
 from features.guard import GuardConfig, PoisonState, check_interaction, find_poisoning
-from features.raw_format import is_cloudevent, parse_timestamp, unwrap, validate_cloudevent, validate_record
+from features.raw_format import (
+    USAGE_FIELDS,
+    is_cloudevent,
+    normalise_usage,
+    parse_timestamp,
+    unwrap,
+    validate_cloudevent,
+    validate_record,
+)
 from features.readers import (
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_SUFFIXES,
@@ -72,7 +82,7 @@ from features.readers import (
     list_sources,
     read_source,
 )
-from features.redact import redact_line, redact_messages, redact_text
+from features.redact import redact_line, redact_messages, redact_text, redact_value
 from features.schema import INTERACTION_SCHEMA, PII_TYPES, QUARANTINE_SCHEMA, SCHEMA_VERSION, SECRET_TYPES
 from features.store import INTERACTIONS, QUARANTINE, ManifestEntry, Store, default_store, new_run_id
 
@@ -93,6 +103,8 @@ POISON_STATE = (
     "poison-state"  # the state file committed with the rows (features.store: StagedCommit.stage_file)
 )
 UTF8_BOM = b"\xef\xbb\xbf"
+USER_SALT_ENV = "AGENTLOOP_USER_ID_SALT"
+USER_SALT_FILE = ("_meta", "user-id-salt")
 # Characters at which an oversized line's preview may be cut without splitting a token.
 _CUT_AT = b' \t",:{}[]'
 MESSAGE_KEYS = ("role", "content", "name", "tool_call_id", "tool_calls")
@@ -117,6 +129,9 @@ class IngestConfig:
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
     run_id: str = ""  # default: new_run_id()
     compression: str = "zstd"  # parquet codec of the parts ("none" for byte-greppable files in tests)
+    # The salt of user-id hashes; default: $AGENTLOOP_USER_ID_SALT, else a random salt kept in the store
+    # (`_meta/user-id-salt`), so that one store's hashes join across runs and two stores' do not.
+    user_id_salt: str = ""
 
     def __post_init__(self) -> None:
         if self.max_line_bytes < 64:
@@ -346,6 +361,11 @@ def _clean_message(m: dict) -> dict:
     return out
 
 
+def _add_counts(counts: dict, more: dict) -> None:
+    for kind, n in more.items():
+        counts[kind] = counts.get(kind, 0) + n
+
+
 def _raw_copy(item: RawItem) -> str:
     """The redacted quarantine copy of a record's bytes (redact_line also looks inside JSON escapes)."""
     if item.oversized:
@@ -388,6 +408,20 @@ class _Ingestor:
         self.next_commit = 1
         self.commit_rows = 0
         self.entries: list[ManifestEntry] = []  # manifest entries of the open commit's sources
+        self._salt: bytes | None = None
+
+    def user_salt(self) -> bytes:
+        """The salt of user-id hashes (see IngestConfig.user_id_salt), read or made once per run."""
+        if self._salt is None:
+            given = self.config.user_id_salt or os.environ.get(USER_SALT_ENV, "")
+            if given:
+                self._salt = given.encode()
+            else:
+                path = self.store.path(*USER_SALT_FILE)
+                if not self.store.exists(path):
+                    self.store.write_bytes(path, secrets.token_hex(32).encode())
+                self._salt = self.store.read_bytes(path).strip()
+        return self._salt
 
     # -- the dedup index, from the store --------------------------------------------------------------
     def load_state(self) -> None:
@@ -595,11 +629,8 @@ class _Ingestor:
     @staticmethod
     def _range_problems(record: dict) -> list[str]:
         """What validate_record allows but the schema cannot hold: int32 counts, a UTC year outside 1..9999."""
-        problems = [
-            f"bad_value:usage.{k}"
-            for k in ("prompt_tokens", "completion_tokens", "total_tokens")
-            if record["usage"][k] > INT32_MAX
-        ]
+        usage = normalise_usage(record.get("usage")) or {}
+        problems = [f"bad_value:usage.{k}" for k, v in usage.items() if v is not None and v > INT32_MAX]
         try:
             parse_timestamp(record["timestamp"]).astimezone(timezone.utc)
         except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC
@@ -623,13 +654,29 @@ class _Ingestor:
                 turns += 1
         if messages and messages[-1].get("role") != "assistant":
             reply = ""  # a failed call: the last assistant message is an earlier turn, not this reply
-        usage = record["usage"]
+        usage = normalise_usage(record.get("usage")) or dict.fromkeys(USAGE_FIELDS)
+        lineage = record.get(LINEAGE) or {}
+        tools = record.get("tools")
+        tools_json = None
+        if tools:
+            tools, tool_counts = redact_value(tools)
+            _add_counts(counts, tool_counts)
+            tools_json = orjson.dumps(tools).decode()
+        items = feedback_items(feedback)
+        feedback_json = None
+        if items:
+            items, feedback_counts = redact_value(items)
+            _add_counts(counts, feedback_counts)
+            feedback_json = orjson.dumps(items).decode()
+        _add_counts(counts, lineage.get("redactions") or {})
+        user_id = record.get("user_id")
+        latency = record.get("latency_ms")
         return {
             "interaction_id": record["id"],
             "agent": record["agent"],
             "session_id": record["session_id"],
             "event_timestamp": ts,
-            "model": record["model"],
+            "model": record.get("model"),
             "messages_json": orjson.dumps(messages).decode(),
             "last_user_message": last_user,
             "agent_reply": reply,
@@ -637,7 +684,7 @@ class _Ingestor:
             "prompt_tokens": usage["prompt_tokens"],
             "completion_tokens": usage["completion_tokens"],
             "total_tokens": usage["total_tokens"],
-            "latency_ms": float(record["latency_ms"]),
+            "latency_ms": float(latency) if latency is not None else None,
             "rating": feedback.get("rating"),
             "thumbs": feedback.get("thumbs"),
             "error_type": error["type"] if error else None,
@@ -655,6 +702,13 @@ class _Ingestor:
             "ingested_at": self.now,
             "day": ts.date().isoformat(),
             "schema_version": SCHEMA_VERSION,
+            "agent_name": record.get("agent_name") or record["agent"],
+            "tools_json": tools_json,
+            "feedback_json": feedback_json,
+            "user_id_hash": hash_user_id(user_id, self.user_salt()) if user_id else None,
+            "trace_id": lineage.get("trace_id"),
+            "span_id": lineage.get("span_id"),
+            "source_format": lineage.get("format", "jsonl"),
         }
 
     # -- outcomes -------------------------------------------------------------------------------------

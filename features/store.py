@@ -64,7 +64,7 @@ import pyarrow.parquet as pq
 
 from features.home import agentloop_home
 from features.readers import filesystem
-from features.schema import INTERACTION_SCHEMA, QUARANTINE_SCHEMA
+from features.schema import INTERACTION_SCHEMA, QUARANTINE_SCHEMA, upgrade_v1_rows
 
 INTERACTIONS = "interactions"
 QUARANTINE = "quarantine"
@@ -376,6 +376,11 @@ class Store:
         dataset = ds.dataset(
             files, schema=schema, format="parquet", filesystem=None if self.local else self.fs
         )
+        if table == INTERACTIONS:
+            # v1 parts lack the v2 columns (read as null): fill them as a v2 ingest would have.
+            need = columns and [*columns, *(c for c in ("schema_version", "agent") if c not in columns)]
+            rows = upgrade_v1_rows(dataset.to_table(columns=need))
+            return rows.select(columns) if columns else rows
         return dataset.to_table(columns=columns)
 
     # -- writing ----------------------------------------------------------------------------------

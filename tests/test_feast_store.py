@@ -107,7 +107,9 @@ def write_store(store: Path, rows: list[dict], physical_day: bool | None = True)
     frame = pd.DataFrame(rows)
     for i, (day, part) in enumerate(sorted(frame.groupby("day"), key=lambda kv: kv[0])):
         keep_day = physical_day if physical_day is not None else i % 2 == 0
-        table = pa.Table.from_pandas(part, schema=INTERACTION_SCHEMA, preserve_index=False)
+        # The rows are schema v1 (a store written before v2): the v2 columns are absent from the files.
+        schema = pa.schema([f for f in INTERACTION_SCHEMA if f.name in part.columns])
+        table = pa.Table.from_pandas(part, schema=schema, preserve_index=False)
         if not keep_day:
             table = table.drop_columns(["day"])
         folder = store / "interactions" / f"day={day}"

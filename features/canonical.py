@@ -1,0 +1,110 @@
+"""What every reader shares on its way to the canonical record: ids, agent names, users, feedback.
+
+A reader (JSONL, OTLP, OpenInference, MLflow, OpenAI pairs) builds a record in the documented
+format (features/raw_format.py, docs/interaction-format.md) and hands it to ingest, which
+validates, redacts, dedups and guards it like any line. Keys starting with `_` are ingest's
+lineage (`_lineage`: format, trace and span ids), never part of the format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import unicodedata
+from typing import Any
+
+from features.raw_format import AGENT_NAME, THUMBS
+
+_NOT_SLUG = re.compile(r"[^a-z0-9._-]+")
+LINEAGE = "_lineage"
+
+
+def agent_slug(name: str) -> str:
+    """An agent name as the format wants it: "Support Agent" -> "support-agent" (ASCII, lower case)."""
+    if AGENT_NAME.match(name):
+        return name
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = _NOT_SLUG.sub("-", ascii_name.lower()).strip("-._")
+    if not slug:  # nothing ASCII in it: a stable name from its bytes
+        slug = "agent-" + hashlib.sha256(name.encode()).hexdigest()[:12]
+    return slug
+
+
+def derived_id(*parts: str) -> str:
+    """A deterministic interaction id from a source's own ids (trace id, span id): the same span, the same id."""
+    return "-".join(p.lower() for p in parts)
+
+
+def content_id(prefix: str, raw: bytes) -> str:
+    """An id for a record whose source has none: the sha256 of its bytes."""
+    return f"{prefix}-{hashlib.sha256(raw).hexdigest()[:32]}"
+
+
+def hash_user_id(user_id: str, salt: bytes) -> str:
+    """HMAC-SHA256 of a user id with the store's salt: joinable within a store, not reversible, not the id."""
+    return hmac.new(salt, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+def with_agent(record: dict, name: str | None, fallback: str) -> dict:
+    """Set `agent` (a slug) and `agent_name` (the original) from a source's agent name or a fallback."""
+    original = name if isinstance(name, str) and name.strip() else fallback
+    record["agent"] = agent_slug(original)
+    if record["agent"] != original:
+        record["agent_name"] = original
+    return record
+
+
+def score(name: str, value: Any, source: str, **extra: Any) -> dict:
+    """One feedback item of the unified shape: {"name", "value", "source": human|llm_judge|code, ...}."""
+    item = {"name": name, "value": value, "source": source}
+    item.update({k: v for k, v in extra.items() if v is not None})
+    return item
+
+
+def feedback_items(feedback: dict | None) -> list[dict]:
+    """Every feedback item of a validated record in the unified shape (rating and thumbs included)."""
+    if not feedback:
+        return []
+    items = []
+    if feedback.get("rating") is not None:
+        items.append(score("rating", feedback["rating"], feedback.get("rating_source", "human")))
+    if feedback.get("thumbs") is not None:
+        items.append(score("thumbs", feedback["thumbs"], feedback.get("thumbs_source", "human")))
+    items += list(feedback.get("scores") or [])
+    return items
+
+
+def feedback_from_scores(scores: list[dict]) -> dict | None:
+    """A record's `feedback` from unified items: a 1-5 integer `rating` and an up/down `thumbs` surface as such."""
+    if not scores:
+        return None
+    feedback: dict[str, Any] = {}
+    rest = []
+    for item in scores:
+        name, value = str(item.get("name", "")).lower(), item.get("value")
+        if name in ("rating", "user_rating") and isinstance(value, int) and not isinstance(value, bool):
+            if 1 <= value <= 5 and "rating" not in feedback:
+                feedback["rating"] = value
+                continue
+        if name in ("thumbs", "user_feedback", "thumbs_up", "helpful"):
+            thumbs = _thumbs(value)
+            if thumbs is not None and "thumbs" not in feedback:
+                feedback["thumbs"] = thumbs
+                continue
+        rest.append(item)
+    if rest:
+        feedback["scores"] = rest
+    return feedback
+
+
+def _thumbs(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "up" if value else "down"
+    if isinstance(value, str) and value.lower() in THUMBS:
+        return value.lower()
+    if isinstance(value, str) and value.lower() in ("yes", "true", "positive", "good"):
+        return "up"
+    if isinstance(value, str) and value.lower() in ("no", "false", "negative", "bad"):
+        return "down"
+    return None
