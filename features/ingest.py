@@ -64,6 +64,7 @@ import pyarrow as pa
 
 from features.canonical import LINEAGE, feedback_items, hash_user_id
 from features.guard import GuardConfig, PoisonState, check_interaction, find_poisoning
+from features.ingest_traces import TRACE_STATE, TraceRouter
 from features.raw_format import (
     USAGE_FIELDS,
     is_cloudevent,
@@ -85,6 +86,8 @@ from features.readers import (
 from features.redact import redact_line, redact_messages, redact_text, redact_value
 from features.schema import INTERACTION_SCHEMA, PII_TYPES, QUARANTINE_SCHEMA, SCHEMA_VERSION, SECRET_TYPES
 from features.store import INTERACTIONS, QUARANTINE, ManifestEntry, Store, default_store, new_run_id
+from features.traces import FORMATS, detect
+from features.traces.buffer import DEFAULT_WAIT_S
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,7 @@ ENCODING = "encoding"
 INVALID_JSON = "invalid_json"
 OVERSIZED = "oversized"
 BAD_CLOUDEVENT = "bad_cloudevent"
+UNKNOWN_FORMAT = "unknown_format"
 DUPLICATE_ID_CONFLICT = "duplicate_id_conflict"
 # A bug of ours (or of redact/guard) on one record: it is kept in quarantine, the run goes on.
 INTERNAL_ERROR = "internal_error"
@@ -132,17 +136,26 @@ class IngestConfig:
     # The salt of user-id hashes; default: $AGENTLOOP_USER_ID_SALT, else a random salt kept in the store
     # (`_meta/user-id-salt`), so that one store's hashes join across runs and two stores' do not.
     user_id_salt: str = ""
+    format: str = "auto"  # auto (detected per record) | jsonl | otlp | mlflow | openai: force one
+    # Data time (seconds behind the latest span seen) after which an open trace is closed: what still
+    # waits in it is quarantined with its reason (features/traces/buffer.py).
+    trace_wait_s: float = DEFAULT_WAIT_S
+    flush_traces: bool = False  # close every open trace at the end of the run (the data is complete)
 
     def __post_init__(self) -> None:
         if self.max_line_bytes < 64:
             raise ValueError(f"IngestConfig.max_line_bytes must be >= 64, got {self.max_line_bytes}")
         if self.batch_size < 1:
             raise ValueError(f"IngestConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.format not in FORMATS:
+            raise ValueError(f"IngestConfig.format must be one of {FORMATS}, got {self.format!r}")
 
 
 @dataclass
 class SourceReport:
-    """What became of one source's records. read == accepted + duplicates + sum(quarantined)."""
+    """What became of one source's records: read + carried_in == accepted + duplicates + sum(quarantined)
+    + context + buffered. For JSONL, one record per line (or batch element) and the trace terms are 0;
+    for traces, a record is a span or log record (features/ingest_traces.py)."""
 
     source: str
     # new | changed (the manifest had another size or fingerprint) | forced (unchanged, re-read: config.force)
@@ -163,19 +176,28 @@ class SourceReport:
     empty_batches: int = 0
     bytes: int = 0
     sha256: str = ""
+    spans: int = 0  # OTLP / MLflow spans read
+    log_records: int = 0  # OTLP log records read
+    context: int = 0  # units used up without a row of their own (non-chat spans, joined log records)
+    carried_in: int = 0  # units waiting in the trace buffer when this source began
+    buffered: int = 0  # units waiting in the trace buffer when it ended (committed state)
+    incomplete_traces: list[dict] = field(default_factory=list)  # traces closed without a chat span
 
     @property
     def quarantined_total(self) -> int:
         return sum(self.quarantined.values())
 
     def conserved(self) -> bool:
-        return self.read == self.accepted + self.duplicates + self.quarantined_total
+        return self.read + self.carried_in == (
+            self.accepted + self.duplicates + self.quarantined_total + self.context + self.buffered
+        )
 
     def check(self) -> None:
         if not self.conserved():
             raise RuntimeError(
-                f"ingest lost count of records in {self.source}: read {self.read} != accepted {self.accepted} + "
-                f"duplicates {self.duplicates} + quarantined {self.quarantined_total}; nothing of it was committed. "
+                f"ingest lost count of records in {self.source}: read {self.read} + carried in {self.carried_in} != "
+                f"accepted {self.accepted} + duplicates {self.duplicates} + quarantined {self.quarantined_total} + "
+                f"context {self.context} + buffered {self.buffered}; nothing of it was committed. "
                 "This is a bug in features/ingest.py: report it with the source file"
             )
 
@@ -361,6 +383,16 @@ def _clean_message(m: dict) -> dict:
     return out
 
 
+def _carried_trace(event: dict) -> dict | None:
+    """The trace payload a CloudEvent carries (OTLP, MLflow, OpenAI pair), else None: its envelope
+    then only carries, so its attributes need not agree with an interaction record."""
+    try:
+        data = unwrap(event)
+    except (ValueError, TypeError):
+        return None
+    return data if detect(data) != "jsonl" else None
+
+
 def _add_counts(counts: dict, more: dict) -> None:
     for kind, n in more.items():
         counts[kind] = counts.get(kind, 0) + n
@@ -409,6 +441,7 @@ class _Ingestor:
         self.commit_rows = 0
         self.entries: list[ManifestEntry] = []  # manifest entries of the open commit's sources
         self._salt: bytes | None = None
+        self.traces = TraceRouter(self, config.trace_wait_s)
 
     def user_salt(self) -> bytes:
         """The salt of user-id hashes (see IngestConfig.user_id_salt), read or made once per run."""
@@ -431,6 +464,9 @@ class _Ingestor:
         state = self.store.latest_file(POISON_STATE, commits)
         if state is not None:
             self.history = PoisonState.from_json(self.store.read_bytes(state).decode())
+        buffer = self.store.latest_file(TRACE_STATE, commits)
+        if buffer is not None:
+            self.traces.load(self.store.read_bytes(buffer).decode())
         self.load_index()
 
     def load_index(self) -> None:
@@ -448,12 +484,15 @@ class _Ingestor:
             self.qkeys.add(_qkey(src, line, sha))
 
     # -- one source -----------------------------------------------------------------------------------
-    def ingest_source(self, source: SourceFile, seq: int, status: str, bar: Any) -> SourceReport:
+    def ingest_source(
+        self, source: SourceFile, seq: int, status: str, bar: Any, last: bool = False
+    ) -> SourceReport:
         """Read one source to its end; its rows join the open commit (see commit_if_due)."""
         if self.commit is None:
             self.commit = self.store.begin_commit(self.run_id, self.next_commit)
             self.next_commit += 1
         rep = self.rep = SourceReport(source=source.path, status=status)
+        rep.carried_in = self.traces.buffer.pending()
         stats = ReadStats()
         seen_bytes = 0
         items = read_source(
@@ -481,6 +520,9 @@ class _Ingestor:
             if bar is not None and n % 256 == 0:
                 bar.update(stats.bytes_read - seen_bytes)
                 seen_bytes = stats.bytes_read
+        if last and self.config.flush_traces:
+            self.traces.flush()
+        rep.buffered = self.traces.buffer.pending()
         # Poisoning batches never span sources: a source's verdicts depend on the store and itself only.
         self.check_batch()
         if bar is not None:
@@ -502,6 +544,9 @@ class _Ingestor:
                     "accepted": rep.accepted,
                     "duplicates": rep.duplicates,
                     "quarantined": dict(rep.quarantined),
+                    "context": rep.context,
+                    "carried_in": rep.carried_in,
+                    "buffered": rep.buffered,
                 },
             )
         )
@@ -518,13 +563,18 @@ class _Ingestor:
         self.write_parts(everything=True)
         if self.history_dirty:
             self.commit.stage_file(POISON_STATE, self.history.to_json().encode())
+        if self.traces.dirty:
+            self.commit.stage_file(TRACE_STATE, self.traces.state())
         now = datetime.now(timezone.utc).isoformat()
         for entry in self.entries:
             entry.committed_at = now
         self.commit.commit(self.entries)
         if self.history_dirty:
             self.store.prune_files(POISON_STATE, keep=2)
+        if self.traces.dirty:
+            self.store.prune_files(TRACE_STATE, keep=2)
         self.commit, self.entries, self.commit_rows, self.history_dirty = None, [], 0, False
+        self.traces.dirty = False
 
     def abort(self) -> None:
         """Drop the open commit's staged parts (the run is failing; recovery would drop them too)."""
@@ -566,8 +616,10 @@ class _Ingestor:
 
         if is_cloudevent(obj):
             try:
-                problems = validate_cloudevent(obj)
-                record = unwrap(obj) if not problems else None
+                record = _carried_trace(obj)
+                problems = [] if record is not None else validate_cloudevent(obj)
+                if record is None and not problems:
+                    record = unwrap(obj)
                 if record is not None and not isinstance(obj.get("data"), dict):
                     # unwrap parses a `data` string or data_base64 with the stdlib, which lets NaN and lone
                     # surrogates through: parse it again as strictly as a line.
@@ -581,6 +633,22 @@ class _Ingestor:
         else:
             record = obj
 
+        fmt = detect(record)
+        if self.config.format != "auto" and fmt != self.config.format:
+            self.quarantine(
+                item,
+                UNKNOWN_FORMAT,
+                f"IngestConfig.format is {self.config.format!r} but this record reads as {fmt!r}",
+                obj,
+            )
+            return
+        if fmt != "jsonl":
+            self.traces.handle(item, record, fmt)
+            return
+        self.accept(item, record, obj)
+
+    def accept(self, item: RawItem, record: dict, obj: Any) -> None:
+        """Validate, redact, dedup and guard one record in the format; it joins the batch or quarantine."""
         problems = validate_record(record)
         if not problems:
             problems = self._range_problems(record)
@@ -841,7 +909,9 @@ def ingest(sources: str | Sequence[str] | None = None, config: IngestConfig | No
         bar = _progress(sum(s.size for s, _ in todo), show)
         try:
             for seq, (source, status) in enumerate(todo, 1):
-                rep = ingestor.ingest_source(source, seq, status, bar if show else None)
+                rep = ingestor.ingest_source(
+                    source, seq, status, bar if show else None, last=seq == len(todo)
+                )
                 ingestor.commit_if_due(last=seq == len(todo))
                 report.sources.append(rep)
                 log.info(

@@ -1,0 +1,118 @@
+"""Ingest's router for trace payloads: OTLP spans and logs (GenAI, OpenInference), MLflow traces, OpenAI pairs.
+
+A trace line holds many units (spans, log records, MLflow spans): each is counted on its own, and
+every unit ends in exactly one place. Per source:
+
+    read + carried_in == accepted + duplicates + quarantined + context + buffered
+
+`read` counts units (an OTLP line of 40 spans reads 40), `context` the units used up without
+becoming a row (non-chat spans, log records joined to their span, non-GenAI log lines),
+`carried_in` / `buffered` the units waiting in the trace buffer (features/traces/buffer.py) when
+the source began / ended: a chat span read in one file can become a row (or a quarantine row) in a
+later one. The buffer is committed with the rows, like the poisoning memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from features.readers import RawItem
+from features.redact import redact_value
+from features.traces import mlflow_traces, otlp
+from features.traces.buffer import DEFAULT_WAIT_S, Outcome, TraceBuffer
+from features.traces.openai_pairs import read_pair
+
+TRACE_STATE = (
+    "trace-buffer"  # the state file committed with the rows (features.store: StagedCommit.stage_file)
+)
+
+
+def unit_item(origin: list, raw: Any) -> RawItem:
+    """A RawItem standing for one unit of a line: its quarantine copy is the unit as read (normalised)."""
+    if isinstance(raw, dict):
+        raw = {k: v for k, v in raw.items() if k not in ("origin", "_redactions")}
+    data = orjson.dumps(raw, default=str)
+    return RawItem(origin[0], origin[1], origin[2], data, len(data))
+
+
+class TraceRouter:
+    """Routes a parsed trace line's units to the ingestor's accept/quarantine, through the trace buffer."""
+
+    def __init__(self, ingestor: Any, wait_s: float = DEFAULT_WAIT_S):
+        self.ing = ingestor
+        self.buffer = TraceBuffer(wait_s=wait_s)
+        self.dirty = False
+        self._context = 0
+
+    # -- state ----------------------------------------------------------------------------------------
+    def load(self, text: str) -> None:
+        self.buffer = TraceBuffer.from_json(text, wait_s=self.buffer.wait_s)
+        self._context = self.buffer.context
+
+    def state(self) -> bytes:
+        return self.buffer.to_json(redact_value).encode()
+
+    # -- one line -------------------------------------------------------------------------------------
+    def handle(self, item: RawItem, obj: dict, fmt: str) -> None:
+        rep = self.ing.rep
+        if fmt == "openai":
+            self.ing.accept(item, read_pair(obj, item.raw), obj)
+            return
+        if fmt == "mlflow":
+            units = mlflow_traces.read_trace(obj, (item.source, item.line_number))
+            rep.read += max(len(units), 1) - 1
+            rep.spans += len(units)
+            if not units:
+                self._count_context(1)  # a trace without spans
+            for origin, span, record in units:
+                if record is None:
+                    self._count_context(1)
+                else:
+                    self.ing.accept(unit_item(origin, span), record, record)
+            return
+        origin = (item.source, item.line_number)
+        units = otlp.spans(obj, origin) + otlp.logs(obj, origin)
+        rep.read += max(len(units), 1) - 1
+        if not units:
+            self._count_context(1)  # an empty export request: nothing in it
+            return
+        self.dirty = True
+        for unit in units:
+            if isinstance(unit, otlp.OtlpError):
+                self.ing.quarantine(
+                    unit_item(unit.origin, unit.raw), f"bad_span:{unit.field}", f"OTLP: {unit}", unit.raw
+                )
+                continue
+            if "span_id" in unit and "parent_id" in unit:
+                rep.spans += 1
+                self.settle(self.buffer.add_span(unit))
+            else:
+                rep.log_records += 1
+                self.settle(self.buffer.add_log(unit))
+        self.settle(self.buffer.expire())
+
+    def flush(self) -> None:
+        """Close every open trace now (IngestConfig.flush_traces: the data is known to be complete)."""
+        self.dirty = True
+        self.settle(self.buffer.expire(flush=True))
+
+    def settle(self, outcomes: list[Outcome]) -> None:
+        for o in outcomes:
+            item = unit_item(o.origin, o.raw)
+            if o.record is not None:
+                self.ing.accept(item, o.record, o.record)
+            else:
+                ids = o.raw if isinstance(o.raw, dict) else {}
+                iid = f"{ids.get('trace_id')}-{ids.get('span_id')}" if ids.get("span_id") else None
+                self.ing.quarantine(item, o.reason, o.detail, {"id": iid} if iid else None)
+        self._count_context(0)
+
+    def _count_context(self, extra: int) -> None:
+        rep = self.ing.rep
+        rep.context += extra + self.buffer.context - self._context
+        self._context = self.buffer.context
+        if self.buffer.reported:
+            rep.incomplete_traces += self.buffer.reported
+            self.buffer.reported = []
