@@ -18,6 +18,9 @@ from features.raw_format import AGENT_NAME, THUMBS
 
 _NOT_SLUG = re.compile(r"[^a-z0-9._-]+")
 LINEAGE = "_lineage"
+DERIVED = "_derived"  # feedback columns filled from a named score (features.canonical.feedback_from_scores)
+RATING_NAMES = ("rating", "user_rating", "stars")
+THUMBS_NAMES = ("thumbs", "user_feedback", "thumbs_up", "helpful")
 
 
 def agent_slug(name: str) -> str:
@@ -63,38 +66,36 @@ def score(name: str, value: Any, source: str, **extra: Any) -> dict:
 
 
 def feedback_items(feedback: dict | None) -> list[dict]:
-    """Every feedback item of a validated record in the unified shape (rating and thumbs included)."""
+    """Every feedback item of a validated record in the unified shape (rating and thumbs included once)."""
     if not feedback:
         return []
+    derived = feedback.get(DERIVED) or ()
     items = []
-    if feedback.get("rating") is not None:
-        items.append(score("rating", feedback["rating"], feedback.get("rating_source", "human")))
-    if feedback.get("thumbs") is not None:
-        items.append(score("thumbs", feedback["thumbs"], feedback.get("thumbs_source", "human")))
+    if feedback.get("rating") is not None and "rating" not in derived:
+        items.append(score("rating", feedback["rating"], "human"))
+    if feedback.get("thumbs") is not None and "thumbs" not in derived:
+        items.append(score("thumbs", feedback["thumbs"], "human"))
     items += list(feedback.get("scores") or [])
     return items
 
 
 def feedback_from_scores(scores: list[dict]) -> dict | None:
-    """A record's `feedback` from unified items: a 1-5 integer `rating` and an up/down `thumbs` surface as such."""
+    """A record's `feedback` from unified items, all kept in `scores`; a 1-5 integral rating and an
+    up/down judgement also fill the `rating` / `thumbs` columns (marked derived, so never listed twice)."""
     if not scores:
         return None
-    feedback: dict[str, Any] = {}
-    rest = []
+    feedback: dict[str, Any] = {"scores": list(scores), DERIVED: []}
     for item in scores:
         name, value = str(item.get("name", "")).lower(), item.get("value")
-        if name in ("rating", "user_rating") and isinstance(value, int) and not isinstance(value, bool):
-            if 1 <= value <= 5 and "rating" not in feedback:
-                feedback["rating"] = value
-                continue
-        if name in ("thumbs", "user_feedback", "thumbs_up", "helpful"):
-            thumbs = _thumbs(value)
-            if thumbs is not None and "thumbs" not in feedback:
-                feedback["thumbs"] = thumbs
-                continue
-        rest.append(item)
-    if rest:
-        feedback["scores"] = rest
+        integral = (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer()
+        )
+        if name in RATING_NAMES and integral and 1 <= value <= 5 and "rating" not in feedback:
+            feedback["rating"] = int(value)
+            feedback[DERIVED].append("rating")
+        elif name in THUMBS_NAMES and _thumbs(value) is not None and "thumbs" not in feedback:
+            feedback["thumbs"] = _thumbs(value)
+            feedback[DERIVED].append("thumbs")
     return feedback
 
 

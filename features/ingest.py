@@ -64,7 +64,7 @@ import pyarrow as pa
 
 from features.canonical import LINEAGE, feedback_items, hash_user_id
 from features.guard import GuardConfig, PoisonState, check_interaction, find_poisoning
-from features.ingest_traces import TRACE_STATE, TraceRouter
+from features.ingest_traces import TRACE_STATE, TraceRouter, TraceUnit
 from features.raw_format import (
     USAGE_FIELDS,
     is_cloudevent,
@@ -800,7 +800,7 @@ class _Ingestor:
             iid = redact_line(record["id"][:200])
         elif isinstance(obj, dict) and isinstance(obj.get("id"), str):
             iid = redact_line(obj["id"][:200])
-        if item.index_in_line is not None:
+        if item.index_in_line is not None and not isinstance(obj, TraceUnit):
             detail = f"batch element {item.index_in_line}: {detail}"
         self.qrows.append(
             {

@@ -37,6 +37,14 @@ def unit_item(origin: list, raw: Any) -> RawItem:
     return RawItem(origin[0], origin[1], origin[2], data, len(data))
 
 
+class TraceUnit(dict):
+    """A span or log record as the `obj` of a quarantine: its detail already says which one it is."""
+
+
+def _as_unit(obj: Any) -> dict:
+    return TraceUnit(obj if isinstance(obj, dict) else {})
+
+
 class TraceRouter:
     """Routes a parsed trace line's units to the ingestor's accept/quarantine, through the trace buffer."""
 
@@ -82,7 +90,10 @@ class TraceRouter:
         for unit in units:
             if isinstance(unit, otlp.OtlpError):
                 self.ing.quarantine(
-                    unit_item(unit.origin, unit.raw), f"bad_span:{unit.field}", f"OTLP: {unit}", unit.raw
+                    unit_item(unit.origin, unit.raw),
+                    f"bad_span:{unit.field}",
+                    f"OTLP record {unit.origin[2]} of the line: {unit}",
+                    _as_unit(unit.raw),
                 )
                 continue
             if "span_id" in unit and "parent_id" in unit:
@@ -91,6 +102,7 @@ class TraceRouter:
             else:
                 rep.log_records += 1
                 self.settle(self.buffer.add_log(unit))
+        self.settle(self.buffer.resolve())
         self.settle(self.buffer.expire())
 
     def flush(self) -> None:
@@ -106,13 +118,16 @@ class TraceRouter:
             else:
                 ids = o.raw if isinstance(o.raw, dict) else {}
                 iid = f"{ids.get('trace_id')}-{ids.get('span_id')}" if ids.get("span_id") else None
-                self.ing.quarantine(item, o.reason, o.detail, {"id": iid} if iid else None)
+                self.ing.quarantine(item, o.reason, o.detail, _as_unit({"id": iid} if iid else {}))
         self._count_context(0)
 
     def _count_context(self, extra: int) -> None:
         rep = self.ing.rep
         rep.context += extra + self.buffer.context - self._context
         self._context = self.buffer.context
+        for _ in range(self.buffer.resent):
+            self.ing.duplicate("same_span")
+        self.buffer.resent = 0
         if self.buffer.reported:
             rep.incomplete_traces += self.buffer.reported
             self.buffer.reported = []

@@ -26,6 +26,7 @@ from features.canonical import LINEAGE, derived_id, feedback_from_scores, with_a
 from features.traces import genai, openinference
 
 DEFAULT_WAIT_S = 600.0
+_ERROR = (2, "STATUS_CODE_ERROR", "ERROR")
 OTEL_SETTING_HINT = (
     "set OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true (with the latest experimental "
     "conventions, OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental: SPAN_ONLY or SPAN_AND_EVENT) "
@@ -86,6 +87,8 @@ class TraceBuffer:
     watermark_ns: int = 0
     context: int = 0  # units used up as context (non-chat spans, joined or non-GenAI log records)
     reported: list[dict] = field(default_factory=list)  # traces closed without any chat span
+    resent: int = 0  # chat spans received again while waiting (duplicates)
+    touched: set = field(default_factory=set)  # traces with new spans or logs since the last resolve()
 
     # -- state ----------------------------------------------------------------------------------------
     def pending(self) -> int:
@@ -120,14 +123,17 @@ class TraceBuffer:
         self._touch(t, span["end_ns"], span["start_ns"])
         sid = span["span_id"]
         t["ctx"][sid] = _compact(span)
-        if sid in t["done"] or sid in t["chat"]:
-            self.context += 1  # the same span again (a re-sent batch): its interaction is decided once
+        if sid in t["chat"]:
+            self.resent += 1  # the same span again while it waits (a re-sent batch): a duplicate
             return []
+        if sid in t["done"]:
+            t["done"].remove(sid)  # decided already: read again, dedup finds its interaction
+        self.touched.add(span["trace_id"])
         if not is_chat(span):
             self.context += 1
-            return self._resolve(span["trace_id"])
+            return []
         t["chat"][sid] = span
-        return self._resolve(span["trace_id"])
+        return []
 
     def add_log(self, log: dict) -> list[Outcome]:
         name = log["event_name"] or ""
@@ -150,7 +156,18 @@ class TraceBuffer:
             self.context += 1  # late, or about a non-chat span (an agent's evaluation): nothing waits on it
             return []
         t["logs"].setdefault(sid, []).append(log)
-        return self._resolve(log["trace_id"])
+        self.touched.add(log["trace_id"])
+        return []
+
+    def resolve(self) -> list[Outcome]:
+        """Decide the chat spans of the traces touched since the last call (call it once per batch,
+        so that a line's log records are all joined before its spans are judged)."""
+        touched, self.touched = self.touched, set()
+        out = []
+        for tid in sorted(touched):
+            if tid in self.traces:
+                out += self._resolve(tid)
+        return out
 
     # -- deciding -------------------------------------------------------------------------------------
     def _ancestors(self, t: dict, span: dict) -> list[dict] | None:
@@ -182,8 +199,9 @@ class TraceBuffer:
                 if openinference.is_openinference(span) or logs_came:
                     out.append(self._close(t, sid, self._no_content(span)))
                 continue
-            if chain is None:
-                continue
+            complete = outputs and any(m.get("role") == "user" for m in inputs)
+            if chain is None or not (complete or span["status"] in _ERROR):
+                continue  # an ancestor, the reply or the user's turn has not arrived yet
             out.append(self._close(t, sid, None, self._record(trace_id, span, chain, inputs, outputs, t)))
         return out
 
@@ -207,7 +225,7 @@ class TraceBuffer:
 
     def expire(self, flush: bool = False) -> list[Outcome]:
         """Close the traces idle for longer than wait_s behind the watermark (every trace when flush)."""
-        out = []
+        out = self.resolve()
         limit = self.watermark_ns - int(self.wait_s * 1e9)
         for tid in [tid for tid, t in self.traces.items() if flush or t["last_ns"] < limit]:
             t = self.traces.pop(tid)
@@ -281,7 +299,7 @@ class TraceBuffer:
             feedback = feedback_from_scores(genai.evaluations(span, t["logs"].get(span["span_id"], [])))
             if feedback:
                 record["feedback"] = feedback
-        if span["status"] in (2, "STATUS_CODE_ERROR", "ERROR"):
+        if span["status"] in _ERROR:
             record["error"] = {
                 "type": a.get("error.type") or "span_error",
                 "message": span.get("status_message") or "",

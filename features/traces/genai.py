@@ -327,23 +327,29 @@ def conversation(span: dict, logs: list[dict]) -> tuple[list[dict], list[dict], 
     content_seen is False when nothing carried message content: capture was off (or its records
     have not arrived yet).
     """
+    inputs, outputs = _conversation(span, logs)
+    # Capture off still records roles, tool-call ids and names: only text says the content was kept.
+    seen = any(isinstance(m.get("content"), str) and m["content"] for m in inputs + outputs)
+    return inputs, outputs, seen
+
+
+def _conversation(span: dict, logs: list[dict]) -> tuple[list[dict], list[dict]]:
     attrs = span["attrs"]
     details = [e["attrs"] for e in span["events"] if e["name"] == DETAILS_EVENT]
     details += [r["attrs"] for r in logs if r["event_name"] == DETAILS_EVENT]
     for source in [attrs, *details]:
         found = _current(source)
         if found is not None and (found[0] or found[1]):
-            return found[0], found[1], True
+            return found
     events = [{"name": e["name"], "time_ns": e["time_ns"], "body": e["attrs"]} for e in span["events"]]
     events += [{"name": r["event_name"], "time_ns": r["time_ns"], "body": r["body"]} for r in logs]
     legacy = _events(events)
     if legacy is not None and (legacy[0] or legacy[1]):
-        return legacy[0], legacy[1], True
-    for reader in (_content_events, _indexed):
-        found = reader(events) if reader is _content_events else reader(attrs)
-        if found is not None and (found[0] or found[1]):
-            return found[0], found[1], True
-    return [], [], False
+        return legacy[0], legacy[1]
+    found = _content_events(events) or _indexed(attrs)
+    if found is not None:
+        return found
+    return [], []
 
 
 def usage(attrs: dict) -> dict | None:
