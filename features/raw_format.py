@@ -15,6 +15,9 @@ from typing import Any
 
 SPEC_VERSION = "1.0"
 EVENT_TYPE = "dev.homelab.agent.interaction"
+TRACE_EVENT_TYPE = (
+    "dev.homelab.agent.trace"  # a CloudEvent carrying a trace payload (OTLP JSON, MLflow, OpenAI pair)
+)
 DATA_CONTENT_TYPE = "application/json"
 SOURCE_PREFIX = "/agents/"
 
