@@ -520,8 +520,8 @@ class _Ingestor:
             if bar is not None and n % 256 == 0:
                 bar.update(stats.bytes_read - seen_bytes)
                 seen_bytes = stats.bytes_read
-        if last and self.config.flush_traces:
-            self.traces.flush()
+        if last:
+            self.traces.close_idle(flush=self.config.flush_traces)
         rep.buffered = self.traces.buffer.pending()
         # Poisoning batches never span sources: a source's verdicts depend on the store and itself only.
         self.check_batch()

@@ -9,7 +9,8 @@ every unit ends in exactly one place. Per source:
 becoming a row (non-chat spans, log records joined to their span, non-GenAI log lines),
 `carried_in` / `buffered` the units waiting in the trace buffer (features/traces/buffer.py) when
 the source began / ended: a chat span read in one file can become a row (or a quarantine row) in a
-later one. The buffer is committed with the rows, like the poisoning memory.
+later one, or in a later run. The buffer is committed with the rows, like the poisoning memory.
+Idle traces are closed at the end of a run only (counted in its last source).
 """
 
 from __future__ import annotations
@@ -103,12 +104,14 @@ class TraceRouter:
                 rep.log_records += 1
                 self.settle(self.buffer.add_log(unit))
         self.settle(self.buffer.resolve())
-        self.settle(self.buffer.expire())
 
-    def flush(self) -> None:
-        """Close every open trace now (IngestConfig.flush_traces: the data is known to be complete)."""
-        self.dirty = True
-        self.settle(self.buffer.expire(flush=True))
+    def close_idle(self, flush: bool = False) -> None:
+        """At the end of a run: close the traces idle for wait_s behind the latest data (every open trace
+        when flush: IngestConfig.flush_traces, the data is known to be complete). Only then, so that
+        the order in which a run reads its files (all logs files before all span files) never matters."""
+        if self.buffer.traces:
+            self.dirty = True
+            self.settle(self.buffer.expire(flush=flush))
 
     def settle(self, outcomes: list[Outcome]) -> None:
         for o in outcomes:

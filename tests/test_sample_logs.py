@@ -416,3 +416,35 @@ def test_cli_rejects_a_share_outside_zero_to_one(tmp_path):
         check=False,
     )
     assert result.returncode == 2 and "error_rate" in result.stderr
+
+
+def test_interactions_written_as_traces_read_back_as_the_same_interactions(tmp_path):
+    """Every trace format of --trace-share carries what the JSONL line carries (ids aside)."""
+    from features.ingest import IngestConfig, ingest
+    from features.store import read_interactions
+
+    keep = ["agent", "session_id", "event_timestamp", "model", "messages_json", "prompt_tokens"]
+    keep += ["completion_tokens", "total_tokens", "rating", "error_type", "latency_ms"]
+    tables = {}
+    for share in (0.0, 1.0):
+        out = tmp_path / f"raw-{share}"
+        report = generate_sample_logs(out, conversations=60, seed=3, end_date="2025-01-07", trace_share=share)
+        if share:
+            assert set(report.traces) == {"otlp_span", "otlp_logs", "openinference", "mlflow", "openai"}
+        result = ingest(str(out), IngestConfig(store=str(tmp_path / f"store-{share}"), progress=False))
+        assert (result.accepted, result.quarantined_total) == (60, 0)
+        rows = read_interactions(tmp_path / f"store-{share}").to_pylist()
+        tables[share] = sorted(
+            ({k: r[k] for k in [*keep, "source_format"]} for r in rows), key=lambda r: r["session_id"]
+        )
+    for plain, traced in zip(tables[0.0], tables[1.0], strict=True):
+        expected = {
+            **plain,
+            "latency_ms": pytest.approx(plain["latency_ms"]),
+            "source_format": traced["source_format"],
+        }
+        if (
+            traced["source_format"] == "openinference"
+        ):  # its spans carry no feedback (Phoenix keeps annotations apart)
+            expected["rating"] = None
+        assert traced == expected

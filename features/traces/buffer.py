@@ -6,8 +6,8 @@ arrived, so that agent and session come from the `invoke_agent` span or whatever
 them. Until then it waits, with the log records that arrived before their span.
 
 Time is data time, not wall time, so that a re-run decides exactly as the first run did: the
-watermark is the latest span end / log time seen so far, and a trace whose latest activity is more
-than `wait_s` (default 600 s) behind it is closed. Closing quarantines what is still waiting, with
+watermark is the latest span end / log time seen so far, and at the end of each ingest run a trace
+whose latest activity is more than `wait_s` (default 600 s) behind it is closed. Closing quarantines what is still waiting, with
 its reason: `no_content:<setting>` (the span never got content: capture off), `incomplete_trace:
 missing_parent` (an ancestor never arrived), `incomplete_trace:span_never_arrived` (log records
 whose span never came); traces that only ever held non-chat spans are reported (no chat span
