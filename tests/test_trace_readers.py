@@ -447,3 +447,43 @@ def test_an_incomplete_trace_is_quarantined_with_its_reason_and_a_trace_without_
     conserved(report)
     assert report.quarantined == {"incomplete_trace:missing_parent": 1}
     assert report.sources[0].incomplete_traces == [{"trace_id": T2, "spans": 1, "agents": ["Bot"]}]
+
+
+def _chat(i: int, trace: str) -> dict:
+    return _span(
+        trace,
+        f"{i + 1:016x}",
+        None,
+        "chat m",
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.conversation.id": f"s-{i}",
+            "gen_ai.input.messages": json.dumps(
+                [{"role": "user", "parts": [{"type": "text", "content": f"q {i} ]}}\\"}]}]
+            ),
+            "gen_ai.output.messages": json.dumps(
+                [{"role": "assistant", "parts": [{"type": "text", "content": f"a {i}"}]}]
+            ),
+        },
+    )
+
+
+def test_an_otlp_line_over_the_line_limit_streams_span_by_span(tmp_path):
+    line = _otlp_line([_chat(i, f"{i + 1:032x}") for i in range(300)])
+    assert len(line) > 40 * 4096
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "big.jsonl.gz").write_bytes(__import__("gzip").compress(line + b"\n"))
+    small = ingest(str(tmp_path / "logs"), config(tmp_path / "small", max_line_bytes=4096))
+    conserved(small)
+    assert (small.accepted, small.quarantined_total, small.sources[0].lines) == (300, 0, 1)
+    assert ingest(str(tmp_path / "logs"), config(tmp_path / "large")).accepted == 300
+    drop = ["ingested_at"]
+    assert read_interactions(tmp_path / "small").drop_columns(drop) == read_interactions(
+        tmp_path / "large"
+    ).drop_columns(drop)
+    # A huge line that is not a well-formed request is quarantined whole, as oversized.
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "cut.jsonl").write_bytes(line[: len(line) // 2] + b"\n")
+    cut = ingest(str(tmp_path / "bad"), config(tmp_path / "cut", max_line_bytes=4096))
+    conserved(cut)
+    assert cut.quarantined.get("oversized") == 1
