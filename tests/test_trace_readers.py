@@ -487,3 +487,44 @@ def test_an_otlp_line_over_the_line_limit_streams_span_by_span(tmp_path):
     cut = ingest(str(tmp_path / "bad"), config(tmp_path / "cut", max_line_bytes=4096))
     conserved(cut)
     assert cut.quarantined.get("oversized") == 1
+
+
+AWS_KEY = "AKIAQ7ZP4XN2M5KJ3WYR"
+
+
+def test_a_waiting_span_rests_redacted_in_the_committed_buffer_and_keeps_its_redaction_counts(tmp_path):
+    chat = _span(
+        T1,
+        "a" * 16,
+        "b" * 16,
+        "chat m",
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.input.messages": json.dumps(
+                [{"role": "user", "parts": [{"type": "text", "content": f"my key is {AWS_KEY}"}]}]
+            ),
+            "gen_ai.output.messages": json.dumps(
+                [{"role": "assistant", "parts": [{"type": "text", "content": "ok"}]}]
+            ),
+        },
+    )
+    parent = _span(
+        T1,
+        "b" * 16,
+        None,
+        "invoke_agent Bot",
+        {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "Bot"},
+    )
+    for day, span in (("d1", chat), ("d2", parent)):
+        (tmp_path / day).mkdir()
+        (tmp_path / day / "t.jsonl").write_bytes(_otlp_line([span]) + b"\n")
+    store = tmp_path / "store"
+    first = ingest(str(tmp_path / "d1"), config(store, flush_traces=False, compression="none"))
+    assert first.sources[0].buffered == 1
+    at_rest = b"".join(p.read_bytes() for p in store.rglob("*") if p.is_file())
+    assert AWS_KEY.encode() not in at_rest
+    second = ingest(str(tmp_path / "d2"), config(store, flush_traces=False, compression="none"))
+    assert second.accepted == 1 and second.sources[0].redactions == {"aws_access_key": 1}
+    row = read_interactions(store).to_pylist()[0]
+    assert row["agent"] == "bot" and "<SECRET:aws_access_key>" in row["messages_json"]
+    assert row["redacted_secrets"] == 1

@@ -200,6 +200,10 @@ class TraceBuffer:
                     out.append(self._close(t, sid, self._no_content(span)))
                 continue
             complete = outputs and any(m.get("role") == "user" for m in inputs)
+            if not (complete or span["status"] in _ERROR) and openinference.is_openinference(span):
+                # OpenInference has no log records to wait for: a half-hidden span stays half-hidden.
+                out.append(self._close(t, sid, self._no_content(span)))
+                continue
             if chain is None or not (complete or span["status"] in _ERROR):
                 continue  # an ancestor, the reply or the user's turn has not arrived yet
             out.append(self._close(t, sid, None, self._record(trace_id, span, chain, inputs, outputs, t)))
