@@ -213,6 +213,7 @@ class IngestReport:
     seconds: float = 0.0
     sources: list[SourceReport] = field(default_factory=list)
     recovered: dict = field(default_factory=dict)  # what Store.recover finished or discarded first
+    migrated_parts: list[str] = field(default_factory=list)  # parts Store.migrate rewrote to schema v2
 
     def _sum(self, name: str) -> int:
         return sum(getattr(s, name) for s in self.sources)
@@ -882,6 +883,9 @@ def ingest(sources: str | Sequence[str] | None = None, config: IngestConfig | No
     with store.writer_lock():
         recovered = store.recover()
         report.recovered = asdict(recovered)
+        report.migrated_parts = store.migrate()
+        if report.migrated_parts:
+            log.info("migrated %d interaction parts to schema v2", len(report.migrated_parts))
         if recovered.rolled_forward or recovered.discarded_parts:
             log.info(
                 "recovered the store: finished the commit of %d sources, discarded %d staged parts",

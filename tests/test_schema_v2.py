@@ -132,6 +132,8 @@ def test_a_store_written_at_v1_reads_back_and_dedups_against_v2(tmp_path):
     write(tmp_path / "logs" / "a.jsonl", [record(1), record(2)])  # id-1 again: the stored copy wins
     report = ingest(str(tmp_path / "logs"), config(store))
     assert (report.accepted, report.quarantined) == (1, {"duplicate_id_conflict": 1})
+    assert report.migrated_parts == ["interactions/day=2025-01-07/part-old.parquet"]
+    assert set(V2_COLUMNS) <= set(pq.read_schema(part).names)  # Feast and dask see one schema now
     rows = {r["interaction_id"]: r for r in read_interactions(store).to_pylist()}
     assert rows["id-1"]["schema_version"] == 1
     assert (rows["id-1"]["agent_name"], rows["id-1"]["source_format"]) == ("agent-jamie", "jsonl")
