@@ -14,6 +14,8 @@ import re
 import unicodedata
 from typing import Any
 
+import orjson
+
 from features.raw_format import AGENT_NAME, THUMBS
 
 _NOT_SLUG = re.compile(r"[^a-z0-9._-]+")
@@ -109,3 +111,46 @@ def _thumbs(value: Any) -> str | None:
     if isinstance(value, str) and value.lower() in ("no", "false", "negative", "bad"):
         return "down"
     return None
+
+
+# ------------------------------------------------------------------------------------------ dedup key
+
+
+def _normalise_text(text: str) -> str:
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
+    return " ".join(text.split())
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, str):
+        return _normalise_text(value)
+    if isinstance(value, dict):
+        return {k: _normalise(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalise(v) for v in value]
+    return value
+
+
+def _normalise_message(message: Any) -> Any:
+    if not isinstance(message, dict):
+        return _normalise(message)
+    out = []
+    for key in sorted(message):
+        value = message[key]
+        if isinstance(value, str):
+            value = value if key == "role" else _normalise_text(value)
+        elif value is not None:
+            value = _normalise(value)
+        out.append((key, value))
+    return out
+
+
+def content_hash(agent: str, session_id: str, messages: Any) -> str:
+    """sha256 hex of the normalised content: agent, session and messages (NFC, whitespace collapsed, keys sorted).
+
+    The hashed document is the JSON array [agent, session_id, [[[key, value], ...] per message]],
+    keys sorted, nested values normalised the same way (their keys sorted too).
+    """
+    doc = (agent, session_id, [_normalise_message(m) for m in messages])
+    return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
