@@ -79,10 +79,14 @@ class TraceRouter:
                 if record is None:
                     self._count_context(1)
                 else:
-                    self.ing.accept(unit_item(origin, span), record, record)
+                    self._accept(unit_item(origin, span), record)
             return
         origin = (item.source, item.line_number)
-        units = otlp.spans(obj, origin) + otlp.logs(obj, origin)
+        try:
+            units = otlp.spans(obj, origin) + otlp.logs(obj, origin)
+        except otlp.OtlpError as exc:  # the request itself is malformed: the line is one record
+            self.ing.quarantine(item, f"bad_span:{exc.field}", f"OTLP request: {exc}", obj)
+            return
         rep.read += max(len(units), 1) - 1
         if not units:
             self._count_context(1)  # an empty export request: nothing in it
@@ -97,12 +101,24 @@ class TraceRouter:
                     _as_unit(unit.raw),
                 )
                 continue
-            if "span_id" in unit and "parent_id" in unit:
+            is_span = "parent_id" in unit
+            if is_span:
                 rep.spans += 1
-                self.settle(self.buffer.add_span(unit))
             else:
                 rep.log_records += 1
-                self.settle(self.buffer.add_log(unit))
+            try:
+                outcomes = self.buffer.add_span(unit) if is_span else self.buffer.add_log(unit)
+            except Exception as exc:  # noqa: BLE001 - one odd unit must not stop the run
+                self.buffer.forget(unit)
+                outcomes = [
+                    Outcome(
+                        unit["origin"],
+                        unit,
+                        reason="internal_error",
+                        detail=f"{type(exc).__name__} while reading this record",
+                    )
+                ]
+            self.settle(outcomes)
         self.settle(self.buffer.resolve())
 
     def close_idle(self, flush: bool = False) -> None:
@@ -117,12 +133,21 @@ class TraceRouter:
         for o in outcomes:
             item = unit_item(o.origin, o.raw)
             if o.record is not None:
-                self.ing.accept(item, o.record, o.record)
+                self._accept(item, o.record)
             else:
                 ids = o.raw if isinstance(o.raw, dict) else {}
                 iid = f"{ids.get('trace_id')}-{ids.get('span_id')}" if ids.get("span_id") else None
                 self.ing.quarantine(item, o.reason, o.detail, _as_unit({"id": iid} if iid else {}))
         self._count_context(0)
+
+    def _accept(self, item: RawItem, record: dict) -> None:
+        """ingest's accept for one unit's record; a bug of ours on it quarantines that unit, not the line."""
+        try:
+            self.ing.accept(item, record, record)
+        except Exception as exc:  # noqa: BLE001 - see features.ingest.INTERNAL_ERROR
+            self.ing.quarantine(
+                item, "internal_error", f"{type(exc).__name__} while ingesting this record", _as_unit({})
+            )
 
     def _count_context(self, extra: int) -> None:
         rep = self.ing.rep

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from features.ingest import IngestConfig, ingest
 from features.raw_format import to_cloudevent
@@ -528,3 +530,52 @@ def test_a_waiting_span_rests_redacted_in_the_committed_buffer_and_keeps_its_red
     row = read_interactions(store).to_pylist()[0]
     assert row["agent"] == "bot" and "<SECRET:aws_access_key>" in row["messages_json"]
     assert row["redacted_secrets"] == 1
+
+
+def _paths(obj, prefix=()):
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _paths(v, (*prefix, i))
+
+
+_RECORDED = [
+    json.loads(line)
+    for p in sorted(FIXTURES.rglob("*.jsonl"))
+    for line in p.read_text().splitlines()
+    if line.strip()
+]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_trace_lines_are_conserved_and_never_an_internal_error(tmp_path_factory, data):
+    lines = []
+    for _ in range(data.draw(st.integers(1, 6))):
+        doc = json.loads(json.dumps(data.draw(st.sampled_from(_RECORDED))))
+        for _ in range(data.draw(st.integers(1, 4))):
+            paths = list(_paths(doc))[1:]
+            if not paths:
+                break
+            path = data.draw(st.sampled_from(paths))
+            parent = doc
+            for key in path[:-1]:
+                parent = parent[key]
+            if data.draw(st.booleans()) and isinstance(parent, dict):
+                del parent[path[-1]]
+            else:
+                parent[path[-1]] = data.draw(
+                    st.sampled_from([None, 0, -1, 1.5, "", "x", "zz" * 20, True, [], {}, [1], {"a": 1}])
+                )
+            if not isinstance(doc, dict):
+                break
+        lines.append(orjson.dumps(doc))
+    folder = tmp_path_factory.mktemp("fuzz")
+    (folder / "logs").mkdir()
+    (folder / "logs" / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    report = ingest(str(folder / "logs"), config(folder / "store"))  # raises if a count is lost
+    conserved(report)
+    assert "internal_error" not in report.quarantined, report.quarantined

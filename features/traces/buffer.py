@@ -159,6 +159,16 @@ class TraceBuffer:
         self.touched.add(log["trace_id"])
         return []
 
+    def forget(self, unit: dict) -> None:
+        """Take back a unit that failed half-way into the buffer (it is quarantined instead)."""
+        t = self.traces.get(unit.get("trace_id") or "")
+        if t is None:
+            return
+        t["chat"].pop(unit.get("span_id"), None)
+        logs = t["logs"].get(unit.get("span_id"), [])
+        if unit in logs:
+            logs.remove(unit)
+
     def resolve(self) -> list[Outcome]:
         """Decide the chat spans of the traces touched since the last call (call it once per batch,
         so that a line's log records are all joined before its spans are judged)."""
@@ -192,22 +202,30 @@ class TraceBuffer:
         t = self.traces[trace_id]
         out = []
         for sid, span in list(t["chat"].items()):
-            inputs, outputs, seen = self._content(t, span)
-            chain = self._ancestors(t, span)
-            if not seen:
-                logs_came = bool(t["logs"].get(sid))
-                if openinference.is_openinference(span) or logs_came:
-                    out.append(self._close(t, sid, self._no_content(span)))
-                continue
-            complete = outputs and any(m.get("role") == "user" for m in inputs)
-            if not (complete or span["status"] in _ERROR) and openinference.is_openinference(span):
-                # OpenInference has no log records to wait for: a half-hidden span stays half-hidden.
-                out.append(self._close(t, sid, self._no_content(span)))
-                continue
-            if chain is None or not (complete or span["status"] in _ERROR):
-                continue  # an ancestor, the reply or the user's turn has not arrived yet
-            out.append(self._close(t, sid, None, self._record(trace_id, span, chain, inputs, outputs, t)))
+            try:
+                outcome = self._decide(trace_id, t, sid, span)
+            except Exception as exc:  # noqa: BLE001 - one odd span must not stop the run: see _failed
+                outcome = self._close(t, sid, _failed(span, exc))
+            if outcome is not None:
+                out.append(outcome)
         return out
+
+    def _decide(self, trace_id: str, t: dict, sid: str, span: dict) -> Outcome | None:
+        """The outcome of a waiting chat span, or None while it must wait."""
+        inputs, outputs, seen = self._content(t, span)
+        chain = self._ancestors(t, span)
+        if not seen:
+            logs_came = bool(t["logs"].get(sid))
+            if openinference.is_openinference(span) or logs_came:
+                return self._close(t, sid, self._no_content(span))
+            return None
+        complete = outputs and any(m.get("role") == "user" for m in inputs)
+        if not (complete or span["status"] in _ERROR) and openinference.is_openinference(span):
+            # OpenInference has no log records to wait for: a half-hidden span stays half-hidden.
+            return self._close(t, sid, self._no_content(span))
+        if chain is None or not (complete or span["status"] in _ERROR):
+            return None  # an ancestor, the reply or the user's turn has not arrived yet
+        return self._close(t, sid, None, self._record(trace_id, span, chain, inputs, outputs, t))
 
     def _close(self, t: dict, sid: str, failed: Outcome | None, record: dict | None = None) -> Outcome:
         span = t["chat"].pop(sid)
@@ -234,8 +252,17 @@ class TraceBuffer:
         for tid in [tid for tid, t in self.traces.items() if flush or t["last_ns"] < limit]:
             t = self.traces.pop(tid)
             for sid, span in list(t["chat"].items()):
-                inputs, outputs, seen = self._content(t, span)
-                chain = self._ancestors(t, span)
+                try:
+                    inputs, outputs, seen = self._content(t, span)
+                    chain = self._ancestors(t, span)
+                    record = (
+                        self._record(tid, span, chain, inputs, outputs, t)
+                        if seen and chain is not None
+                        else None
+                    )
+                except Exception as exc:  # noqa: BLE001 - see _failed
+                    out.append(self._close(t, sid, _failed(span, exc)))
+                    continue
                 if not seen:
                     out.append(self._close(t, sid, self._no_content(span)))
                 elif chain is None:
@@ -253,7 +280,7 @@ class TraceBuffer:
                         )
                     )
                 else:
-                    out.append(self._close(t, sid, None, self._record(tid, span, chain, inputs, outputs, t)))
+                    out.append(self._close(t, sid, None, record))
             for sid, logs in t["logs"].items():
                 for log in logs:
                     out.append(
@@ -323,6 +350,13 @@ class TraceBuffer:
             "redactions": redactions,
         }
         return record
+
+
+def _failed(span: dict, exc: Exception) -> Outcome:
+    """A span our reader could not turn into a record (a bug of ours): kept in quarantine, the run goes on."""
+    return Outcome(
+        span["origin"], span, reason="internal_error", detail=f"{type(exc).__name__} while reading this span"
+    )
 
 
 def _redacted(unit: dict, redact) -> dict:

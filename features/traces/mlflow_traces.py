@@ -37,8 +37,20 @@ def is_mlflow_trace(obj: Any) -> bool:
     )
 
 
+def _d(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _l(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _s(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 def _attr(attrs: dict, key: str) -> Any:
-    value = attrs.get(key)
+    value = _d(attrs).get(key)
     if isinstance(value, str):
         try:
             return json.loads(value)
@@ -77,19 +89,19 @@ def _iso(ns: Any) -> str | None:
 def assessments(info: dict) -> list[dict]:
     """Feedback assessments of a trace as unified feedback items: {name, value, source, comment?, span_id?}."""
     out = []
-    for a in info.get("assessments") or []:
+    for a in _l(info.get("assessments")):
         if not isinstance(a, dict) or "feedback" not in a:
             continue
-        value = (a.get("feedback") or {}).get("value")
-        source = _SOURCES.get(str((a.get("source") or {}).get("source_type", "")).upper(), "human")
+        value = _d(a.get("feedback")).get("value")
+        source = _SOURCES.get(str(_d(a.get("source")).get("source_type", "")).upper(), "human")
         item: dict[str, Any] = {
-            "name": a.get("assessment_name") or "feedback",
+            "name": _s(a.get("assessment_name")) or "feedback",
             "value": value,
             "source": source,
         }
-        if a.get("rationale"):
+        if _s(a.get("rationale")):
             item["comment"] = a["rationale"]
-        if a.get("span_id"):
+        if _s(a.get("span_id")):
             item["span_id"] = a["span_id"]
         out.append(item)
     return out
@@ -98,22 +110,19 @@ def assessments(info: dict) -> list[dict]:
 def read_trace(obj: dict, origin: tuple[str, int]) -> list[tuple[list, dict, dict | None]]:
     """(origin, span, record or None) per span of one trace; None for spans that are context only."""
     info = obj["info"]
-    spans = [s for s in obj["data"].get("spans") or [] if isinstance(s, dict)]
-    meta = info.get("trace_metadata") or info.get("request_metadata") or {}
-    tags = info.get("tags") or {}
-    trace_id = info.get("trace_id") or info.get("request_id") or ""
+    spans = [s for s in _l(obj["data"].get("spans")) if isinstance(s, dict)]
+    meta = _d(info.get("trace_metadata") or info.get("request_metadata"))
+    tags = _d(info.get("tags"))
+    trace_id = _s(info.get("trace_id")) or _s(info.get("request_id")) or ""
     by_id = {_hex(s.get("span_id"), 8): s for s in spans}
     scores = assessments(info)
-    location = (info.get("trace_location") or {}).get("mlflow_experiment") or {}
-    fallback_agent = (
-        tags.get("agent")
-        or meta.get("agent")
-        or f"mlflow-experiment-{location.get('experiment_id', 'unknown')}"
-    )
+    location = _d(_d(info.get("trace_location")).get("mlflow_experiment"))
+    experiment = location.get("experiment_id", "unknown")
+    fallback_agent = _s(tags.get("agent")) or _s(meta.get("agent")) or f"mlflow-experiment-{experiment}"
     out = []
     for index, span in enumerate(spans):
         where = [origin[0], origin[1], index]
-        attrs = span.get("attributes") or {}
+        attrs = _d(span.get("attributes"))
         if _attr(attrs, "mlflow.spanType") not in CHAT_TYPES:
             out.append((where, span, None))
             continue
@@ -123,8 +132,8 @@ def read_trace(obj: dict, origin: tuple[str, int]) -> list[tuple[list, dict, dic
         while parent and parent in by_id and parent not in seen:
             seen.add(parent)
             node = by_id[parent]
-            if _attr(node.get("attributes") or {}, "mlflow.spanType") == "AGENT":
-                agent = node.get("name")
+            if _attr(node.get("attributes"), "mlflow.spanType") == "AGENT":
+                agent = _s(node.get("name"))
                 break
             parent = _hex(node.get("parent_span_id"), 8)
         inputs = _attr(attrs, "mlflow.spanInputs")
@@ -132,17 +141,19 @@ def read_trace(obj: dict, origin: tuple[str, int]) -> list[tuple[list, dict, dic
         pair = read_pair({"request": inputs if isinstance(inputs, dict) else {}, "response": outputs}, b"")
         record: dict[str, Any] = {
             "id": derived_id(trace_id, span_id),
-            "session_id": meta.get("mlflow.trace.session") or trace_id,
+            "session_id": _s(meta.get("mlflow.trace.session")) or trace_id,
             "timestamp": _iso(span.get("end_time_unix_nano") or span.get("start_time_unix_nano")),
             "messages": pair["messages"],
         }
         with_agent(record, agent, fallback_agent)
         model = _attr(attrs, "mlflow.llm.model") or pair.get("model")
-        if model:
+        if isinstance(model, str) and model:
             record["model"] = model
         usage = _attr(attrs, "mlflow.chat.tokenUsage") or pair.get("usage")
         if isinstance(usage, dict):
-            record["usage"] = {k: v for k, v in usage.items() if k.endswith("_tokens") and "cache" not in k}
+            record["usage"] = {
+                k: v for k, v in usage.items() if str(k).endswith("_tokens") and "cache" not in k
+            }
         tools = pair.get("tools")
         if tools:
             record["tools"] = tools
@@ -152,23 +163,20 @@ def read_trace(obj: dict, origin: tuple[str, int]) -> list[tuple[list, dict, dic
                 record["latency_ms"] = (end - start) / 1e6
         except (KeyError, TypeError, ValueError):
             pass
-        if meta.get("mlflow.trace.user"):
+        if _s(meta.get("mlflow.trace.user")):
             record["user_id"] = meta["mlflow.trace.user"]
         mine = [
             {k: v for k, v in s.items() if k != "span_id"}
             for s in scores
-            if not s.get("span_id") or _hex(s["span_id"], 8) in (span_id, None) or s["span_id"] == span_id
+            if not s.get("span_id") or _hex(s["span_id"], 8) == span_id or s["span_id"] == span_id
         ]
         feedback = feedback_from_scores(mine)
         if feedback:
             record["feedback"] = feedback
-        status = (span.get("status") or {}).get("code")
-        if status in ("STATUS_CODE_ERROR", "ERROR", 2):
-            record["error"] = {
-                "type": "span_error",
-                "message": (span.get("status") or {}).get("message") or "",
-            }
-        record["metadata"] = {"trace_id": trace_id, "span_id": span_id, "span_name": span.get("name")}
+        status = _d(span.get("status"))
+        if status.get("code") in ("STATUS_CODE_ERROR", "ERROR", 2):
+            record["error"] = {"type": "span_error", "message": _s(status.get("message")) or ""}
+        record["metadata"] = {"trace_id": trace_id, "span_id": span_id, "span_name": _s(span.get("name"))}
         record[LINEAGE] = {"format": "mlflow", "trace_id": trace_id, "span_id": span_id}
         out.append((where, span, record))
     return out

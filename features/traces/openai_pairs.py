@@ -84,9 +84,16 @@ def _responses_items(items: Any) -> list[dict]:
     return out
 
 
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
 def _when(value: Any) -> str | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+        try:
+            return datetime.fromtimestamp(value, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+        except (OverflowError, OSError, ValueError):
+            return None
     return value if isinstance(value, str) else None
 
 
@@ -94,10 +101,11 @@ def read_pair(obj: dict, raw: bytes) -> dict:
     """The format record of one request/response pair (validation decides whether it is complete)."""
     req, resp = obj["request"], obj.get("response") if isinstance(obj.get("response"), dict) else {}
     meta = req.get("metadata") if isinstance(req.get("metadata"), dict) else {}
+    line_agent, line_session = _str(obj.get("agent")), _str(obj.get("session_id"))
     if "choices" in resp or "messages" in req:
         api = "chat.completions"
         messages = _chat_messages(req.get("messages"))
-        choices = resp.get("choices") or []
+        choices = resp.get("choices") if isinstance(resp.get("choices"), list) else []
         if choices and isinstance(choices[0], dict) and isinstance(choices[0].get("message"), dict):
             reply = _chat_messages([{"role": "assistant", **choices[0]["message"]}])
             messages += reply
@@ -110,16 +118,16 @@ def read_pair(obj: dict, raw: bytes) -> dict:
         messages += _responses_items(req.get("input"))
         messages += _responses_items(resp.get("output"))
         created = resp.get("created_at")
-    rid = resp.get("id") if isinstance(resp.get("id"), str) and resp.get("id") else content_id("openai", raw)
+    rid = _str(resp.get("id")) or content_id("openai", raw)
     record: dict[str, Any] = {
         "id": rid,
-        "session_id": obj.get("session_id") or meta.get("session_id") or req.get("user") or rid,
+        "session_id": line_session or _str(meta.get("session_id")) or _str(req.get("user")) or rid,
         "timestamp": _when(obj.get("timestamp") or obj.get("created_at")) or _when(created),
         "messages": messages,
     }
-    with_agent(record, obj.get("agent") or meta.get("agent"), "openai-client")
-    if resp.get("model") or req.get("model"):
-        record["model"] = resp.get("model") or req.get("model")
+    with_agent(record, line_agent or _str(meta.get("agent")), "openai-client")
+    if _str(resp.get("model")) or _str(req.get("model")):
+        record["model"] = _str(resp.get("model")) or _str(req.get("model"))
     if isinstance(resp.get("usage"), dict):
         record["usage"] = {k: v for k, v in resp["usage"].items() if k in _USAGE_KEYS}
     tools = openai_tools(req.get("tools"))
@@ -128,7 +136,7 @@ def read_pair(obj: dict, raw: bytes) -> dict:
     latency = obj.get("latency_ms", obj.get("duration_ms"))
     if latency is not None:
         record["latency_ms"] = latency
-    user = obj.get("user") or req.get("user") or meta.get("user_id")
+    user = _str(obj.get("user")) or _str(req.get("user")) or _str(meta.get("user_id"))
     if isinstance(user, str) and user:
         record["user_id"] = user
     if isinstance(obj.get("feedback"), dict):

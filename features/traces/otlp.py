@@ -35,32 +35,59 @@ def is_otlp(obj: Any) -> bool:
     )
 
 
-def _get(obj: dict, camel: str) -> Any:
+def _get(obj: Any, camel: str) -> Any:
+    if not isinstance(obj, dict):
+        return None
     if camel in obj:
         return obj[camel]
     snake = "".join("_" + c.lower() if c.isupper() else c for c in camel)
     return obj.get(snake)
 
 
+def _list(obj: Any, *names: str) -> list:
+    """The list under the first of `names` present (absent: []); anything else is a bad request."""
+    for name in names:
+        value = _get(obj, name)
+        if value is None:
+            continue
+        if not isinstance(value, list):
+            raise OtlpError(name, f"{name} must be a JSON array, got {type(value).__name__}")
+        return value
+    return []
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 def any_value(value: Any) -> Any:
-    """An OTLP AnyValue as a plain JSON value (kvlist -> dict, array -> list, bytes -> base64 text)."""
+    """An OTLP AnyValue as a plain JSON value (kvlist -> dict, array -> list, bytes -> base64 text).
+
+    Raises OtlpError("attributes") for a value that is not what its type says."""
     if not isinstance(value, dict) or not value:
         return None
     key, inner = next(iter(value.items()))
-    if key in ("stringValue", "string_value"):
-        return inner
-    if key in ("intValue", "int_value"):
-        return int(inner)
-    if key in ("doubleValue", "double_value"):
-        return float(inner)
-    if key in ("boolValue", "bool_value"):
-        return bool(inner)
-    if key in ("arrayValue", "array_value"):
-        return [any_value(v) for v in (inner or {}).get("values", [])]
-    if key in ("kvlistValue", "kvlist_value"):
-        return attributes((inner or {}).get("values", []))
-    if key in ("bytesValue", "bytes_value"):
-        return inner
+    try:
+        if key in ("stringValue", "string_value"):
+            return inner if isinstance(inner, str) else str(inner)
+        if key in ("intValue", "int_value"):
+            if isinstance(inner, bool) or not isinstance(inner, (int, str)):
+                raise ValueError(inner)
+            return int(inner)
+        if key in ("doubleValue", "double_value"):
+            if isinstance(inner, bool) or not isinstance(inner, (int, float, str)):
+                raise ValueError(inner)
+            return float(inner)
+        if key in ("boolValue", "bool_value"):
+            return bool(inner)
+        if key in ("arrayValue", "array_value"):
+            return [any_value(v) for v in _list(inner, "values")]
+        if key in ("kvlistValue", "kvlist_value"):
+            return attributes(_list(inner, "values"))
+        if key in ("bytesValue", "bytes_value"):
+            return inner
+    except (TypeError, ValueError):
+        raise OtlpError("attributes", f"an attribute's {key} does not hold one") from None
     return None
 
 
@@ -102,9 +129,14 @@ def _nanos(value: Any, field: str) -> int | None:
     if value in (None, "", 0, "0"):
         return None
     try:
-        return int(value)
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError(value)
+        ns = int(value)
     except (TypeError, ValueError):
         raise OtlpError(field, f"{field} is not an integer of nanoseconds") from None
+    if not 0 < ns < 2**63:
+        raise OtlpError(field, f"{field} is out of range")
+    return ns
 
 
 def _kind(value: Any) -> str:
@@ -119,19 +151,11 @@ def spans(request: dict, origin: tuple[str, int]) -> list[dict | OtlpError]:
     """Every span of an ExportTraceServiceRequest, as a plain dict (or the OtlpError that span raised)."""
     out: list[dict | OtlpError] = []
     index = 0
-    for rs in _get(request, "resourceSpans") or []:
-        resource = attributes(_get(rs.get("resource") or {}, "attributes")) if isinstance(rs, dict) else {}
-        for ss in (
-            (_get(rs, "scopeSpans") or _get(rs, "instrumentationLibrarySpans") or [])
-            if isinstance(rs, dict)
-            else []
-        ):
-            scope = (
-                (_get(ss, "scope") or _get(ss, "instrumentationLibrary") or {})
-                if isinstance(ss, dict)
-                else {}
-            )
-            for span in (_get(ss, "spans") or []) if isinstance(ss, dict) else []:
+    for rs in _list(request, "resourceSpans"):
+        resource = attributes(_get(_dict(_get(rs, "resource")), "attributes"))
+        for ss in _list(rs, "scopeSpans", "instrumentationLibrarySpans"):
+            scope = _dict(_get(ss, "scope") or _get(ss, "instrumentationLibrary"))
+            for span in _list(ss, "spans"):
                 where = [origin[0], origin[1], index]
                 index += 1
                 try:
@@ -146,29 +170,30 @@ def spans(request: dict, origin: tuple[str, int]) -> list[dict | OtlpError]:
 def _span(span: Any, resource: dict, scope: dict, where: list) -> dict:
     if not isinstance(span, dict):
         raise OtlpError("span", "a span is not a JSON object")
-    status = _get(span, "status") or {}
+    status = _dict(_get(span, "status"))
+    name = span.get("name")
     return {
         "trace_id": _id(_get(span, "traceId"), 16, "traceId"),
         "span_id": _id(_get(span, "spanId"), 8, "spanId"),
         "parent_id": _id(_get(span, "parentSpanId"), 8, "parentSpanId", required=False),
-        "name": span.get("name") or "",
+        "name": name if isinstance(name, str) else "",
         "kind": _kind(span.get("kind")),
         "start_ns": _nanos(_get(span, "startTimeUnixNano"), "startTimeUnixNano"),
         "end_ns": _nanos(_get(span, "endTimeUnixNano"), "endTimeUnixNano"),
         "attrs": attributes(span.get("attributes")),
         "events": [
             {
-                "name": e.get("name") or "",
+                "name": e["name"] if isinstance(e.get("name"), str) else "",
                 "time_ns": _nanos(_get(e, "timeUnixNano"), "events.timeUnixNano"),
                 "attrs": attributes(e.get("attributes")),
             }
-            for e in span.get("events") or []
+            for e in _list(span, "events")
             if isinstance(e, dict)
         ],
         "resource": resource,
-        "scope": scope.get("name", "") if isinstance(scope, dict) else "",
-        "status": status.get("code") if isinstance(status, dict) else None,
-        "status_message": status.get("message") if isinstance(status, dict) else None,
+        "scope": scope["name"] if isinstance(scope.get("name"), str) else "",
+        "status": status.get("code") if isinstance(status.get("code"), (int, str)) else None,
+        "status_message": status["message"] if isinstance(status.get("message"), str) else None,
         "origin": where,
     }
 
@@ -177,10 +202,10 @@ def logs(request: dict, origin: tuple[str, int]) -> list[dict | OtlpError]:
     """Every log record of an ExportLogsServiceRequest, as a plain dict (or its OtlpError)."""
     out: list[dict | OtlpError] = []
     index = 0
-    for rl in _get(request, "resourceLogs") or []:
-        resource = attributes(_get(rl.get("resource") or {}, "attributes")) if isinstance(rl, dict) else {}
-        for sl in (_get(rl, "scopeLogs") or []) if isinstance(rl, dict) else []:
-            for rec in (_get(sl, "logRecords") or []) if isinstance(sl, dict) else []:
+    for rl in _list(request, "resourceLogs"):
+        resource = attributes(_get(_dict(_get(rl, "resource")), "attributes"))
+        for sl in _list(rl, "scopeLogs"):
+            for rec in _list(sl, "logRecords"):
                 where = [origin[0], origin[1], index]
                 index += 1
                 try:
@@ -198,6 +223,7 @@ def _log(rec: Any, resource: dict, where: list) -> dict:
     attrs = attributes(rec.get("attributes"))
     # The event name: the LogRecord field since proto 1.5, the `event.name` attribute before.
     event_name = _get(rec, "eventName") or attrs.get("event.name") or ""
+    event_name = event_name if isinstance(event_name, str) else ""
     return {
         "trace_id": _id(_get(rec, "traceId"), 16, "traceId", required=False),
         "span_id": _id(_get(rec, "spanId"), 8, "spanId", required=False),
