@@ -156,4 +156,18 @@ class IngestReport:
         if self.quarantined:
             lines += ["", "| quarantine reason | records |", "| --- | ---: |"]
             lines += [f"| `{r}` | {n} |" for r, n in self.quarantined.items()]
+        spans = sum(s.spans for s in self.sources)
+        if spans or any(s.log_records for s in self.sources):
+            waiting = self.sources[-1].buffered if self.sources else 0
+            lines += [
+                "",
+                f"traces: {spans} spans and {sum(s.log_records for s in self.sources)} log records read, "
+                f"{sum(s.context for s in self.sources)} used as context, {waiting} still waiting in the trace buffer",
+            ]
+        incomplete = [t for s in self.sources for t in s.incomplete_traces]
+        if incomplete:
+            lines += ["", f"{len(incomplete)} traces closed without a chat span (no interaction in them):"]
+            lines += [
+                f"- `{t['trace_id']}` ({t['spans']} spans, agents {t['agents']})" for t in incomplete[:20]
+            ]
         return "\n".join(lines) + "\n"

@@ -579,3 +579,44 @@ def test_mutated_trace_lines_are_conserved_and_never_an_internal_error(tmp_path_
     report = ingest(str(folder / "logs"), config(folder / "store"))  # raises if a count is lost
     conserved(report)
     assert "internal_error" not in report.quarantined, report.quarantined
+
+
+def _stored(store: Path) -> tuple[list, list]:
+    rows = read_interactions(store).drop_columns(["ingested_at"]).to_pylist()
+    q = read_quarantine(store).drop_columns(["quarantined_at", "day"]).to_pylist()
+    return rows, q
+
+
+@pytest.mark.parametrize("crash_at", ["after_intent:2", "staged:4"])
+def test_sigkill_mid_run_then_rerun_joins_traces_as_an_uninterrupted_run(tmp_path, crash_at):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from features.sample_logs import generate_sample_logs
+    from features.store import CRASH_ENV
+
+    logs = tmp_path / "logs"
+    generate_sample_logs(logs, conversations=80, seed=2, end_date="2025-01-07", trace_share=1.0)
+    baseline = ingest(
+        str(logs), IngestConfig(store=str(tmp_path / "baseline"), batch_size=10, progress=False)
+    )
+    assert len(list((tmp_path / "baseline" / "_manifest").glob("*.json"))) >= 4
+    assert baseline.accepted == 80
+    repo = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys; from features.ingest import ingest, IngestConfig; "
+        "ingest(sys.argv[1], IngestConfig(store=sys.argv[2], batch_size=10, progress=False))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(repo), CRASH_ENV: crash_at}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(logs), str(tmp_path / "store")],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.decode(errors="replace")[-2000:]
+    report = ingest(str(logs), IngestConfig(store=str(tmp_path / "store"), batch_size=10, progress=False))
+    conserved(report)
+    assert _stored(tmp_path / "store") == _stored(tmp_path / "baseline")
