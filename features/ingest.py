@@ -778,6 +778,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--force", action="store_true", help="re-read unchanged sources too (dedup still applies)"
     )
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="auto",
+        help="force one input format (default: detected per record)",
+    )
+    parser.add_argument(
+        "--trace-wait-s",
+        type=float,
+        default=DEFAULT_WAIT_S,
+        help="data time after which an open trace is closed at the end of the run (default 600)",
+    )
+    parser.add_argument(
+        "--flush-traces", action="store_true", help="close every open trace at the end (the data is complete)"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of markdown")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -787,6 +802,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         force=args.force,
         progress=args.progress,
+        format=args.format,
+        trace_wait_s=args.trace_wait_s,
+        flush_traces=args.flush_traces,
     )
     report = ingest(args.sources, config)
     if args.json:
