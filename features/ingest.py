@@ -10,6 +10,13 @@ guard (features.guard: per record, then corpus-level poisoning per batch: `guard
 canonical row (features.schema.INTERACTION_SCHEMA) -> features.store (parquet; atomic commits of
 whole sources, see its docstring for the crash protocol).
 
+Traces (OTLP GenAI spans and log records, OpenInference, MLflow 3 traces, OpenAI request/response
+pairs; detected per record, or forced with IngestConfig.format) are routed by features/ingest_traces.py:
+each span or log record is a record of its own, chat spans wait in the committed trace buffer
+(features/traces/buffer.py) for their content and ancestors, and each becomes a record of the
+format that takes the same path from validation on. Before anything, parts written at schema v1
+are migrated in place (Store.migrate).
+
 Every record read ends in exactly one place: accepted, quarantined (one reason), or counted as a
 duplicate; each source's counts are checked (read == accepted + duplicates + quarantined) before
 it is committed, and the IngestReport carries them.
