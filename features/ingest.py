@@ -340,6 +340,7 @@ class _Ingestor:
                 seen_bytes = stats.bytes_read
         if last:
             self.traces.close_idle(flush=self.config.flush_traces)
+        self.traces.end_source()
         rep.buffered = self.traces.buffer.pending()
         # Poisoning batches never span sources: a source's verdicts depend on the store and itself only.
         self.check_batch()

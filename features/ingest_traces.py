@@ -121,6 +121,13 @@ class TraceRouter:
             self.settle(outcomes)
         self.settle(self.buffer.resolve())
 
+    def end_source(self) -> None:
+        """After each source: forget the settled traces that are out of the wait window."""
+        if self.buffer.traces:
+            self.buffer.prune()
+            self.dirty = True
+            self._count_context(0)
+
     def close_idle(self, flush: bool = False) -> None:
         """At the end of a run: close the traces idle for wait_s behind the latest data (every open trace
         when flush: IngestConfig.flush_traces, the data is known to be complete). Only then, so that

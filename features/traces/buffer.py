@@ -245,6 +245,25 @@ class TraceBuffer:
             detail=f"chat span {span['span_id']} of trace {span['trace_id']} was recorded without message content: {hint}",
         )
 
+    def prune(self) -> None:
+        """Drop the traces with nothing waiting that are idle for wait_s behind the watermark.
+
+        Run after every source, so that memory and the committed state hold the open window of
+        data time, not every trace a run has seen; a span of a dropped trace that still comes
+        later finds no ancestors (and waits for them until its own trace is closed).
+        """
+        limit = self.watermark_ns - int(self.wait_s * 1e9)
+        for tid in [
+            tid for tid, t in self.traces.items() if t["last_ns"] < limit and not t["chat"] and not t["logs"]
+        ]:
+            t = self.traces.pop(tid)
+            self._report(tid, t)
+
+    def _report(self, tid: str, t: dict) -> None:
+        if not t["done"] and t["ctx"]:
+            agents = sorted({c["agent"] for c in t["ctx"].values() if c["agent"]})
+            self.reported.append({"trace_id": tid, "spans": len(t["ctx"]), "agents": agents})
+
     def expire(self, flush: bool = False) -> list[Outcome]:
         """Close the traces idle for longer than wait_s behind the watermark (every trace when flush)."""
         out = self.resolve()
@@ -292,9 +311,7 @@ class TraceBuffer:
                             f"arrived within {self.wait_s:g}s of the latest data",
                         )
                     )
-            if not t["done"] and t["ctx"]:
-                agents = sorted({c["agent"] for c in t["ctx"].values() if c["agent"]})
-                self.reported.append({"trace_id": tid, "spans": len(t["ctx"]), "agents": agents})
+            self._report(tid, t)
         return out
 
     # -- the record -----------------------------------------------------------------------------------
