@@ -112,7 +112,7 @@ class DrainConfig:
     exchange: str = "agent-events"
     exchange_type: str = "topic"  # a Knative RabbitMQ broker's exchange is `headers`: use binding_headers
     queue: str = "agentloop-drain"
-    binding_keys: list[str] = field(default_factory=lambda: [EVENT_TYPE])
+    binding_keys: list[str] = field(default_factory=lambda: [EVENT_TYPE, TRACE_EVENT_TYPE])
     binding_headers: dict[str, str] = field(default_factory=dict)  # headers exchange: x-match=all on these
     declare_exchange: bool = True  # False where someone else (Knative) owns the exchange
     declare_queue: bool = True  # declare the queue and its bindings
@@ -719,7 +719,13 @@ def _drain(config: DrainConfig, stop: threading.Event | None) -> DrainReport:
 def _message_for(record: Mapping[str, Any], mode: str, header_prefix: str) -> tuple[Any, bytes, str]:
     import pika
 
-    event = dict(record) if is_cloudevent(record) else to_cloudevent(dict(record))
+    if is_cloudevent(record):
+        event = dict(record)
+    elif _carries_trace(record):  # a trace payload from the sample logs (OTLP, MLflow, OpenAI pair)
+        body = _json_line(record).encode("utf-8")
+        event = trace_event(dict(record), body, _rfc3339(datetime.now(timezone.utc)))
+    else:
+        event = to_cloudevent(dict(record))
     if mode == "structured":
         props = pika.BasicProperties(
             content_type=STRUCTURED_CONTENT_TYPE, delivery_mode=2, message_id=str(event.get("id"))

@@ -428,3 +428,21 @@ def test_trace_payloads_are_accepted_bare_as_structured_events_and_as_binary_eve
     (landing / "drain.jsonl").write_text("".join(json.dumps(e) + "\n" for e in (bare, structured, binary)))
     report = ingest(str(tmp_path / "landing"), IngestConfig(store=str(tmp_path / "store"), progress=False))
     assert (report.accepted, report.duplicates, report.quarantined_total) == (2, 4, 0)
+
+
+@rabbitmq
+def test_sample_traces_published_to_the_queue_land_and_ingest_as_their_interactions(config, tmp_path):
+    from features.drain import _iter_log_records
+    from features.ingest import IngestConfig, ingest
+    from features.sample_logs import generate_sample_logs
+
+    raw = tmp_path / "raw"
+    generate_sample_logs(raw, conversations=30, seed=4, end_date="2025-01-07", trace_share=1.0)
+    payloads = list(_iter_log_records(raw))
+    publish_interactions(config, payloads[: len(payloads) // 2], "structured")
+    publish_interactions(config, payloads[len(payloads) // 2 :], "binary", header_prefix="ce-")
+    config.max_messages = len(payloads)
+    report = drain(config)
+    assert (report.consumed, report.rejected) == (len(payloads), 0)
+    result = ingest(config.landing, IngestConfig(store=str(tmp_path / "store"), progress=False))
+    assert (result.accepted, result.quarantined_total) == (30, 0)
