@@ -45,9 +45,12 @@ def is_chat_span(span: dict) -> bool:
     op = attrs.get("gen_ai.operation.name")
     if op is not None:
         return op in CHAT_OPERATIONS
-    # Before gen_ai.operation.name (semconv < 1.27) a GenAI client span had gen_ai.system and prompts.
-    return "gen_ai.system" in attrs and any(
-        k.startswith(("gen_ai.prompt", "gen_ai.request.model")) for k in attrs
+    # Before gen_ai.operation.name (semconv <= 1.26, OpenLLMetry): a GenAI client span with prompts,
+    # or OpenLLMetry's llm.request.type; embeddings and other calls carry neither.
+    if "gen_ai.system" not in attrs:
+        return False
+    return attrs.get("llm.request.type") in ("chat", "completion") or any(
+        k.startswith("gen_ai.prompt.") for k in attrs
     )
 
 
