@@ -592,7 +592,8 @@ class _Ingestor:
             "agent_name": record.get("agent_name") or record["agent"],
             "tools_json": tools_json,
             "feedback_json": feedback_json,
-            "user_id_hash": hash_user_id(user_id, self.user_salt()) if user_id else None,
+            "user_id_hash": lineage.get("user_id_hash")
+            or (hash_user_id(user_id, self.user_salt()) if user_id else None),
             "trace_id": lineage.get("trace_id"),
             "span_id": lineage.get("span_id"),
             "source_format": lineage.get("format", "jsonl"),

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from features.canonical import hash_user_id
 from features.readers import RawItem
 from features.redact import redact_value
 from features.traces import mlflow_traces, otlp
@@ -51,14 +52,17 @@ class TraceRouter:
 
     def __init__(self, ingestor: Any, wait_s: float = DEFAULT_WAIT_S):
         self.ing = ingestor
-        self.buffer = TraceBuffer(wait_s=wait_s)
+        self.buffer = TraceBuffer(wait_s=wait_s, hash_user=self._hash_user)
         self.dirty = False
         self._context = 0
 
     # -- state ----------------------------------------------------------------------------------------
     def load(self, text: str) -> None:
-        self.buffer = TraceBuffer.from_json(text, wait_s=self.buffer.wait_s)
+        self.buffer = TraceBuffer.from_json(text, wait_s=self.buffer.wait_s, hash_user=self._hash_user)
         self._context = self.buffer.context
+
+    def _hash_user(self, user_id: str) -> str:
+        return hash_user_id(user_id, self.ing.user_salt())
 
     def state(self) -> bytes:
         return self.buffer.to_json(redact_value).encode()

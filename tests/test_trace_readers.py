@@ -508,6 +508,7 @@ def test_a_waiting_span_rests_redacted_in_the_committed_buffer_and_keeps_its_red
             "gen_ai.output.messages": json.dumps(
                 [{"role": "assistant", "parts": [{"type": "text", "content": "ok"}]}]
             ),
+            "user.id": "alice-77",
         },
     )
     parent = _span(
@@ -524,12 +525,13 @@ def test_a_waiting_span_rests_redacted_in_the_committed_buffer_and_keeps_its_red
     first = ingest(str(tmp_path / "d1"), config(store, flush_traces=False, compression="none"))
     assert first.sources[0].buffered == 1
     at_rest = b"".join(p.read_bytes() for p in store.rglob("*") if p.is_file())
-    assert AWS_KEY.encode() not in at_rest
+    assert AWS_KEY.encode() not in at_rest and b"alice-77" not in at_rest  # the user only as its hash
     second = ingest(str(tmp_path / "d2"), config(store, flush_traces=False, compression="none"))
     assert second.accepted == 1 and second.sources[0].redactions == {"aws_access_key": 1}
     row = read_interactions(store).to_pylist()[0]
     assert row["agent"] == "bot" and "<SECRET:aws_access_key>" in row["messages_json"]
     assert row["redacted_secrets"] == 1
+    assert row["user_id_hash"] == hmac.new(SALT.encode(), b"alice-77", hashlib.sha256).hexdigest()
 
 
 def _paths(obj, prefix=()):

@@ -61,15 +61,21 @@ def _first(*values: Any) -> Any:
     return next((v for v in values if isinstance(v, str) and v.strip()), None)
 
 
-def _compact(span: dict) -> dict:
-    """What a span tells its descendants: parent, agent, session, user (kept for as long as its trace)."""
+USER_KEYS = ("user.id", "enduser.id", "gen_ai.user.id")
+
+
+def _compact(span: dict, hash_user) -> dict:
+    """What a span tells its descendants: parent, agent, session, user (kept for as long as its trace).
+
+    The user id is kept only as its salted hash (`hash_user`): the buffer is stored state."""
     a = span["attrs"]
+    user = _first(*(a.get(k) for k in USER_KEYS))
     agent = a.get("gen_ai.agent.name") or openinference.agent_name(span)
     return {
         "parent_id": span["parent_id"],
         "agent": agent if isinstance(agent, str) else None,
         "session": _first(a.get("gen_ai.conversation.id"), a.get("session.id")),
-        "user": _first(a.get("user.id"), a.get("enduser.id"), a.get("gen_ai.user.id")),
+        "user": hash_user(user) if user else None,
         "service": span["resource"].get("service.name"),
     }
 
@@ -88,7 +94,9 @@ class TraceBuffer:
     context: int = 0  # units used up as context (non-chat spans, joined or non-GenAI log records)
     reported: list[dict] = field(default_factory=list)  # traces closed without any chat span
     resent: int = 0  # chat spans received again while waiting (duplicates)
-    touched: set = field(default_factory=set)  # traces with new spans or logs since the last resolve()
+    touched: set = field(default_factory=set)
+    # user id -> its salted hash (features.canonical.hash_user_id with the store's salt); set by ingest
+    hash_user: Any = field(default=None, repr=False)  # traces with new spans or logs since the last resolve()
 
     # -- state ----------------------------------------------------------------------------------------
     def pending(self) -> int:
@@ -105,9 +113,9 @@ class TraceBuffer:
         return json.dumps({"version": 1, "watermark_ns": self.watermark_ns, "traces": traces}, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, wait_s: float = DEFAULT_WAIT_S) -> "TraceBuffer":
+    def from_json(cls, text: str, wait_s: float = DEFAULT_WAIT_S, hash_user=None) -> "TraceBuffer":
         doc = json.loads(text)
-        return cls(wait_s=wait_s, traces=doc["traces"], watermark_ns=doc["watermark_ns"])
+        return cls(wait_s=wait_s, traces=doc["traces"], watermark_ns=doc["watermark_ns"], hash_user=hash_user)
 
     def _trace(self, trace_id: str) -> dict:
         return self.traces.setdefault(trace_id, {"ctx": {}, "chat": {}, "logs": {}, "done": [], "last_ns": 0})
@@ -122,7 +130,7 @@ class TraceBuffer:
         t = self._trace(span["trace_id"])
         self._touch(t, span["end_ns"], span["start_ns"])
         sid = span["span_id"]
-        t["ctx"][sid] = _compact(span)
+        t["ctx"][sid] = _compact(span, self.hash_user)
         if sid in t["chat"]:
             self.resent += 1  # the same span again while it waits (a re-sent batch): a duplicate
             return []
@@ -318,7 +326,7 @@ class TraceBuffer:
     def _record(self, tid: str, span: dict, chain: list[dict], inputs: list, outputs: list, t: dict) -> dict:
         a = span["attrs"]
         oi = openinference.is_openinference(span)
-        me = _compact(span)
+        me = t["ctx"].get(span["span_id"]) or _compact(span, self.hash_user)
         nodes = [me, *chain]
         agent = next((n["agent"] for n in nodes if n["agent"]), None)
         session = next((n["session"] for n in nodes if n["session"]), None)
@@ -341,8 +349,10 @@ class TraceBuffer:
                 record[key] = value
         if span["start_ns"] and span["end_ns"] and span["end_ns"] >= span["start_ns"]:
             record["latency_ms"] = (span["end_ns"] - span["start_ns"]) / 1e6
-        if user:
-            record["user_id"] = user
+        if user:  # already the salted hash: ingest stores it as it is
+            lineage_user = user
+        else:
+            lineage_user = None
         if not oi:
             feedback = feedback_from_scores(genai.evaluations(span, t["logs"].get(span["span_id"], [])))
             if feedback:
@@ -365,6 +375,7 @@ class TraceBuffer:
             "trace_id": tid,
             "span_id": span["span_id"],
             "redactions": redactions,
+            "user_id_hash": lineage_user,
         }
         return record
 
@@ -380,6 +391,8 @@ def _redacted(unit: dict, redact) -> dict:
     if "_redactions" in unit:
         return unit
     out = dict(unit)
+    if isinstance(out.get("attrs"), dict):  # user ids live on as hashes in the trace's ctx only
+        out["attrs"] = {k: v for k, v in out["attrs"].items() if k not in USER_KEYS}
     counts: dict[str, int] = {}
     for key in ("attrs", "events", "body"):
         if key in out:
