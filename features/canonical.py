@@ -154,3 +154,36 @@ def content_hash(agent: str, session_id: str, messages: Any) -> str:
     """
     doc = (agent, session_id, [_normalise_message(m) for m in messages])
     return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ user ids
+
+USER_ID_KEYS = ("user_id", "user", "mlflow.trace.user", "user.id", "enduser.id", "gen_ai.user.id")
+
+
+def mask_user_ids(value: Any, hasher) -> tuple[Any, int]:
+    """A JSON value with every user id (the keys of USER_ID_KEYS, and OTLP attributes of those names)
+    replaced by `<USER:` + its salted hash + `>`; and how many were replaced. For quarantine copies."""
+    count = 0
+
+    def walk(v: Any) -> Any:
+        nonlocal count
+        if isinstance(v, dict):
+            if v.get("key") in USER_ID_KEYS and isinstance(v.get("value"), dict):  # an OTLP attribute
+                inner = v["value"]
+                if isinstance(inner.get("stringValue"), str):
+                    count += 1
+                    return {**v, "value": {"stringValue": f"<USER:{hasher(inner['stringValue'])}>"}}
+            out = {}
+            for k, x in v.items():
+                if k in USER_ID_KEYS and isinstance(x, str) and x:
+                    count += 1
+                    out[k] = f"<USER:{hasher(x)}>"
+                else:
+                    out[k] = walk(x)
+            return out
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return v
+
+    return walk(value), count

@@ -68,7 +68,7 @@ from typing import Any, Sequence
 import orjson
 import pyarrow as pa
 
-from features.canonical import LINEAGE, content_hash, feedback_items, hash_user_id
+from features.canonical import LINEAGE, content_hash, feedback_items, hash_user_id, mask_user_ids
 from features.guard import GuardConfig, PoisonState, check_interaction, find_poisoning
 from features.ingest_report import IngestReport, SourceReport
 from features.ingest_traces import TRACE_STATE, TraceRouter, TraceUnit
@@ -216,11 +216,20 @@ def _add_counts(counts: dict, more: dict) -> None:
         counts[kind] = counts.get(kind, 0) + n
 
 
-def _raw_copy(item: RawItem) -> str:
-    """The redacted quarantine copy of a record's bytes (redact_line also looks inside JSON escapes)."""
+def _raw_copy(item: RawItem, hasher) -> str:
+    """The redacted quarantine copy of a record's bytes (redact_line also looks inside JSON escapes);
+    user ids in it are replaced by their salted hash (features.canonical.mask_user_ids)."""
     if item.oversized:
         return _preview(item.raw, item.size)
-    return _redact(item.raw.decode("utf-8", "replace"))
+    text = item.raw.decode("utf-8", "replace")
+    if b"user" in item.raw:
+        try:
+            masked, n = mask_user_ids(orjson.loads(item.raw), hasher)
+        except (orjson.JSONDecodeError, RecursionError, TypeError):
+            n = 0
+        if n:
+            text = orjson.dumps(masked).decode()
+    return _redact(text)
 
 
 @dataclass
@@ -611,7 +620,7 @@ class _Ingestor:
             self.duplicate("quarantine")
             return
         self.qkeys.add(key)
-        raw_redacted = _raw_copy(item)
+        raw_redacted = _raw_copy(item, lambda u: hash_user_id(u, self.user_salt()))
         iid = None
         record = obj
         if is_cloudevent(obj) and isinstance(obj.get("data"), dict):

@@ -155,3 +155,21 @@ def test_daily_aggregates_cope_with_unknown_latency_and_tokens():
     )
     stats = compute_agent_daily_stats(frame, datetime(2025, 1, 9, tzinfo=timezone.utc))
     assert stats.loc[0, "p95_latency_ms"] == 100.0 and stats.loc[0, "mean_total_tokens"] == 10.0
+
+
+def test_a_quarantined_record_keeps_its_user_id_only_as_the_salted_hash(tmp_path):
+    import hashlib
+    import hmac
+
+    from features.store import read_quarantine
+
+    bad = record(1, user_id="bob-1234")
+    del bad["messages"]
+    pair = {"request": {"messages": [], "user": "bob-1234"}, "response": {"id": "r1", "choices": []}}
+    write(tmp_path / "logs" / "a.jsonl", [bad, pair])
+    ingest(str(tmp_path / "logs"), config(tmp_path / "store", user_id_salt="s1"))
+    rows = read_quarantine(tmp_path / "store").to_pylist()
+    assert len(rows) == 2
+    expected = hmac.new(b"s1", b"bob-1234", hashlib.sha256).hexdigest()
+    for row in rows:
+        assert "bob-1234" not in row["raw_redacted"] and f"<USER:{expected}>" in row["raw_redacted"]
