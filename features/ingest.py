@@ -10,6 +10,13 @@ guard (features.guard: per record, then corpus-level poisoning per batch: `guard
 canonical row (features.schema.INTERACTION_SCHEMA) -> features.store (parquet; atomic commits of
 whole sources, see its docstring for the crash protocol).
 
+Traces (OTLP GenAI spans and log records, OpenInference, MLflow 3 traces, OpenAI request/response
+pairs; detected per record, or forced with IngestConfig.format) are routed by features/ingest_traces.py:
+each span or log record is a record of its own, chat spans wait in the committed trace buffer
+(features/traces/buffer.py) for their content and ancestors, and each becomes a record of the
+format that takes the same path from validation on. Before anything, parts written at schema v1
+are migrated in place (Store.migrate).
+
 Every record read ends in exactly one place: accepted, quarantined (one reason), or counted as a
 duplicate; each source's counts are checked (read == accepted + duplicates + quarantined) before
 it is committed, and the IngestReport carries them.
@@ -51,9 +58,9 @@ import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import sys
 import time
-import unicodedata
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Sequence
@@ -61,8 +68,19 @@ from typing import Any, Sequence
 import orjson
 import pyarrow as pa
 
+from features.canonical import LINEAGE, content_hash, feedback_items, hash_user_id, mask_user_ids
 from features.guard import GuardConfig, PoisonState, check_interaction, find_poisoning
-from features.raw_format import is_cloudevent, parse_timestamp, unwrap, validate_cloudevent, validate_record
+from features.ingest_report import IngestReport, SourceReport
+from features.ingest_traces import TRACE_STATE, TraceRouter, TraceUnit
+from features.raw_format import (
+    USAGE_FIELDS,
+    is_cloudevent,
+    normalise_usage,
+    parse_timestamp,
+    unwrap,
+    validate_cloudevent,
+    validate_record,
+)
 from features.readers import (
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_SUFFIXES,
@@ -72,9 +90,11 @@ from features.readers import (
     list_sources,
     read_source,
 )
-from features.redact import redact_line, redact_messages, redact_text
+from features.redact import redact_line, redact_messages, redact_text, redact_value
 from features.schema import INTERACTION_SCHEMA, PII_TYPES, QUARANTINE_SCHEMA, SCHEMA_VERSION, SECRET_TYPES
 from features.store import INTERACTIONS, QUARANTINE, ManifestEntry, Store, default_store, new_run_id
+from features.traces import FORMATS, detect
+from features.traces.buffer import DEFAULT_WAIT_S
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +103,7 @@ ENCODING = "encoding"
 INVALID_JSON = "invalid_json"
 OVERSIZED = "oversized"
 BAD_CLOUDEVENT = "bad_cloudevent"
+UNKNOWN_FORMAT = "unknown_format"
 DUPLICATE_ID_CONFLICT = "duplicate_id_conflict"
 # A bug of ours (or of redact/guard) on one record: it is kept in quarantine, the run goes on.
 INTERNAL_ERROR = "internal_error"
@@ -93,6 +114,8 @@ POISON_STATE = (
     "poison-state"  # the state file committed with the rows (features.store: StagedCommit.stage_file)
 )
 UTF8_BOM = b"\xef\xbb\xbf"
+USER_SALT_ENV = "AGENTLOOP_USER_ID_SALT"
+USER_SALT_FILE = ("_meta", "user-id-salt")
 # Characters at which an oversized line's preview may be cut without splitting a token.
 _CUT_AT = b' \t",:{}[]'
 MESSAGE_KEYS = ("role", "content", "name", "tool_call_id", "tool_calls")
@@ -117,193 +140,25 @@ class IngestConfig:
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
     run_id: str = ""  # default: new_run_id()
     compression: str = "zstd"  # parquet codec of the parts ("none" for byte-greppable files in tests)
+    # The salt of user-id hashes; default: $AGENTLOOP_USER_ID_SALT, else a random salt kept in the store
+    # (`_meta/user-id-salt`), so that one store's hashes join across runs and two stores' do not.
+    user_id_salt: str = ""
+    format: str = "auto"  # auto (detected per record) | jsonl | otlp | mlflow | openai: force one
+    # Data time (seconds behind the latest span seen) after which an open trace is closed: what still
+    # waits in it is quarantined with its reason (features/traces/buffer.py).
+    trace_wait_s: float = DEFAULT_WAIT_S
+    flush_traces: bool = False  # close every open trace at the end of the run (the data is complete)
 
     def __post_init__(self) -> None:
         if self.max_line_bytes < 64:
             raise ValueError(f"IngestConfig.max_line_bytes must be >= 64, got {self.max_line_bytes}")
         if self.batch_size < 1:
             raise ValueError(f"IngestConfig.batch_size must be >= 1, got {self.batch_size}")
-
-
-@dataclass
-class SourceReport:
-    """What became of one source's records. read == accepted + duplicates + sum(quarantined)."""
-
-    source: str
-    # new | changed (the manifest had another size or fingerprint) | forced (unchanged, re-read: config.force)
-    # | unchanged (skipped, nothing read)
-    status: str = "new"
-    read: int = 0
-    accepted: int = 0
-    duplicates: int = 0
-    quarantined: dict[str, int] = field(default_factory=dict)  # reason -> records
-    duplicate_kinds: dict[str, int] = field(default_factory=dict)  # same_id | same_content | quarantine
-    redactions: dict[str, int] = field(default_factory=dict)  # type -> placeholders in accepted rows
-    guard_warnings: dict[str, int] = field(default_factory=dict)  # warn-level rule -> accepted rows
-    # Already stored interactions that carry a poisoning trigger confirmed only now (the store is
-    # append-only: a person decides; see features.guard.PoisonReport.earlier_ids).
-    poisoning_earlier_ids: list[str] = field(default_factory=list)
-    lines: int = 0
-    blank_lines: int = 0
-    empty_batches: int = 0
-    bytes: int = 0
-    sha256: str = ""
-
-    @property
-    def quarantined_total(self) -> int:
-        return sum(self.quarantined.values())
-
-    def conserved(self) -> bool:
-        return self.read == self.accepted + self.duplicates + self.quarantined_total
-
-    def check(self) -> None:
-        if not self.conserved():
-            raise RuntimeError(
-                f"ingest lost count of records in {self.source}: read {self.read} != accepted {self.accepted} + "
-                f"duplicates {self.duplicates} + quarantined {self.quarantined_total}; nothing of it was committed. "
-                "This is a bug in features/ingest.py: report it with the source file"
-            )
-
-
-@dataclass
-class IngestReport:
-    """One ingest run: per source and in total. Every source's counts are conserved."""
-
-    run_id: str
-    store: str
-    started_at: str
-    finished_at: str = ""
-    seconds: float = 0.0
-    sources: list[SourceReport] = field(default_factory=list)
-    recovered: dict = field(default_factory=dict)  # what Store.recover finished or discarded first
-
-    def _sum(self, name: str) -> int:
-        return sum(getattr(s, name) for s in self.sources)
-
-    @property
-    def read(self) -> int:
-        return self._sum("read")
-
-    @property
-    def accepted(self) -> int:
-        return self._sum("accepted")
-
-    @property
-    def duplicates(self) -> int:
-        return self._sum("duplicates")
-
-    @property
-    def quarantined(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for s in self.sources:
-            for reason, n in s.quarantined.items():
-                out[reason] = out.get(reason, 0) + n
-        return dict(sorted(out.items()))
-
-    @property
-    def quarantined_total(self) -> int:
-        return sum(self.quarantined.values())
-
-    @property
-    def skipped_sources(self) -> list[str]:
-        return [s.source for s in self.sources if s.status == "unchanged"]
-
-    @property
-    def records_per_second(self) -> float:
-        return self.read / self.seconds if self.seconds > 0 else 0.0
-
-    def check(self) -> None:
-        for s in self.sources:
-            s.check()
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.update(
-            read=self.read,
-            accepted=self.accepted,
-            duplicates=self.duplicates,
-            quarantined=self.quarantined,
-            quarantined_total=self.quarantined_total,
-            skipped_sources=self.skipped_sources,
-        )
-        for s_dict, s in zip(d["sources"], self.sources, strict=True):
-            s_dict["quarantined_total"] = s.quarantined_total
-        return d
-
-    def summary(self) -> str:
-        reasons = ", ".join(f"{r}={n}" for r, n in self.quarantined.items()) or "none"
-        ingested = sum(1 for s in self.sources if s.status != "unchanged")
-        return (
-            f"ingest {self.run_id}: read {self.read} records from {ingested} sources "
-            f"({len(self.skipped_sources)} unchanged, skipped): accepted {self.accepted}, duplicates "
-            f"{self.duplicates}, quarantined {self.quarantined_total} ({reasons}) into {self.store} "
-            f"in {self.seconds:.1f}s"
-        )
-
-    def to_markdown(self) -> str:
-        lines = [
-            f"### Ingest {self.run_id}",
-            "",
-            f"store `{self.store}`, started {self.started_at}, {self.seconds:.1f}s",
-            "",
-            "| source | status | read | accepted | duplicates | quarantined |",
-            "| --- | --- | ---: | ---: | ---: | ---: |",
-        ]
-        for s in self.sources:
-            lines.append(
-                f"| `{s.source}` | {s.status} | {s.read} | {s.accepted} | {s.duplicates} | {s.quarantined_total} |"
-            )
-        lines.append(
-            f"| **total** | | **{self.read}** | **{self.accepted}** | **{self.duplicates}** | "
-            f"**{self.quarantined_total}** |"
-        )
-        if self.quarantined:
-            lines += ["", "| quarantine reason | records |", "| --- | ---: |"]
-            lines += [f"| `{r}` | {n} |" for r, n in self.quarantined.items()]
-        return "\n".join(lines) + "\n"
+        if self.format not in FORMATS:
+            raise ValueError(f"IngestConfig.format must be one of {FORMATS}, got {self.format!r}")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-def _normalise_text(text: str) -> str:
-    if not text.isascii():
-        text = unicodedata.normalize("NFC", text)
-    return " ".join(text.split())
-
-
-def _normalise(value: Any) -> Any:
-    if isinstance(value, str):
-        return _normalise_text(value)
-    if isinstance(value, dict):
-        return {k: _normalise(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_normalise(v) for v in value]
-    return value
-
-
-def _normalise_message(message: Any) -> Any:
-    if not isinstance(message, dict):
-        return _normalise(message)
-    out = []
-    for key in sorted(message):
-        value = message[key]
-        if isinstance(value, str):
-            value = value if key == "role" else _normalise_text(value)
-        elif value is not None:
-            value = _normalise(value)
-        out.append((key, value))
-    return out
-
-
-def content_hash(agent: str, session_id: str, messages: Any) -> str:
-    """sha256 hex of the normalised content: agent, session and messages (NFC, whitespace collapsed, keys sorted).
-
-    The hashed document is the JSON array [agent, session_id, [[[key, value], ...] per message]],
-    keys sorted, nested values normalised the same way (their keys sorted too).
-    """
-    doc = (agent, session_id, [_normalise_message(m) for m in messages])
-    return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def _qkey(source: str, line_number: int, raw_sha256: str) -> bytes:
@@ -346,11 +201,35 @@ def _clean_message(m: dict) -> dict:
     return out
 
 
-def _raw_copy(item: RawItem) -> str:
-    """The redacted quarantine copy of a record's bytes (redact_line also looks inside JSON escapes)."""
+def _carried_trace(event: dict) -> dict | None:
+    """The trace payload a CloudEvent carries (OTLP, MLflow, OpenAI pair), else None: its envelope
+    then only carries, so its attributes need not agree with an interaction record."""
+    try:
+        data = unwrap(event)
+    except (ValueError, TypeError):
+        return None
+    return data if detect(data) != "jsonl" else None
+
+
+def _add_counts(counts: dict, more: dict) -> None:
+    for kind, n in more.items():
+        counts[kind] = counts.get(kind, 0) + n
+
+
+def _raw_copy(item: RawItem, hasher) -> str:
+    """The redacted quarantine copy of a record's bytes (redact_line also looks inside JSON escapes);
+    user ids in it are replaced by their salted hash (features.canonical.mask_user_ids)."""
     if item.oversized:
         return _preview(item.raw, item.size)
-    return _redact(item.raw.decode("utf-8", "replace"))
+    text = item.raw.decode("utf-8", "replace")
+    if b"user" in item.raw:
+        try:
+            masked, n = mask_user_ids(orjson.loads(item.raw), hasher)
+        except (orjson.JSONDecodeError, RecursionError, TypeError):
+            n = 0
+        if n:
+            text = orjson.dumps(masked).decode()
+    return _redact(text)
 
 
 @dataclass
@@ -388,6 +267,21 @@ class _Ingestor:
         self.next_commit = 1
         self.commit_rows = 0
         self.entries: list[ManifestEntry] = []  # manifest entries of the open commit's sources
+        self._salt: bytes | None = None
+        self.traces = TraceRouter(self, config.trace_wait_s)
+
+    def user_salt(self) -> bytes:
+        """The salt of user-id hashes (see IngestConfig.user_id_salt), read or made once per run."""
+        if self._salt is None:
+            given = self.config.user_id_salt or os.environ.get(USER_SALT_ENV, "")
+            if given:
+                self._salt = given.encode()
+            else:
+                path = self.store.path(*USER_SALT_FILE)
+                if not self.store.exists(path):
+                    self.store.write_bytes(path, secrets.token_hex(32).encode())
+                self._salt = self.store.read_bytes(path).strip()
+        return self._salt
 
     # -- the dedup index, from the store --------------------------------------------------------------
     def load_state(self) -> None:
@@ -397,6 +291,9 @@ class _Ingestor:
         state = self.store.latest_file(POISON_STATE, commits)
         if state is not None:
             self.history = PoisonState.from_json(self.store.read_bytes(state).decode())
+        buffer = self.store.latest_file(TRACE_STATE, commits)
+        if buffer is not None:
+            self.traces.load(self.store.read_bytes(buffer).decode())
         self.load_index()
 
     def load_index(self) -> None:
@@ -414,12 +311,15 @@ class _Ingestor:
             self.qkeys.add(_qkey(src, line, sha))
 
     # -- one source -----------------------------------------------------------------------------------
-    def ingest_source(self, source: SourceFile, seq: int, status: str, bar: Any) -> SourceReport:
+    def ingest_source(
+        self, source: SourceFile, seq: int, status: str, bar: Any, last: bool = False
+    ) -> SourceReport:
         """Read one source to its end; its rows join the open commit (see commit_if_due)."""
         if self.commit is None:
             self.commit = self.store.begin_commit(self.run_id, self.next_commit)
             self.next_commit += 1
         rep = self.rep = SourceReport(source=source.path, status=status)
+        rep.carried_in = self.traces.buffer.pending()
         stats = ReadStats()
         seen_bytes = 0
         items = read_source(
@@ -447,6 +347,10 @@ class _Ingestor:
             if bar is not None and n % 256 == 0:
                 bar.update(stats.bytes_read - seen_bytes)
                 seen_bytes = stats.bytes_read
+        if last:
+            self.traces.close_idle(flush=self.config.flush_traces)
+        self.traces.end_source()
+        rep.buffered = self.traces.buffer.pending()
         # Poisoning batches never span sources: a source's verdicts depend on the store and itself only.
         self.check_batch()
         if bar is not None:
@@ -468,6 +372,9 @@ class _Ingestor:
                     "accepted": rep.accepted,
                     "duplicates": rep.duplicates,
                     "quarantined": dict(rep.quarantined),
+                    "context": rep.context,
+                    "carried_in": rep.carried_in,
+                    "buffered": rep.buffered,
                 },
             )
         )
@@ -484,13 +391,18 @@ class _Ingestor:
         self.write_parts(everything=True)
         if self.history_dirty:
             self.commit.stage_file(POISON_STATE, self.history.to_json().encode())
+        if self.traces.dirty:
+            self.commit.stage_file(TRACE_STATE, self.traces.state())
         now = datetime.now(timezone.utc).isoformat()
         for entry in self.entries:
             entry.committed_at = now
         self.commit.commit(self.entries)
         if self.history_dirty:
             self.store.prune_files(POISON_STATE, keep=2)
+        if self.traces.dirty:
+            self.store.prune_files(TRACE_STATE, keep=2)
         self.commit, self.entries, self.commit_rows, self.history_dirty = None, [], 0, False
+        self.traces.dirty = False
 
     def abort(self) -> None:
         """Drop the open commit's staged parts (the run is failing; recovery would drop them too)."""
@@ -532,8 +444,10 @@ class _Ingestor:
 
         if is_cloudevent(obj):
             try:
-                problems = validate_cloudevent(obj)
-                record = unwrap(obj) if not problems else None
+                record = _carried_trace(obj)
+                problems = [] if record is not None else validate_cloudevent(obj)
+                if record is None and not problems:
+                    record = unwrap(obj)
                 if record is not None and not isinstance(obj.get("data"), dict):
                     # unwrap parses a `data` string or data_base64 with the stdlib, which lets NaN and lone
                     # surrogates through: parse it again as strictly as a line.
@@ -547,6 +461,22 @@ class _Ingestor:
         else:
             record = obj
 
+        fmt = detect(record)
+        if self.config.format != "auto" and fmt != self.config.format:
+            self.quarantine(
+                item,
+                UNKNOWN_FORMAT,
+                f"IngestConfig.format is {self.config.format!r} but this record reads as {fmt!r}",
+                obj,
+            )
+            return
+        if fmt != "jsonl":
+            self.traces.handle(item, record, fmt)
+            return
+        self.accept(item, record, obj)
+
+    def accept(self, item: RawItem, record: dict, obj: Any) -> None:
+        """Validate, redact, dedup and guard one record in the format; it joins the batch or quarantine."""
         problems = validate_record(record)
         if not problems:
             problems = self._range_problems(record)
@@ -595,11 +525,8 @@ class _Ingestor:
     @staticmethod
     def _range_problems(record: dict) -> list[str]:
         """What validate_record allows but the schema cannot hold: int32 counts, a UTC year outside 1..9999."""
-        problems = [
-            f"bad_value:usage.{k}"
-            for k in ("prompt_tokens", "completion_tokens", "total_tokens")
-            if record["usage"][k] > INT32_MAX
-        ]
+        usage = normalise_usage(record.get("usage")) or {}
+        problems = [f"bad_value:usage.{k}" for k, v in usage.items() if v is not None and v > INT32_MAX]
         try:
             parse_timestamp(record["timestamp"]).astimezone(timezone.utc)
         except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC
@@ -623,13 +550,29 @@ class _Ingestor:
                 turns += 1
         if messages and messages[-1].get("role") != "assistant":
             reply = ""  # a failed call: the last assistant message is an earlier turn, not this reply
-        usage = record["usage"]
+        usage = normalise_usage(record.get("usage")) or dict.fromkeys(USAGE_FIELDS)
+        lineage = record.get(LINEAGE) or {}
+        tools = record.get("tools")
+        tools_json = None
+        if tools:
+            tools, tool_counts = redact_value(tools)
+            _add_counts(counts, tool_counts)
+            tools_json = orjson.dumps(tools).decode()
+        items = feedback_items(feedback)
+        feedback_json = None
+        if items:
+            items, feedback_counts = redact_value(items)
+            _add_counts(counts, feedback_counts)
+            feedback_json = orjson.dumps(items).decode()
+        _add_counts(counts, lineage.get("redactions") or {})
+        user_id = record.get("user_id")
+        latency = record.get("latency_ms")
         return {
             "interaction_id": record["id"],
             "agent": record["agent"],
             "session_id": record["session_id"],
             "event_timestamp": ts,
-            "model": record["model"],
+            "model": record.get("model"),
             "messages_json": orjson.dumps(messages).decode(),
             "last_user_message": last_user,
             "agent_reply": reply,
@@ -637,7 +580,7 @@ class _Ingestor:
             "prompt_tokens": usage["prompt_tokens"],
             "completion_tokens": usage["completion_tokens"],
             "total_tokens": usage["total_tokens"],
-            "latency_ms": float(record["latency_ms"]),
+            "latency_ms": float(latency) if latency is not None else None,
             "rating": feedback.get("rating"),
             "thumbs": feedback.get("thumbs"),
             "error_type": error["type"] if error else None,
@@ -655,6 +598,14 @@ class _Ingestor:
             "ingested_at": self.now,
             "day": ts.date().isoformat(),
             "schema_version": SCHEMA_VERSION,
+            "agent_name": record.get("agent_name") or record["agent"],
+            "tools_json": tools_json,
+            "feedback_json": feedback_json,
+            "user_id_hash": lineage.get("user_id_hash")
+            or (hash_user_id(user_id, self.user_salt()) if user_id else None),
+            "trace_id": lineage.get("trace_id"),
+            "span_id": lineage.get("span_id"),
+            "source_format": lineage.get("format", "jsonl"),
         }
 
     # -- outcomes -------------------------------------------------------------------------------------
@@ -669,7 +620,7 @@ class _Ingestor:
             self.duplicate("quarantine")
             return
         self.qkeys.add(key)
-        raw_redacted = _raw_copy(item)
+        raw_redacted = _raw_copy(item, lambda u: hash_user_id(u, self.user_salt()))
         iid = None
         record = obj
         if is_cloudevent(obj) and isinstance(obj.get("data"), dict):
@@ -678,7 +629,7 @@ class _Ingestor:
             iid = redact_line(record["id"][:200])
         elif isinstance(obj, dict) and isinstance(obj.get("id"), str):
             iid = redact_line(obj["id"][:200])
-        if item.index_in_line is not None:
+        if item.index_in_line is not None and not isinstance(obj, TraceUnit):
             detail = f"batch element {item.index_in_line}: {detail}"
         self.qrows.append(
             {
@@ -760,6 +711,9 @@ def ingest(sources: str | Sequence[str] | None = None, config: IngestConfig | No
     with store.writer_lock():
         recovered = store.recover()
         report.recovered = asdict(recovered)
+        report.migrated_parts = store.migrate()
+        if report.migrated_parts:
+            log.info("migrated %d interaction parts to schema v2", len(report.migrated_parts))
         if recovered.rolled_forward or recovered.discarded_parts:
             log.info(
                 "recovered the store: finished the commit of %d sources, discarded %d staged parts",
@@ -787,7 +741,9 @@ def ingest(sources: str | Sequence[str] | None = None, config: IngestConfig | No
         bar = _progress(sum(s.size for s, _ in todo), show)
         try:
             for seq, (source, status) in enumerate(todo, 1):
-                rep = ingestor.ingest_source(source, seq, status, bar if show else None)
+                rep = ingestor.ingest_source(
+                    source, seq, status, bar if show else None, last=seq == len(todo)
+                )
                 ingestor.commit_if_due(last=seq == len(todo))
                 report.sources.append(rep)
                 log.info(
@@ -840,6 +796,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--force", action="store_true", help="re-read unchanged sources too (dedup still applies)"
     )
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="auto",
+        help="force one input format (default: detected per record)",
+    )
+    parser.add_argument(
+        "--trace-wait-s",
+        type=float,
+        default=DEFAULT_WAIT_S,
+        help="data time after which an open trace is closed at the end of the run (default 600)",
+    )
+    parser.add_argument(
+        "--flush-traces", action="store_true", help="close every open trace at the end (the data is complete)"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of markdown")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -849,6 +820,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         force=args.force,
         progress=args.progress,
+        format=args.format,
+        trace_wait_s=args.trace_wait_s,
+        flush_traces=args.flush_traces,
     )
     report = ingest(args.sources, config)
     if args.json:

@@ -15,16 +15,40 @@ from typing import Any
 
 SPEC_VERSION = "1.0"
 EVENT_TYPE = "dev.homelab.agent.interaction"
+TRACE_EVENT_TYPE = (
+    "dev.homelab.agent.trace"  # a CloudEvent carrying a trace payload (OTLP JSON, MLflow, OpenAI pair)
+)
 DATA_CONTENT_TYPE = "application/json"
 SOURCE_PREFIX = "/agents/"
 
 AGENTS = ("agent-bruno", "agent-auditor", "agent-jamie", "agent-mary-kay")
 ROLES = ("system", "user", "assistant", "tool")
 
-REQUIRED_FIELDS = ("id", "agent", "session_id", "timestamp", "messages", "model", "latency_ms", "usage")
-OPTIONAL_FIELDS = ("feedback", "error", "metadata")
+# Format version 2: only what training needs is required; model, latency and usage are optional
+# (many loggers and tracers omit some of them), and tools, user_id and feedback scores are new.
+FORMAT_VERSION = 2
+REQUIRED_FIELDS = ("id", "agent", "session_id", "timestamp", "messages")
+OPTIONAL_FIELDS = (
+    "model",
+    "latency_ms",
+    "usage",
+    "tools",
+    "feedback",
+    "error",
+    "metadata",
+    "user_id",
+    "agent_name",
+)
 USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
+# Other conventions' names for the same counts (OpenAI Responses, OTel GenAI, Anthropic): mapped on read.
+USAGE_ALIASES = {
+    "input_tokens": "prompt_tokens",
+    "output_tokens": "completion_tokens",
+    "prompt_token_count": "prompt_tokens",
+    "completion_token_count": "completion_tokens",
+}
 THUMBS = ("up", "down")
+SCORE_SOURCES = ("human", "llm_judge", "code")
 DEDUP_KEY = "id"
 
 # An agent name becomes a path segment of the CloudEvents source (/agents/<agent>) and a file name.
@@ -100,6 +124,33 @@ def unwrap(obj: Any) -> dict:
     return data
 
 
+def normalise_usage(usage: Any) -> dict[str, int | None] | None:
+    """{prompt_tokens, completion_tokens, total_tokens} from a usage object in any known naming; None if absent.
+
+    Aliases (input_tokens, output_tokens, ...) are mapped; a missing total is derived when both parts
+    exist, a missing part when the total and the other part do. Values are returned as given (ints
+    are checked by validate_record); a count nobody reported stays None.
+    """
+    if not isinstance(usage, dict):
+        return None
+    out: dict[str, Any] = {k: usage.get(k) for k in USAGE_FIELDS}
+    for alias, name in USAGE_ALIASES.items():
+        if out[name] is None and usage.get(alias) is not None:
+            out[name] = usage[alias]
+    p, c, t = (out[k] for k in USAGE_FIELDS)
+    ints = [v is None or _is_int(v) for v in (p, c, t)]
+    if all(ints):
+        if t is None and p is not None and c is not None:
+            out["total_tokens"] = p + c
+        elif p is None and c is not None and t is not None and t >= c:
+            out["prompt_tokens"] = t - c
+        elif c is None and p is not None and t is not None and t >= p:
+            out["completion_tokens"] = t - p
+    if all(v is None for v in out.values()):
+        return None
+    return out
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -152,13 +203,61 @@ def _valid_tool_calls(role: Any, tool_calls: Any) -> bool:
     return True
 
 
+def _feedback_problems(feedback: Any) -> list[str]:
+    if not isinstance(feedback, dict):
+        return ["bad_type:feedback"]
+    problems = []
+    rating, thumbs, scores = feedback.get("rating"), feedback.get("thumbs"), feedback.get("scores")
+    if rating is None and thumbs is None and not scores:
+        problems.append("bad_value:feedback")
+    if rating is not None and not (_is_int(rating) and 1 <= rating <= 5):
+        problems.append("bad_rating")
+    if thumbs is not None and thumbs not in THUMBS:
+        problems.append("bad_thumbs")
+    if scores is not None:
+        if not isinstance(scores, list):
+            problems.append("bad_score:feedback.scores")
+        for i, score in enumerate(scores if isinstance(scores, list) else []):
+            value = score.get("value") if isinstance(score, dict) else None
+            if not (
+                isinstance(score, dict)
+                and _nonempty_str(score.get("name"))
+                and score.get("source") in SCORE_SOURCES
+                and (
+                    _is_number(value)
+                    and math.isfinite(value)
+                    or isinstance(value, bool)
+                    or _nonempty_str(value)
+                )
+            ):
+                problems.append(f"bad_score:feedback.scores[{i}]")
+    return problems
+
+
+def _valid_tools(tools: Any) -> bool:
+    """OpenAI-style tool definitions: [{"type": "function", "function": {"name", "description"?, "parameters"?}}]."""
+    if not isinstance(tools, list):
+        return False
+    for tool in tools:
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            return False
+        fn = tool.get("function")
+        if not isinstance(fn, dict) or not _nonempty_str(fn.get("name")):
+            return False
+        if fn.get("description") is not None and not isinstance(fn["description"], str):
+            return False
+        if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
+            return False
+    return True
+
+
 def validate_record(record: Any) -> list[str]:
     """Return the record's problems as machine-readable codes; an empty list means valid.
 
     Codes: missing_field:<f>, bad_type:<f>, bad_value:<f>, bad_timestamp, bad_message:messages[i],
     bad_role:messages[i], bad_content:messages[i], bad_name:messages[i], bad_tool_call_id:messages[i],
-    bad_tool_calls:messages[i], empty_conversation, no_reply, bad_rating, bad_thumbs, bad_error.
-    Fields not in the format are ignored.
+    bad_tool_calls:messages[i], empty_conversation, no_reply, bad_rating, bad_thumbs,
+    bad_score:feedback.scores[i], bad_tools, bad_error. Fields not in the format are ignored.
     """
     if not isinstance(record, dict):
         return ["not_an_object"]
@@ -206,33 +305,41 @@ def validate_record(record: Any) -> list[str]:
         if not isinstance(usage, dict):
             problems.append("bad_type:usage")
         else:
-            counts_ok = True
-            for key in USAGE_FIELDS:
-                value = usage.get(key)
-                if value is None:
-                    problems.append(f"missing_field:usage.{key}")
-                elif not _is_int(value):
-                    problems.append(f"bad_type:usage.{key}")
-                elif value < 0:
-                    problems.append(f"bad_value:usage.{key}")
-                else:
-                    continue
-                counts_ok = False
-            if counts_ok and usage["total_tokens"] != usage["prompt_tokens"] + usage["completion_tokens"]:
-                problems.append("bad_value:usage.total_tokens")
+            counts = normalise_usage(usage)
+            if counts is None:
+                problems.append("bad_value:usage")
+            else:
+                counts_ok = True
+                for key in USAGE_FIELDS:
+                    value = counts[key]
+                    if value is None:
+                        continue
+                    if not _is_int(value):
+                        problems.append(f"bad_type:usage.{key}")
+                    elif value < 0:
+                        problems.append(f"bad_value:usage.{key}")
+                    else:
+                        continue
+                    counts_ok = False
+                if (
+                    counts_ok
+                    and None not in counts.values()
+                    and counts["total_tokens"] != counts["prompt_tokens"] + counts["completion_tokens"]
+                ):
+                    problems.append("bad_value:usage.total_tokens")
 
     feedback = record.get("feedback")
     if feedback is not None:
-        if not isinstance(feedback, dict):
-            problems.append("bad_type:feedback")
-        else:
-            rating, thumbs = feedback.get("rating"), feedback.get("thumbs")
-            if rating is None and thumbs is None:
-                problems.append("bad_value:feedback")
-            if rating is not None and not (_is_int(rating) and 1 <= rating <= 5):
-                problems.append("bad_rating")
-            if thumbs is not None and thumbs not in THUMBS:
-                problems.append("bad_thumbs")
+        problems.extend(_feedback_problems(feedback))
+
+    tools = record.get("tools")
+    if tools is not None and not _valid_tools(tools):
+        problems.append("bad_tools")
+
+    for field in ("user_id", "agent_name"):
+        value = record.get(field)
+        if value is not None and not _nonempty_str(value):
+            problems.append(f"bad_type:{field}" if not isinstance(value, str) else f"bad_value:{field}")
 
     if error is not None and not (
         isinstance(error, dict) and _nonempty_str(error.get("type")) and isinstance(error.get("message"), str)

@@ -15,6 +15,10 @@ byte-level scan (strings, brackets, commas), so an element with invalid UTF-8 or
 quarantined alone; an array that cannot be split (unterminated string, unbalanced brackets, an
 empty element) is yielded whole and fails as `invalid_json` in ingest.
 
+An OTLP export request longer than `max_line_bytes` (normal for collector batches) is not cut:
+it is read in chunks and split into one small request per span or log record, each its own item
+with its index in the line (features/traces/stream.py); memory stays bounded by one span.
+
 Sources are a local folder or file, or an fsspec URL (`s3://bucket/prefix`). For S3/MinIO the
 endpoint and keys come from the usual variables: AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3),
 AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (read by botocore), or fsspec's FSSPEC_S3_* variables
@@ -32,6 +36,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+
+from features.traces.stream import StreamError, looks_like_otlp, split_otlp
 
 # Log files the readers pick up in a folder; anything else (and any dot- or underscore-named file or
 # folder: temp files of atomic writers, `_rejected/`, `_manifest/`) is skipped.
@@ -318,6 +324,11 @@ def read_source(
                 if line.endswith(b"\n"):
                     size -= 1
                     line = line[:-1]
+                elif size > max_line_bytes and looks_like_otlp(line[:64]):
+                    # An OTLP batch over the limit is normal: stream it, one small request per span.
+                    yield from _stream_otlp(name, line_number, line, stream, stats)
+                    stats.lines += 1
+                    continue
                 elif size > max_line_bytes:
                     # Oversized: keep a preview, hash and measure the rest without keeping it.
                     full_hash = hashlib.sha256(line)
@@ -370,6 +381,39 @@ def read_source(
             stream.close()
         finally:
             f.close()
+
+
+def _stream_otlp(name: str, line_number: int, head: bytes, stream, stats: ReadStats) -> Iterator[RawItem]:
+    """The rest of a huge OTLP line read in chunks and split per span/log record (features/traces/stream.py)."""
+    full_hash = hashlib.sha256()
+    size = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal size
+        chunk = head
+        while chunk:
+            last = chunk.endswith(b"\n")
+            if last:
+                chunk = chunk[:-1]
+            full_hash.update(chunk)
+            size += len(chunk)
+            yield chunk
+            if last:
+                return
+            chunk = stream.readline(_DRAIN_CHUNK)
+
+    parts = chunks()
+    index = 0
+    try:
+        for element in split_otlp(parts):
+            stats.items += 1
+            yield RawItem(name, line_number, index, element, len(element))
+            index += 1
+    except StreamError:
+        for _ in parts:  # measure and hash the rest; the line is quarantined as oversized
+            pass
+        stats.items += 1
+        yield RawItem(name, line_number, None, head[:OVERSIZED_PREVIEW_BYTES], size, full_hash.hexdigest())
 
 
 def iter_raw(

@@ -7,6 +7,10 @@ format of docs/interaction-format.md to <out>/<YYYY-MM-DD>/<agent>.jsonl[.gz]. T
 structure, the time of day, the reply gaps and the ratings are real; the agent, the day, the model,
 the token counts, the mix of CloudEvents lines and gzip files and the errors are simulated, all
 decided by sha256 of (seed, conversation id), so a seed and an end date fix every output byte.
+
+With --trace-share, that share of the interactions is written instead as the traces agents produce
+(features/sample_traces.py), spread over the formats: <day>/<agent>.otlp.jsonl (GenAI spans, content
+on the span or in <agent>.otlp-logs.jsonl), .openinference.jsonl, .mlflow.jsonl, .openai.jsonl.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from features.raw_format import AGENTS, to_cloudevent
+from features.sample_traces import TRACE_FORMATS, trace_files
 
 SOURCE = "chitchat-dataset"
 SESSION_PREFIX = "chitchat-"
@@ -76,6 +81,7 @@ class SampleLogsReport:
     gzip_files: int = 0
     cloudevents: int = 0
     errors: int = 0
+    traces: dict[str, int] = field(default_factory=dict)  # trace format -> interactions written in it
     first_day: str = ""
     last_day: str = ""
     per_agent: dict[str, int] = field(default_factory=dict)
@@ -83,7 +89,8 @@ class SampleLogsReport:
     def summary(self) -> str:
         agents = " ".join(f"{a}={n}" for a, n in sorted(self.per_agent.items()))
         return (
-            f"wrote {self.written} interactions ({self.cloudevents} as CloudEvents, {self.errors} with error; "
+            f"wrote {self.written} interactions ({self.cloudevents} as CloudEvents, "
+            f"{sum(self.traces.values())} as traces {dict(sorted(self.traces.items()))}, {self.errors} with error; "
             f"skipped {self.skipped_no_reply} conversations without a reply) to {self.files} files "
             f"({self.gzip_files} gzip) in {self.out_dir} for {self.first_day}..{self.last_day}: {agents}"
         )
@@ -275,6 +282,7 @@ def generate_sample_logs(
     cloudevents_share: float = 0.3,
     gzip_share: float = 0.25,
     error_rate: float = 0.01,
+    trace_share: float = 0.0,
     *,
     agents: Sequence[str] = AGENTS,
     dataset: Mapping[str, Any] | None = None,
@@ -293,7 +301,12 @@ def generate_sample_logs(
         raise ValueError(f"days must be >= 1, got {days}")
     if not agents:
         raise ValueError("agents must name at least one agent")
-    shares = {"cloudevents_share": cloudevents_share, "gzip_share": gzip_share, "error_rate": error_rate}
+    shares = {
+        "cloudevents_share": cloudevents_share,
+        "gzip_share": gzip_share,
+        "error_rate": error_rate,
+        "trace_share": trace_share,
+    }
     for name, value in shares.items():
         _check_share(name, value)
     if end_date is None:
@@ -323,10 +336,22 @@ def generate_sample_logs(
 
     failing = _top_share([r["id"] for r in records], error_rate, seed, "error")
     records = [make_failed(r, seed) if r["id"] in failing else r for r in records]
-    as_events = _top_share([r["id"] for r in records], cloudevents_share, seed, "cloudevents")
+    as_trace = _top_share([r["id"] for r in records], trace_share, seed, "trace")
+    traced = {
+        r["id"]: TRACE_FORMATS[_digest(seed, "format", r["id"]) % len(TRACE_FORMATS)]
+        for r in records
+        if r["id"] in as_trace
+    }
+    plain_records = [r for r in records if r["id"] not in traced]
+    as_events = _top_share([r["id"] for r in plain_records], cloudevents_share, seed, "cloudevents")
 
-    by_file: dict[tuple[str, str], list[dict]] = {}
+    by_trace_file: dict[tuple[str, str], list[tuple[str, dict]]] = {}
     for r in records:
+        if r["id"] in traced:
+            utc_day = _parse_utc(r["timestamp"]).astimezone(timezone.utc).date().isoformat()
+            by_trace_file.setdefault((utc_day, r["agent"]), []).append((traced[r["id"]], r))
+    by_file: dict[tuple[str, str], list[dict]] = {}
+    for r in plain_records:
         utc_day = _parse_utc(r["timestamp"]).astimezone(timezone.utc).date().isoformat()
         by_file.setdefault((utc_day, r["agent"]), []).append(r)
     gzipped = _top_share(sorted(by_file), gzip_share, seed, "gzip")
@@ -349,8 +374,18 @@ def generate_sample_logs(
             _write_atomic(plain, text.encode("utf-8"))
             packed.unlink(missing_ok=True)
 
+    trace_file_count = 0
+    for (day_name, agent), pairs in sorted(by_trace_file.items()):
+        pairs.sort(key=lambda p: (_parse_utc(p[1]["timestamp"]), p[1]["id"]))
+        folder = root / day_name
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in sorted(trace_files(agent, pairs).items()):
+            _write_atomic(folder / name, data)
+            trace_file_count += 1
+    report.traces = dict(sorted(Counter(traced.values()).items()))
+
     report.written = len(records)
-    report.files = len(by_file)
+    report.files = len(by_file) + trace_file_count
     report.gzip_files = len(gzipped)
     report.cloudevents = len(as_events)
     report.errors = len(failing)
@@ -406,6 +441,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--error-rate", type=float, default=0.01, help="share of interactions that failed (0.01)"
     )
     parser.add_argument(
+        "--trace-share",
+        type=float,
+        default=0.0,
+        help="share of interactions written as traces, spread over "
+        + ", ".join(TRACE_FORMATS)
+        + " (default 0: the JSONL format only)",
+    )
+    parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -423,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cloudevents_share=args.cloudevents_share,
             gzip_share=args.gzip_share,
             error_rate=args.error_rate,
+            trace_share=args.trace_share,
             progress=args.progress,
         )
     except ValueError as exc:

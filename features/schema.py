@@ -1,8 +1,16 @@
-"""The canonical Interaction record (schema v1) and the quarantine record, as dataclasses and pyarrow schemas.
+"""The canonical Interaction record (schema v2) and the quarantine record, as dataclasses and pyarrow schemas.
 
 Everything after ingestion (the offline store, Feast, training, monitoring) reads these columns.
 Text columns hold REDACTED text only: redaction runs before anything is stored.
 Bump SCHEMA_VERSION on any change a reader would notice, and keep readers of older versions.
+
+v2 (from v1): `model`, `prompt_tokens`, `completion_tokens`, `total_tokens` and `latency_ms` may be
+null (the source did not say); new columns `agent_name`, `tools_json`, `feedback_json`,
+`user_id_hash`, `trace_id`, `span_id`, `source_format`. The change is additive, so a store holding
+v1 parts needs no rewrite: readers pass this schema to pyarrow, which reads a v1 part's missing
+columns as null, and each row keeps the `schema_version` it was written with (lineage that cites
+v1 interaction ids finds the same ids, same content). `upgrade_v1_rows` fills the new columns the
+way a v2 ingest would have (agent_name = agent, source_format = "jsonl").
 """
 
 from __future__ import annotations
@@ -12,7 +20,8 @@ from datetime import datetime
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SCHEMA_VERSIONS_READ = (1, 2)
 
 # Redaction types: placeholders are `<SECRET:{type}>` for secrets and `<{TYPE}>` for personal data.
 SECRET_TYPES = (
@@ -33,7 +42,9 @@ SECRET_TYPES = (
 PII_TYPES = ("email", "phone", "card", "ip")
 
 # Quarantine reasons (machine-readable). `missing_field:<name>`, `bad_type:<name>` and `guard:<rule>`
-# carry a suffix.
+# carry a suffix. Trace readers add: `no_content:<setting>` (a span recorded with message capture off;
+# the suffix names the setting that turns it on), `incomplete_trace:<what>` (a buffered trace whose
+# chat span or content never arrived within the wait), `bad_span:<field>`, `unknown_format`.
 QUARANTINE_REASONS = (
     "invalid_json",
     "not_an_object",
@@ -55,6 +66,12 @@ QUARANTINE_REASONS = (
     "empty_conversation",
     "no_reply",
     "bad_cloudevent",
+    "bad_score",
+    "bad_tools",
+    "bad_span",
+    "unknown_format",
+    "no_content",
+    "incomplete_trace",
     "duplicate_id_conflict",
     "guard",
     "internal_error",
@@ -69,15 +86,15 @@ class Interaction:
     agent: str
     session_id: str
     event_timestamp: datetime  # tz-aware UTC; Feast's event timestamp
-    model: str
+    model: str | None  # None: the source did not name the model
     messages_json: str  # OpenAI-style messages, redacted, JSON text
     last_user_message: str
     agent_reply: str  # the last assistant message
     n_turns: int  # user + assistant messages
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    latency_ms: float
+    prompt_tokens: int | None  # token counts: None when the source did not report them
+    completion_tokens: int | None
+    total_tokens: int | None  # derived from the parts when only they were reported
+    latency_ms: float | None  # from span times for traces; None when unknown
     rating: int | None  # 1-5 from feedback, None when no feedback
     thumbs: str | None  # "up" | "down" | None
     error_type: str | None
@@ -94,6 +111,15 @@ class Interaction:
     source_line: int
     ingested_at: datetime
     day: str  # YYYY-MM-DD of event_timestamp (UTC): the hive partition `day=...`
+    agent_name: str | None = (
+        None  # the agent's name as the source gave it ("Support Agent" -> agent "support-agent")
+    )
+    tools_json: str | None = None  # tool definitions offered to the model (OpenAI shape), redacted, JSON text
+    feedback_json: str | None = None  # every feedback item, one shape: [{"name", "value", "source", ...}]
+    user_id_hash: str | None = None  # HMAC-SHA256 of the source's user id with the store's salt; never the id
+    trace_id: str | None = None  # hex, for interactions read from traces
+    span_id: str | None = None
+    source_format: str = "jsonl"  # jsonl | otlp | openinference | mlflow | openai
     schema_version: int = SCHEMA_VERSION
 
 
@@ -129,9 +155,49 @@ INTERACTION_SCHEMA = pa.schema(
         ("ingested_at", pa.timestamp("us", tz="UTC")),
         ("day", pa.string()),
         ("schema_version", pa.int32()),
+        ("agent_name", pa.string()),
+        ("tools_json", pa.string()),
+        ("feedback_json", pa.string()),
+        ("user_id_hash", pa.string()),
+        ("trace_id", pa.string()),
+        ("span_id", pa.string()),
+        ("source_format", pa.string()),
     ],
     metadata={"agentloop.schema": "interaction", "agentloop.schema_version": str(SCHEMA_VERSION)},
 )
+
+
+V2_COLUMNS = (
+    "agent_name",
+    "tools_json",
+    "feedback_json",
+    "user_id_hash",
+    "trace_id",
+    "span_id",
+    "source_format",
+)
+
+
+def upgrade_v1_rows(table: pa.Table) -> pa.Table:
+    """Rows read with INTERACTION_SCHEMA, with the v2 columns of v1 rows filled as a v2 ingest would.
+
+    Only the columns a v1 row could not have are touched; `schema_version` still says 1.
+    """
+    import pyarrow.compute as pc
+
+    if "schema_version" not in table.column_names:
+        return table
+    v1 = pc.equal(table.column("schema_version"), 1)
+    fills = {"agent_name": "agent", "source_format": pa.scalar("jsonl")}
+    for name, fill in fills.items():
+        if name not in table.column_names:
+            continue
+        value = table.column(fill) if isinstance(fill, str) else fill
+        if isinstance(fill, str) and fill not in table.column_names:
+            continue
+        column = pc.if_else(pc.and_(v1, pc.is_null(table.column(name))), value, table.column(name))
+        table = table.set_column(table.column_names.index(name), name, column)
+    return table
 
 
 @dataclass

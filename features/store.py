@@ -64,7 +64,7 @@ import pyarrow.parquet as pq
 
 from features.home import agentloop_home
 from features.readers import filesystem
-from features.schema import INTERACTION_SCHEMA, QUARANTINE_SCHEMA
+from features.schema import INTERACTION_SCHEMA, QUARANTINE_SCHEMA, V2_COLUMNS, upgrade_v1_rows
 
 INTERACTIONS = "interactions"
 QUARANTINE = "quarantine"
@@ -376,7 +376,43 @@ class Store:
         dataset = ds.dataset(
             files, schema=schema, format="parquet", filesystem=None if self.local else self.fs
         )
+        if table == INTERACTIONS:
+            # v1 parts lack the v2 columns (read as null): fill them as a v2 ingest would have.
+            need = columns and [*columns, *(c for c in ("schema_version", "agent") if c not in columns)]
+            rows = upgrade_v1_rows(dataset.to_table(columns=need))
+            return rows.select(columns) if columns else rows
         return dataset.to_table(columns=columns)
+
+    # -- migrating --------------------------------------------------------------------------------
+    def migrate(self) -> list[str]:
+        """Rewrite the interaction parts written before schema v2 with its columns (hold writer_lock).
+
+        Readers of this module read v1 parts as they are; Feast's file source and other readers of
+        the folder need one schema in every part. Each part is rewritten in place (temp file +
+        rename, so a reader sees the old part or the new one; the same name, so manifests stay
+        true); rows keep their values and their `schema_version` 1. Idempotent: parts that have the
+        v2 columns are not touched. Returns the parts rewritten (relative to the store).
+        """
+        done = []
+        for part in self.part_files(INTERACTIONS):
+            with self.fs.open(part, "rb") as f:
+                names = set(pq.read_schema(f).names)
+            if set(V2_COLUMNS) <= names:
+                continue
+            with self.fs.open(part, "rb") as f:
+                old = pq.read_table(f)
+            columns = {
+                name: old.column(name) if name in names else pa.nulls(old.num_rows, field.type)
+                for name, field in zip(INTERACTION_SCHEMA.names, INTERACTION_SCHEMA, strict=True)
+            }
+            table = upgrade_v1_rows(pa.table(columns).cast(INTERACTION_SCHEMA))
+            if "day" not in names:  # a part that keeps its day in the folder name only stays so
+                table = table.drop_columns(["day"])
+            buf = io.BytesIO()
+            pq.write_table(table, buf, compression=self.compression)
+            self.write_bytes(part, buf.getvalue())
+            done.append(self.rel(part))
+        return done
 
     # -- writing ----------------------------------------------------------------------------------
     def begin_commit(self, run_id: str, number: int) -> "StagedCommit":

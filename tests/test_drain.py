@@ -390,3 +390,59 @@ def test_a_drain_of_an_empty_queue_exits_when_idle_and_writes_nothing(config):
     report = drain(config)
     assert (report.stopped_by, report.consumed, report.batches, report.files) == ("idle", 0, 0, 0)
     assert not Path(config.landing).exists() or not any(Path(config.landing).rglob("*.jsonl"))
+
+
+TRACES = REPO / "tests" / "data" / "traces"
+
+
+def test_trace_payloads_are_accepted_bare_as_structured_events_and_as_binary_events(tmp_path):
+    from features.ingest import IngestConfig, ingest
+
+    otlp = (TRACES / "otel_latest" / "spans.jsonl").read_bytes().strip()
+    bare, bare_mode = to_structured("application/json", None, otlp)
+    assert (
+        bare_mode == "plain"
+        and bare["type"] == "dev.homelab.agent.trace"
+        and bare["data"] == json.loads(otlp)
+    )
+    wrapped = {
+        "specversion": "1.0",
+        "type": "io.opentelemetry.traces",
+        "source": "/otel-collector",
+        "id": "b1",
+        "data": json.loads(otlp),
+    }
+    structured, _ = to_structured("application/cloudevents+json", None, json.dumps(wrapped).encode())
+    binary, mode = to_structured(
+        "application/json",
+        {"ce-specversion": "1.0", "ce-type": "io.opentelemetry.traces", "ce-id": "b2"},
+        otlp,
+    )
+    assert mode == "binary" and binary["data"] == json.loads(otlp)
+    with pytest.raises(Rejected):  # another event type without a trace payload is still not ours
+        to_structured(
+            "application/cloudevents+json", None, json.dumps({**wrapped, "data": {"x": 1}}).encode()
+        )
+    landing = tmp_path / "landing" / "2026-12-07"
+    landing.mkdir(parents=True)
+    (landing / "drain.jsonl").write_text("".join(json.dumps(e) + "\n" for e in (bare, structured, binary)))
+    report = ingest(str(tmp_path / "landing"), IngestConfig(store=str(tmp_path / "store"), progress=False))
+    assert (report.accepted, report.duplicates, report.quarantined_total) == (2, 4, 0)
+
+
+@rabbitmq
+def test_sample_traces_published_to_the_queue_land_and_ingest_as_their_interactions(config, tmp_path):
+    from features.drain import _iter_log_records
+    from features.ingest import IngestConfig, ingest
+    from features.sample_logs import generate_sample_logs
+
+    raw = tmp_path / "raw"
+    generate_sample_logs(raw, conversations=30, seed=4, end_date="2025-01-07", trace_share=1.0)
+    payloads = list(_iter_log_records(raw))
+    publish_interactions(config, payloads[: len(payloads) // 2], "structured")
+    publish_interactions(config, payloads[len(payloads) // 2 :], "binary", header_prefix="ce-")
+    config.max_messages = len(payloads)
+    report = drain(config)
+    assert (report.consumed, report.rejected) == (len(payloads), 0)
+    result = ingest(config.landing, IngestConfig(store=str(tmp_path / "store"), progress=False))
+    assert (result.accepted, result.quarantined_total) == (30, 0)

@@ -40,6 +40,7 @@ from features.feast_store import (
 from features.raw_format import parse_timestamp, unwrap
 from features.sample_logs import generate_sample_logs
 from features.schema import INTERACTION_SCHEMA
+from features.store import Store
 
 END = date(2025, 1, 7)
 DAYS = 5
@@ -107,12 +108,17 @@ def write_store(store: Path, rows: list[dict], physical_day: bool | None = True)
     frame = pd.DataFrame(rows)
     for i, (day, part) in enumerate(sorted(frame.groupby("day"), key=lambda kv: kv[0])):
         keep_day = physical_day if physical_day is not None else i % 2 == 0
-        table = pa.Table.from_pandas(part, schema=INTERACTION_SCHEMA, preserve_index=False)
+        # The rows are schema v1 (a store written before v2): the v2 columns are absent from the files.
+        schema = pa.schema([f for f in INTERACTION_SCHEMA if f.name in part.columns])
+        table = pa.Table.from_pandas(part, schema=schema, preserve_index=False)
         if not keep_day:
             table = table.drop_columns(["day"])
         folder = store / "interactions" / f"day={day}"
         folder.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, folder / "part-0.parquet")
+    # What every ingest does first: parts of a store written before schema v2 get its columns.
+    assert len(Store(store).migrate()) == len(frame.groupby("day"))
+    assert Store(store).migrate() == []
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from features.raw_format import (
     ROLES,
     SPEC_VERSION,
     is_cloudevent,
+    normalise_usage,
     parse_timestamp,
     to_cloudevent,
     unwrap,
@@ -286,7 +287,13 @@ def with_(record: dict, value, *path) -> dict:
     ("bad", "problem"),
     [
         (without(good_record(), "messages"), "missing_field:messages"),
-        (with_(good_record(), None, "usage"), "missing_field:usage"),
+        (with_(good_record(), {}, "usage"), "bad_value:usage"),
+        (with_(good_record(), "12", "usage", "prompt_tokens"), "bad_type:usage.prompt_tokens"),
+        (with_(good_record(), [{"type": "function", "function": {}}], "tools"), "bad_tools"),
+        (
+            with_(good_record(), [{"name": "x", "value": 1, "source": "crowd"}], "feedback", "scores"),
+            "bad_score:feedback.scores[0]",
+        ),
         (with_(good_record(), "2025-01-07T10:00:00", "timestamp"), "bad_timestamp"),  # no offset
         (with_(good_record(), "2025-13-07T10:00:00Z", "timestamp"), "bad_timestamp"),
         (with_(good_record(), "yesterday", "timestamp"), "bad_timestamp"),
@@ -309,6 +316,22 @@ def with_(record: dict, value, *path) -> dict:
 )
 def test_validate_record_names_each_problem(bad, problem):
     assert problem in validate_record(bad)
+
+
+def test_model_latency_and_usage_are_optional_and_a_missing_total_is_derived():
+    record = without(without(without(good_record(), "model"), "latency_ms"), "usage", "total_tokens")
+    assert validate_record(record) == []
+    assert normalise_usage(record["usage"]) == {
+        "prompt_tokens": 12,
+        "completion_tokens": 3,
+        "total_tokens": 15,
+    }
+    assert normalise_usage({"input_tokens": 7, "output_tokens": 2}) == {
+        "prompt_tokens": 7,
+        "completion_tokens": 2,
+        "total_tokens": 9,
+    }
+    assert validate_record(without(good_record(), "usage")) == []
 
 
 def test_a_failed_call_may_end_before_the_reply():
@@ -393,3 +416,35 @@ def test_cli_rejects_a_share_outside_zero_to_one(tmp_path):
         check=False,
     )
     assert result.returncode == 2 and "error_rate" in result.stderr
+
+
+def test_interactions_written_as_traces_read_back_as_the_same_interactions(tmp_path):
+    """Every trace format of --trace-share carries what the JSONL line carries (ids aside)."""
+    from features.ingest import IngestConfig, ingest
+    from features.store import read_interactions
+
+    keep = ["agent", "session_id", "event_timestamp", "model", "messages_json", "prompt_tokens"]
+    keep += ["completion_tokens", "total_tokens", "rating", "error_type", "latency_ms"]
+    tables = {}
+    for share in (0.0, 1.0):
+        out = tmp_path / f"raw-{share}"
+        report = generate_sample_logs(out, conversations=60, seed=3, end_date="2025-01-07", trace_share=share)
+        if share:
+            assert set(report.traces) == {"otlp_span", "otlp_logs", "openinference", "mlflow", "openai"}
+        result = ingest(str(out), IngestConfig(store=str(tmp_path / f"store-{share}"), progress=False))
+        assert (result.accepted, result.quarantined_total) == (60, 0)
+        rows = read_interactions(tmp_path / f"store-{share}").to_pylist()
+        tables[share] = sorted(
+            ({k: r[k] for k in [*keep, "source_format"]} for r in rows), key=lambda r: r["session_id"]
+        )
+    for plain, traced in zip(tables[0.0], tables[1.0], strict=True):
+        expected = {
+            **plain,
+            "latency_ms": pytest.approx(plain["latency_ms"]),
+            "source_format": traced["source_format"],
+        }
+        if (
+            traced["source_format"] == "openinference"
+        ):  # its spans carry no feedback (Phoenix keeps annotations apart)
+            expected["rating"] = None
+        assert traced == expected

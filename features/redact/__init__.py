@@ -84,7 +84,7 @@ redactor (span resolution, Redactor, the functions below on a default Redactor).
 from __future__ import annotations
 
 from features.redact.patterns import PLACEHOLDER_RE, RedactionResult, Span, placeholder
-from features.redact.redactor import Redactor, redact_line, redact_messages, redact_text
+from features.redact.redactor import Redactor, redact_line, redact_messages, redact_text, redact_value
 
 __all__ = [
     "RedactionResult",
@@ -94,5 +94,6 @@ __all__ = [
     "redact_text",
     "redact_messages",
     "redact_line",
+    "redact_value",
     "PLACEHOLDER_RE",
 ]

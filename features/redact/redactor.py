@@ -232,6 +232,12 @@ def redact_messages(messages: list[dict]) -> tuple[list[dict], dict[str, int]]:
     return _DEFAULT.redact_messages(messages)
 
 
+def redact_value(value: Any) -> tuple[Any, dict[str, int]]:
+    """Redact every string inside a JSON value (tool definitions, feedback comments); the input is not changed."""
+    counts: dict[str, int] = {}
+    return _redact_strings(value, _DEFAULT, counts), counts
+
+
 def redact_line(raw: str) -> str:
     """Redact a raw log line for quarantine. It may not be JSON; when it is, strings hidden from the
     text pass by JSON escapes are caught too."""

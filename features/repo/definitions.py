@@ -123,6 +123,10 @@ interaction_features = FeatureView(
         Field(name="redacted_ip", dtype=Int32),
         Field(name="redaction_counts_json", dtype=String),
         Field(name="guard_flags", dtype=String),
+        # schema v2: the tools offered (training renders them), every feedback item, where it came from
+        Field(name="tools_json", dtype=String),
+        Field(name="feedback_json", dtype=String),
+        Field(name="source_format", dtype=String),
         # the conversation, redacted
         Field(name="messages_json", dtype=String),
         Field(name="last_user_message", dtype=String),
@@ -168,6 +172,7 @@ training_v1 = FeatureService(
                 "session_id",
                 "model",
                 "messages_json",
+                "tools_json",
                 "last_user_message",
                 "agent_reply",
                 "rating",
