@@ -550,3 +550,32 @@ def test_memory_cap_prunes_but_flags_exactly_with_the_second_pass(corpus):
 )
 def test_odd_token_shapes(token, odd):
     assert odd_token(token) is odd
+
+
+def test_no_squashed_pattern_can_backtrack_catastrophically():
+    """In the squashed view (letter-spaced text, separators removed) "up to N words" must not stay a repeated
+    group of \\w+: one run of letters then splits in combinatorially many ways. A BFCL question beginning
+    "Imagine you are planning your finances..." (826 characters) once took minutes in check_interaction."""
+    import re
+
+    from features.guard.patterns import PATTERNS
+
+    nested = re.compile(r"\(\?:\\w\+\)[{*+]")
+    bad = [
+        p.squashed.pattern for p in PATTERNS if p.squashed is not None and nested.search(p.squashed.pattern)
+    ]
+    assert bad == []
+
+
+@pytest.mark.timeout(60)  # a hang guard: the check takes about a millisecond
+def test_a_long_ordinary_imagine_you_are_question_is_no_jailbreak():
+    text = (
+        "Imagine you are planning your finances and you want to calculate the future value of your "
+        "investments. You have an initial investment of $5000, an annual rate of return of 7%, and you plan "
+        "to invest for 10 years. Additionally, you will be making regular contributions of $200. After "
+        "calculating the future value, you also want to know the compound interest on a principal amount "
+        "of $5000 at an annual rate of 7% compounded monthly for 10 years, and then the present value of "
+        "$10000 due in 5 years at a discount rate of 4.5%, and finally the net present value of a series of "
+        "cash flows of $2000, $3000 and $4000 over three years at 6% with an initial outlay of $7000."
+    )
+    assert check_interaction([{"role": "user", "content": text}]) == []

@@ -16,6 +16,9 @@ from features.guard.text import I_FOR_L
 _SEP = r"[\W_]+"
 
 
+_SQUASHED_WORD = 16  # letters a filler word may take in the squashed view
+
+
 def _compile(src: str, squash: bool, leet: bool) -> re.Pattern:
     out: list[str] = []
     i, n = 0, len(src)
@@ -36,6 +39,14 @@ def _compile(src: str, squash: bool, leet: bool) -> re.Pattern:
             j = src.index("}", i)
             out.append(src[i : j + 1])
             i = j + 1
+        elif squash and src.startswith((r"(?:\w+~){", r"(?:~\w+){"), i):
+            # "up to b words": without separators (\w+){a,b} can split one run of letters in combinatorially
+            # many ways (catastrophic backtracking); in the squashed view it is up to b words' worth of letters
+            j = src.index("}", i)
+            most = int(src[i + 9 : j].split(",")[-1])
+            lazy = src[j + 1 : j + 2] == "?"
+            out.append(rf"\w{{0,{most * _SQUASHED_WORD}}}" + ("?" if lazy else ""))
+            i = j + 2 if lazy else j + 1
         elif c == "(" and src[i + 1 : i + 2] == "?":
             j = i + 2
             if src[j : j + 1] == "<":
