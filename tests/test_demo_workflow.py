@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from features.mlflow_experiments import ui_link
 from features.sample_logs import generate_sample_logs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,9 +49,9 @@ def test_demo_workflow_replies_and_logs_to_mlflow(tmp_path, mlflow_uri, base_mod
     match = re.search(r"run_id=([0-9a-f]{32}) url=(\S+)", proc.stdout)
     assert match, proc.stdout[-2000:]
     run_id, url = match.groups()
-    assert url.startswith(mlflow_uri) and url.endswith(run_id)
-
     run = MlflowClient(mlflow_uri).get_run(run_id)
+    # the run's page, in the UI's model-training view
+    assert url == ui_link(mlflow_uri, f"experiments/{run.info.experiment_id}/runs/{run_id}")
     assert run.data.params["sample.size"] == "2"
     identity = json.loads((base_model_dir / "agentloop-identity.json").read_text())
     assert run.data.params["base_model.weights_sha256"] == identity["weights_sha256"]
