@@ -58,7 +58,10 @@ class MonitorConfig:
     embedding_model: str = (
         MINILM  # "" = no embedding signal; else MINILM or a sentence-transformers/HF folder
     )
-    embedding_sample: int = 1000  # rows per window that are embedded (MiniLM: ~30-100 texts/s on 2 CPU cores)
+    embedding_sample: int = 1000  # rows per window that are embedded
+    # "onnx": the model exported once to ONNX (cached under $AGENTLOOP_HOME) and run by ONNX Runtime, the same
+    # vectors several times faster on CPU (bench/RESULTS.md, Drift); "torch": sentence-transformers
+    embedding_backend: str = "onnx"
     embedding_batch_size: int = 64
     embedding_max_tokens: int = 128
     embedding_alpha: float = 1e-4  # the AUC must be this significant (one-sided, against 0.5) ...
