@@ -170,6 +170,24 @@ def test_longer_prompts_are_detected(frame):
     assert count["value"]["share"] == pytest.approx(report.overall.drift_share)
 
 
+def test_evidently_tests_a_seeded_sample_of_each_window_and_counts_every_row(frame, monkeypatch):
+    import serving.monitoring.drift as drift_mod
+
+    seen = []  # the frames handed to Evidently
+    prepare = drift_mod._prepare
+    monkeypatch.setattr(drift_mod, "_prepare", lambda f: seen.append(len(f)) or prepare(f))
+    reference, rest = halves(frame, seed=2)
+    current = rest[rest["prompt_tokens"] > rest["prompt_tokens"].median()]
+    n = min(len(reference), len(current)) // 2
+    config = fast_config(embedding_model="", per_agent=False, evidently_sample=n)
+    report = check_drift(reference, current, config)
+    assert seen == [n, n]
+    assert (report.overall.reference_rows, report.overall.current_rows) == (len(reference), len(current))
+    assert {"prompt_tokens", "total_tokens"} <= set(report.overall.drifted_columns)  # still sees the shift
+    again = check_drift(reference, current, config)
+    assert [c.score for c in again.overall.columns] == [c.score for c in report.overall.columns]  # seeded
+
+
 def test_a_rating_drop_recommends_retraining(frame, tmp_path):
     reference, rest = halves(frame, seed=3)
     current = rest.copy()
