@@ -13,6 +13,10 @@ promote(name, version):
     Each version has its own path, so vLLM's prefix cache never mixes old and new weights.
  3. GET /v1/models must list the served name with root = the new path;
  4. smoke prompts through /v1/chat/completions on the served name: 200, non-empty, within the latency budget.
+    The budget is relative to the replica itself: the same prompts are timed on it just before the swap (on
+    what it serves under the name, else its base model), and each smoke request may take at most
+    `latency_multiple` times that (never less than `latency_floor_s`, never more than `latency_budget_s`). A
+    replica busy with traffic is slow before and after alike; only a swap that makes it slower fails.
     By default they are the first held-out conversations of the version's frozen eval set: traffic in the form
     the agents send it (their system prompt included), not a generic "Hello" a fine-tuned agent may not answer;
  5. only then aliases move: @previous <- old @champion, @champion <- version (and @challenger is dropped
@@ -173,7 +177,14 @@ class PromoteConfig:
     )  # user messages; [] = the eval set's held-out prompts
     smoke_count: int = 2  # how many held-out prompts when smoke_prompts is empty
     smoke_max_tokens: int = 16
-    latency_budget_s: float = 30.0  # per smoke request (a CPU replica is slow: bench/RESULTS.md, vLLM on CPU)
+    smoke_max_prompt_chars: int = (
+        4000  # a smoke conversation keeps its system turn and its latest turns up to this
+    )
+    latency_multiple: float = (
+        3.0  # a smoke request may take this many times the replica's own time before the swap
+    )
+    latency_floor_s: float = 2.0  # ...but is always allowed this long (timer noise on a fast replica)
+    latency_budget_s: float = 60.0  # ...and never longer than this (absolute ceiling, per smoke request)
     request_timeout_s: float = 60.0
     require_gate: bool = True  # refuse versions whose agentloop.gate.decision is not "promote"
     manifest_path: str = ""  # serving manifest JSON; "" = <store>/serving-manifest.json for a local store
@@ -186,11 +197,15 @@ class PromoteConfig:
 class ReplicaOutcome:
     url: str
     ok: bool = False
-    step: str = ""  # the step that failed: read (GET /v1/models before), load, models (after), smoke
+    step: str = (
+        ""  # the step that failed: read (GET /v1/models before), baseline, load, models (after), smoke
+    )
     error: str = ""
     before: str = ""  # the adapter path this replica served under the name before the swap
     load_s: float = 0.0  # the in-place load request, end to end
     smoke_latency_s: list[float] = field(default_factory=list)
+    baseline_latency_s: list[float] = field(default_factory=list)  # the same prompts, just before the swap
+    smoke_budget_s: list[float] = field(default_factory=list)  # what each smoke request was allowed
     # after a failure: "previous" (re-loaded), "unloaded", "unchanged" (this one failed before swapping),
     # "untouched" (never reached), or "FAILED: ..." (could not be restored: a person must look)
     restored: str = ""
@@ -278,38 +293,85 @@ def served_adapters(base_url: str, config: PromoteConfig) -> dict[str, str]:
     return {m["id"]: m.get("root", "") for m in r.json()["data"] if m.get("parent")}
 
 
-def smoke_test(
-    base_url: str, served_name: str, conversations: list[list[dict]], config: PromoteConfig
+def bounded_conversation(messages: list[dict], max_chars: int) -> list[dict]:
+    """The conversation cut to its system turn(s) and the latest turns within `max_chars` of content (the last
+    user turn always kept): smoke requests stay short whatever the eval set holds."""
+    system = [m for m in messages if m.get("role") == "system"]
+    rest = [m for m in messages if m.get("role") != "system"]
+    budget = max_chars - sum(len(str(m.get("content") or "")) for m in system)
+    kept: list[dict] = []
+    for m in reversed(rest):
+        size = len(str(m.get("content") or ""))
+        if kept and size > budget:
+            break
+        kept.insert(0, m)
+        budget -= size
+    while kept and kept[0].get("role") in ("assistant", "tool"):  # a turn answers something kept before it
+        kept.pop(0)
+    return system + kept
+
+
+def smoke_budgets(baseline_s: list[float], config: PromoteConfig) -> list[float]:
+    """Per smoke request: latency_multiple x the replica's own latency before the swap, within [floor, ceiling]."""
+    return [
+        min(config.latency_budget_s, max(config.latency_floor_s, config.latency_multiple * b))
+        for b in baseline_s
+    ]
+
+
+def _chat(
+    base_url: str, model: str, messages: list[dict], config: PromoteConfig, step: str
+) -> tuple[str, float]:
+    t0 = time.perf_counter()
+    r = _call(
+        "POST",
+        f"{base_url.rstrip('/')}/v1/chat/completions",
+        config,
+        step,
+        json={"model": model, "messages": messages, "max_tokens": config.smoke_max_tokens, "temperature": 0},
+    )
+    dt = time.perf_counter() - t0
+    if r.status_code != 200:
+        raise ReplicaError(f"{step}: {base_url} answered HTTP {r.status_code} for {model!r}: {r.text[:300]}")
+    return (r.json()["choices"][0]["message"].get("content") or "").strip(), dt
+
+
+def served_base(base_url: str, config: PromoteConfig) -> str:
+    """The replica's base model name (the /v1/models entry without a parent)."""
+    r = _call("GET", f"{base_url.rstrip('/')}/v1/models", config, "read")
+    if r.status_code != 200:
+        raise ReplicaError(f"read: GET {base_url}/v1/models answered HTTP {r.status_code}: {r.text[:300]}")
+    return next((m["id"] for m in r.json()["data"] if not m.get("parent")), "")
+
+
+def baseline_latency(
+    base_url: str, model: str, conversations: list[list[dict]], config: PromoteConfig
 ) -> list[float]:
-    """Each conversation answers 200 with a non-empty reply within the latency budget; returns the latencies."""
+    """The replica's latency on the smoke conversations before the swap, as `model` (what it serves now)."""
+    return [_chat(base_url, model, messages, config, "baseline")[1] for messages in conversations]
+
+
+def smoke_test(
+    base_url: str,
+    served_name: str,
+    conversations: list[list[dict]],
+    config: PromoteConfig,
+    budgets_s: list[float] | None = None,
+) -> list[float]:
+    """Each conversation answers 200 with a non-empty reply within its budget (default: the absolute ceiling);
+    returns the latencies."""
+    budgets_s = budgets_s or [config.latency_budget_s] * len(conversations)
     latencies = []
-    for messages in conversations:
+    for messages, budget in zip(conversations, budgets_s, strict=True):
         prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")[:80]
-        t0 = time.perf_counter()
-        r = _call(
-            "POST",
-            f"{base_url.rstrip('/')}/v1/chat/completions",
-            config,
-            "smoke",
-            json={
-                "model": served_name,
-                "messages": messages,
-                "max_tokens": config.smoke_max_tokens,
-                "temperature": 0,
-            },
-        )
-        dt = time.perf_counter() - t0
-        if r.status_code != 200:
-            raise ReplicaError(
-                f"smoke: {base_url} answered HTTP {r.status_code} for {served_name!r}: {r.text[:300]}"
-            )
-        text = (r.json()["choices"][0]["message"].get("content") or "").strip()
+        text, dt = _chat(base_url, served_name, messages, config, "smoke")
         if not text:
             raise ReplicaError(f"smoke: {base_url} answered an empty reply as {served_name!r} to {prompt!r}")
-        if dt > config.latency_budget_s:
+        if dt > budget:
             raise ReplicaError(
-                f"smoke: {base_url} took {dt:.1f}s as {served_name!r} (budget "
-                f"{config.latency_budget_s:g}s, PromoteConfig.latency_budget_s)"
+                f"smoke: {base_url} took {dt:.1f}s as {served_name!r} (budget {budget:.1f}s: "
+                f"{config.latency_multiple:g}x its own latency before the swap, within "
+                f"[{config.latency_floor_s:g}s, {config.latency_budget_s:g}s] of PromoteConfig)"
             )
         latencies.append(dt)
     return latencies
@@ -329,6 +391,10 @@ def swap_everywhere(
         try:
             o.step = "read"
             o.before = served_adapters(o.url, config).get(served_name, "")
+            o.step = "baseline"
+            reference = served_name if o.before else served_base(o.url, config)
+            o.baseline_latency_s = baseline_latency(o.url, reference, smoke, config)
+            o.smoke_budget_s = smoke_budgets(o.baseline_latency_s, config)
             o.step = "load"
             t0 = time.perf_counter()
             load_adapter(o.url, served_name, new_path, config)
@@ -341,7 +407,7 @@ def swap_everywhere(
                     f"expected {new_path!r}"
                 )
             o.step = "smoke"
-            o.smoke_latency_s = smoke_test(o.url, served_name, smoke, config)
+            o.smoke_latency_s = smoke_test(o.url, served_name, smoke, config, o.smoke_budget_s)
             o.ok, o.step = True, ""
         except ReplicaError as e:
             o.error = str(e)
@@ -356,7 +422,7 @@ def swap_everywhere(
         failed.error,
     )
     for o in outcomes:
-        if o is failed and o.step in ("read", "load"):
+        if o is failed and o.step in ("read", "baseline", "load"):
             o.restored = "unchanged"  # unreachable, or vLLM refused the load: nothing was swapped there
             continue
         if not (o.ok or o is failed):
@@ -388,7 +454,7 @@ def _version_store_path(
         smoke = [[{"role": "user", "content": p}] for p in config.smoke_prompts]
     else:
         prompts = EvalSet.load(version_artifact(model_dir, EVAL_SET_ARTIFACT)).prompts[: config.smoke_count]
-        smoke = [p.messages for p in prompts]
+        smoke = [bounded_conversation(p.messages, config.smoke_max_prompt_chars) for p in prompts]
     if not smoke:
         raise ValueError(
             f"{name} v{version}: no smoke prompts (its eval set has no held-out prompts); set "
@@ -505,6 +571,8 @@ __all__ = [
     "unload_adapter",
     "served_adapters",
     "smoke_test",
+    "smoke_budgets",
+    "bounded_conversation",
     "swap_everywhere",
     "default_store",
 ]

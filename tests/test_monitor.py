@@ -170,6 +170,24 @@ def test_longer_prompts_are_detected(frame):
     assert count["value"]["share"] == pytest.approx(report.overall.drift_share)
 
 
+def test_evidently_tests_a_seeded_sample_of_each_window_and_counts_every_row(frame, monkeypatch):
+    import serving.monitoring.drift as drift_mod
+
+    seen = []  # the frames handed to Evidently
+    prepare = drift_mod._prepare
+    monkeypatch.setattr(drift_mod, "_prepare", lambda f: seen.append(len(f)) or prepare(f))
+    reference, rest = halves(frame, seed=2)
+    current = rest[rest["prompt_tokens"] > rest["prompt_tokens"].median()]
+    n = min(len(reference), len(current)) // 2
+    config = fast_config(embedding_model="", per_agent=False, evidently_sample=n)
+    report = check_drift(reference, current, config)
+    assert seen == [n, n]
+    assert (report.overall.reference_rows, report.overall.current_rows) == (len(reference), len(current))
+    assert {"prompt_tokens", "total_tokens"} <= set(report.overall.drifted_columns)  # still sees the shift
+    again = check_drift(reference, current, config)
+    assert [c.score for c in again.overall.columns] == [c.score for c in report.overall.columns]  # seeded
+
+
 def test_a_rating_drop_recommends_retraining(frame, tmp_path):
     reference, rest = halves(frame, seed=3)
     current = rest.copy()
@@ -445,3 +463,37 @@ def test_a_sampled_window_keeps_max_rows_from_every_day(rows, tmp_path):
     assert set(bruno["agent"]) == {"agent-bruno"} and len(bruno) == sum(
         r["agent"] == "agent-bruno" for r in rows
     )
+
+
+def test_onnx_embeddings_are_the_sentence_transformers_vectors_and_are_exported_once(tmp_path, monkeypatch):
+    from serving.monitoring.embeddings import (
+        MINILM,
+        _OnnxEncoder,
+        embed_texts,
+        embedding_model_path,
+        onnx_export_dir,
+    )
+
+    monkeypatch.setenv("AGENTLOOP_HOME", str(tmp_path))
+    monkeypatch.setattr(_OnnxEncoder, "_cache", {})
+    texts = [
+        "where is my parcel?",
+        "The deployment rolled back after the readiness probe failed twice.",
+        "ok",
+        "kubectl get pods -n payments shows three pods in CrashLoopBackOff since 10:42",
+        "thanks, that fixed it!" * 20,  # longer than embedding_max_tokens: truncated alike
+    ]
+    config = MonitorConfig(progress=False, embedding_batch_size=2)
+    onnx = embed_texts(texts, config)
+    torch_vectors = embed_texts(texts, replace(config, embedding_backend="torch"))
+    assert onnx.shape == torch_vectors.shape == (len(texts), 384)
+    assert np.abs(np.linalg.norm(onnx, axis=1) - 1).max() < 1e-5
+    assert (onnx * torch_vectors).sum(1).min() > 0.9999  # the same vectors, by cosine
+    model_file = onnx_export_dir(embedding_model_path(MINILM)) / "model.onnx"
+    assert model_file.is_file() and str(model_file).startswith(str(tmp_path))
+    exported_at = model_file.stat().st_mtime_ns
+    monkeypatch.setattr(_OnnxEncoder, "_cache", {})  # a new process: the cached export is reused
+    assert np.allclose(embed_texts(texts[:2], config), onnx[:2], atol=1e-5)
+    assert model_file.stat().st_mtime_ns == exported_at
+    with pytest.raises(ValueError, match="embedding_backend='tf'"):
+        embed_texts(texts, replace(config, embedding_backend="tf"))

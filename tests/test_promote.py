@@ -26,11 +26,13 @@ from serving.promote import (
     PromoteConfig,
     PromotionError,
     ReplicaError,
+    bounded_conversation,
     dir_sha256,
     load_adapter,
     promote,
     rollback,
     served_adapters,
+    smoke_budgets,
     store_adapter,
 )
 from serving.registry import RegistryError
@@ -55,6 +57,30 @@ def _adapter_like(folder: Path, content: bytes = b"weights") -> Path:
     (folder / "adapter_config.json").write_text('{"peft_type": "LORA"}')
     (folder / "adapter_model.safetensors").write_bytes(content)
     return folder
+
+
+def test_the_smoke_budget_is_a_multiple_of_the_replicas_own_latency_within_floor_and_ceiling():
+    config = PromoteConfig(latency_multiple=3.0, latency_floor_s=2.0, latency_budget_s=30.0)
+    # fast: the floor; loaded: 3x what it took before the swap; very loaded: the ceiling
+    assert smoke_budgets([0.1, 4.0, 25.0], config) == [2.0, 12.0, 30.0]
+
+
+def test_a_smoke_conversation_keeps_its_system_turn_and_its_latest_turns():
+    long = "x" * 3000
+    messages = [
+        {"role": "system", "content": "You are Jamie."},
+        {"role": "user", "content": long},
+        {"role": "assistant", "content": long},
+        {"role": "user", "content": "and where is it now?"},
+        {"role": "assistant", "content": "in Lyon"},
+        {"role": "user", "content": "thanks, when does it arrive?"},
+    ]
+    cut = bounded_conversation(messages, 200)
+    assert cut == [messages[0], *messages[3:]]
+    assert bounded_conversation(messages, 10_000) == messages
+    # the last user turn stays whatever its length; an answer never starts the kept turns
+    assert bounded_conversation(messages[:2], 10) == messages[:2]
+    assert bounded_conversation([messages[0], *messages[2:4]], 100) == [messages[0], messages[3]]
 
 
 def test_the_model_store_is_immutable_per_version(tmp_path):
@@ -378,6 +404,11 @@ def test_an_in_place_swap_under_traffic_loses_no_request_and_rollback_restores_t
         f"smoke {[round(x, 2) for x in result.replicas[0].smoke_latency_s]}s"
     )
     assert len(codes) >= 4 and codes == [200] * len(codes), codes
+    # the smoke budget came from the replica's own latency on the same prompts just before the swap
+    rep = result.replicas[0]
+    assert len(rep.baseline_latency_s) == len(rep.smoke_latency_s) == len(rep.smoke_budget_s) >= 1
+    assert rep.smoke_budget_s == smoke_budgets(rep.baseline_latency_s, world["config"])
+    assert all(s <= b for s, b in zip(rep.smoke_latency_s, rep.smoke_budget_s, strict=True))
     swapped = aliases(mlflow_server)
     assert swapped["champion"] == v3 and swapped["previous"] == v1["version"]
     assert swapped.get("challenger") != v3  # promoting the challenger drops its alias

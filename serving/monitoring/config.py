@@ -51,6 +51,9 @@ class MonitorConfig:
     registered_model: str = DEFAULT_REGISTERED_MODEL
     champion_alias: str = CHAMPION_ALIAS
     max_rows: int = 50_000  # per window; larger windows are sampled (seeded, proportionally per day)
+    # rows per window and scope that Evidently's column tests see (a seeded sample; counts and ratings use every
+    # row): K-S and chi-square on 10,000 a side still resolve small shifts, at a fraction of 50,000's cost
+    evidently_sample: int = 10_000
     min_rows: int = 30  # fewer rows in either window (or an agent's slice of it): no verdict for that scope
     per_agent: bool = True
     drift_share: float = 0.3  # a scope has dataset drift when this share of its columns drifted
@@ -58,7 +61,10 @@ class MonitorConfig:
     embedding_model: str = (
         MINILM  # "" = no embedding signal; else MINILM or a sentence-transformers/HF folder
     )
-    embedding_sample: int = 1000  # rows per window that are embedded (MiniLM: ~30-100 texts/s on 2 CPU cores)
+    embedding_sample: int = 1000  # rows per window that are embedded
+    # "onnx": the model exported once to ONNX (cached under $AGENTLOOP_HOME) and run by ONNX Runtime, the same
+    # vectors several times faster on CPU (bench/RESULTS.md, Drift); "torch": sentence-transformers
+    embedding_backend: str = "onnx"
     embedding_batch_size: int = 64
     embedding_max_tokens: int = 128
     embedding_alpha: float = 1e-4  # the AUC must be this significant (one-sided, against 0.5) ...

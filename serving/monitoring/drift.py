@@ -168,6 +168,13 @@ def _ratings(frame: pd.DataFrame) -> tuple[float | None, int, float | None]:
     )
 
 
+def _sample(frame: pd.DataFrame, config: MonitorConfig) -> pd.DataFrame:
+    """At most `evidently_sample` rows of a window (seeded), in their order."""
+    if config.evidently_sample <= 0 or len(frame) <= config.evidently_sample:
+        return frame
+    return frame.sample(n=config.evidently_sample, random_state=config.seed).sort_index()
+
+
 def _scope_drift(
     scope: str,
     ref: pd.DataFrame,
@@ -192,7 +199,7 @@ def _scope_drift(
             "no drift verdict for this scope"
         )
         return result, None
-    ref_p, cur_p = _prepare(ref), _prepare(cur)
+    ref_p, cur_p = _prepare(_sample(ref, config)), _prepare(_sample(cur, config))
     # a numeric column with no value on one side (no ratings yet) has no distribution to compare
     empty = [c for c in NUMERIC_COLUMNS if ref_p[c].isna().all() or cur_p[c].isna().all()]
     columns = _tested_columns(config, skip=(*empty, *(() if scope == "all" else PER_AGENT_SKIP)))
