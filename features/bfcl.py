@@ -279,8 +279,11 @@ class NoValidAnswer(ValueError):
     """A ground-truth argument with an empty list of possible answers: no call can pass BFCL's checker."""
 
 
-def _first_value(possible: Any, where: str, top: bool) -> tuple[bool, Any]:
+def _first_value(possible: Any, where: str, top: bool, required: bool = False) -> tuple[bool, Any]:
     """(present, value) of one argument's possible answers: the first listed, "" meaning left out.
+
+    A required argument (the function document's `required`) takes the first value that is not ""
+    (a few answers list "" first for one).
 
     As BFCL's checker reads them (ast_checker.py dict_checker, list_dict_checker): a dict argument,
     or each dict of a list-of-dicts argument, maps its keys to lists of possible values in turn; the
@@ -288,6 +291,8 @@ def _first_value(possible: Any, where: str, top: bool) -> tuple[bool, Any]:
     """
     if not isinstance(possible, list):
         raise ValueError(f"BFCL possible answer {where} must be a list, got {possible!r}")
+    if required:
+        possible = [p for p in possible if p != ""]
     if not possible:
         raise NoValidAnswer(f"BFCL possible answer {where} is an empty list")
     value = possible[0]
@@ -309,22 +314,33 @@ def _concrete_dict(value: dict, where: str) -> dict:
     return out
 
 
-def ground_truth_calls(possible_answer: list[dict], where: str = "") -> list[dict]:
+def ground_truth_calls(
+    possible_answer: list[dict], functions: list[dict] = (), where: str = ""
+) -> list[dict]:
     """One concrete call per ground-truth entry: [{"name": str, "arguments": dict}], in BFCL's order.
 
-    Raises NoValidAnswer where the data lists no possible value for an argument (a few live questions).
+    `functions` (the documents offered) say which arguments are required. Raises NoValidAnswer where
+    the data lists no possible value for an argument (a few live questions).
     """
+    docs = {f["name"]: f.get("parameters") or {} for f in functions}
     calls = []
     for entry in possible_answer:
         ((name, params),) = entry.items()
-        calls.append({"name": name, "arguments": _concrete_dict_top(params, f"{where}{name}")})
+        arguments = _concrete_dict_top(params, docs.get(name), f"{where}{name}")
+        calls.append({"name": name, "arguments": arguments})
     return calls
 
 
-def _concrete_dict_top(params: dict, where: str) -> dict:
+def _concrete_dict_top(params: dict, doc: dict | None, where: str) -> dict:
+    required = set((doc or {}).get("required") or [])
     out = {}
     for param, possible in params.items():
-        present, value = _first_value(possible, f"{where}.{param}", top=True)
+        if doc is not None and param not in (doc.get("properties") or {}):
+            # An answer naming a parameter the document lacks (a few do): BFCL rejects any call giving it.
+            if isinstance(possible, list) and "" in possible:
+                continue
+            raise NoValidAnswer(f"BFCL possible answer {where}.{param}: not a parameter of the function")
+        present, value = _first_value(possible, f"{where}.{param}", top=True, required=param in required)
         if present:
             out[param] = value
     return out
@@ -386,7 +402,9 @@ def to_interaction(question: BfclQuestion, start: datetime = DEFAULT_START, days
                 "type": "function",
                 "function": {"name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)},
             }
-            for i, c in enumerate(ground_truth_calls(question.possible_answer or [], f"{question.id}: "))
+            for i, c in enumerate(
+                ground_truth_calls(question.possible_answer or [], question.functions, f"{question.id}: ")
+            )
         ]
         messages.append({"role": "assistant", "content": None, "tool_calls": tool_calls})
     return {

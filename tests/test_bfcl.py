@@ -133,7 +133,7 @@ def test_an_optional_argument_whose_first_answer_is_empty_is_left_out(wheel):
     q = _by_id(wheel, "simple_python", "simple_python_2")  # math.hypot: z ["", 0]
     ((name, params),) = q.possible_answer[0].items()
     assert params["z"][0] == ""
-    (call,) = bfcl.ground_truth_calls(q.possible_answer)
+    (call,) = bfcl.ground_truth_calls(q.possible_answer, q.functions)
     assert call["name"] == name and "z" not in call["arguments"]
 
 
@@ -147,7 +147,11 @@ def test_a_parallel_question_carries_every_call(wheel):
 def test_dict_arguments_take_the_first_value_of_each_key(wheel):
     found = 0
     for q in bfcl.load_category(wheel, "live_multiple"):
-        for entry, call in zip(q.possible_answer, bfcl.ground_truth_calls(q.possible_answer), strict=True):
+        try:
+            calls = bfcl.ground_truth_calls(q.possible_answer, q.functions)
+        except bfcl.NoValidAnswer:
+            continue
+        for entry, call in zip(q.possible_answer, calls, strict=True):
             ((_, params),) = entry.items()
             for param, possible in params.items():
                 first = possible[0]
@@ -155,7 +159,7 @@ def test_dict_arguments_take_the_first_value_of_each_key(wheel):
                     got = call["arguments"][param]
                     assert set(got) <= set(first)
                     for key, value in got.items():
-                        assert value == first[key][0]
+                        assert value == first[key][0] or (first[key][0] == "" and value == first[key][1])
                     found += 1
     assert found > 0
 
