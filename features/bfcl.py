@@ -46,7 +46,7 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from features.home import agentloop_home
 from features.raw_format import AGENTS
@@ -276,7 +276,7 @@ def to_tool(function: dict) -> dict:
 
 
 class NoValidAnswer(ValueError):
-    """A ground-truth argument with an empty list of possible answers: no call can pass BFCL's checker."""
+    """No call can pass BFCL's checker: an argument with no possible value, or one the function lacks."""
 
 
 def _first_value(possible: Any, where: str, top: bool, required: bool = False) -> tuple[bool, Any]:
@@ -315,7 +315,7 @@ def _concrete_dict(value: dict, where: str) -> dict:
 
 
 def ground_truth_calls(
-    possible_answer: list[dict], functions: list[dict] = (), where: str = ""
+    possible_answer: Sequence[dict], functions: Sequence[dict] = (), where: str = ""
 ) -> list[dict]:
     """One concrete call per ground-truth entry: [{"name": str, "arguments": dict}], in BFCL's order.
 
