@@ -374,15 +374,18 @@ def category_of_session(session_id: str) -> str | None:
 # ------------------------------------------------------------------------------------------------ records
 
 
-def to_interaction(question: BfclQuestion, start: datetime = DEFAULT_START, days: int = 7) -> dict:
-    """One BFCL question as a raw interaction record (format version 2): tools offered, the true reply.
+def agent_of(question: BfclQuestion) -> str:
+    """Which of the four agents asks this question (a hash of its id)."""
+    return AGENTS[int(_unit("agent", question.id) * len(AGENTS))]
 
-    Raises ValueError for a question with no ground truth to reply with (live_relevance).
+
+def prompt_of(question: BfclQuestion) -> tuple[str, list[dict]]:
+    """(agent, messages before the reply): the agent's system line and tool instruction, then BFCL's messages.
+
+    A system message BFCL gives first joins the agent's, so there is one system turn. The held-out
+    examples carry the same prompt, so evaluation asks exactly what training shows.
     """
-    if question.expected == "any_call":
-        raise ValueError(f"BFCL {question.id} ({question.category}) has no ground truth: evaluation only")
-    agent = AGENTS[int(_unit("agent", question.id) * len(AGENTS))]
-    when = start + timedelta(seconds=int(_unit("time", question.id) * days * 86400))
+    agent = agent_of(question)
     system = f"{AGENT_SYSTEM[agent]} {TOOL_INSTRUCTION}"
     messages: list[dict] = []
     for msg in question.messages:
@@ -390,7 +393,18 @@ def to_interaction(question: BfclQuestion, start: datetime = DEFAULT_START, days
             system = f"{system}\n\n{msg['content']}"
             continue
         messages.append({"role": msg["role"], "content": msg["content"]})
-    messages.insert(0, {"role": "system", "content": system})
+    return agent, [{"role": "system", "content": system}, *messages]
+
+
+def to_interaction(question: BfclQuestion, start: datetime = DEFAULT_START, days: int = 7) -> dict:
+    """One BFCL question as a raw interaction record (format version 2): tools offered, the true reply.
+
+    Raises ValueError for a question with no ground truth to reply with (live_relevance).
+    """
+    if question.expected == "any_call":
+        raise ValueError(f"BFCL {question.id} ({question.category}) has no ground truth: evaluation only")
+    agent, messages = prompt_of(question)
+    when = start + timedelta(seconds=int(_unit("time", question.id) * days * 86400))
     if question.expected == "no_call":
         names = ", ".join(f["name"] for f in question.functions)
         reply = NO_TOOL_REPLIES[int(_unit("reply", question.id) * len(NO_TOOL_REPLIES))].format(names=names)
@@ -424,12 +438,18 @@ def to_interaction(question: BfclQuestion, start: datetime = DEFAULT_START, days
 
 
 def to_eval_example(question: BfclQuestion) -> dict:
-    """One held-out question for scoring (training/tool_eval.py): prompt, tools, BFCL's function docs, answers."""
+    """One held-out question for scoring (training/tool_eval.py): prompt, tools, BFCL's function docs, answers.
+
+    `messages` is the prompt an interaction would carry (prompt_of); `bfcl_messages` BFCL's own.
+    """
+    agent, messages = prompt_of(question)
     return {
         "id": question.id,
         "category": question.category,
         "expected": question.expected,
-        "messages": [dict(m) for m in question.messages],
+        "agent": agent,
+        "messages": messages,
+        "bfcl_messages": [dict(m) for m in question.messages],
         "tools": [to_tool(f) for f in question.functions],
         "functions": question.functions,
         "possible_answer": question.possible_answer,

@@ -38,6 +38,14 @@ def test_a_cached_wheel_with_another_hash_is_refused(tmp_path):
         bfcl.fetch_wheel(tmp_path)
 
 
+def test_a_version_the_index_lacks_fails_naming_the_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(bfcl, "BFCL_VERSION", "0.0.0.404")
+    monkeypatch.setattr(bfcl, "BFCL_WHEEL", "bfcl_eval-0.0.0.404-py3-none-any.whl")
+    with pytest.raises(RuntimeError, match="pip download --no-deps"):
+        bfcl.fetch_wheel(tmp_path)
+    assert not (tmp_path / "bfcl_eval-0.0.0.404-py3-none-any.whl").exists()
+
+
 def test_the_default_cache_is_under_agentloop_home(tmp_path, monkeypatch):
     monkeypatch.setenv("AGENTLOOP_HOME", str(tmp_path))
     assert bfcl.bfcl_dir() == tmp_path / "data" / "bfcl"
@@ -226,6 +234,14 @@ def test_written_traffic_and_heldout_set_are_disjoint_by_question_id(wheel, tmp_
             assert record["timestamp"][:10] == path.parent.name and record["agent"] == path.stem
     # the held-out set sits under an _-named folder, which ingestion skips
     assert report.heldout_file.startswith(str(tmp_path / "_heldout"))
+
+
+def test_a_heldout_example_is_asked_exactly_as_its_interaction_would_be(wheel):
+    for category in ("simple_python", "live_multiple", "irrelevance"):
+        for q in bfcl.load_category(wheel, category)[:20]:
+            record, example = bfcl.to_interaction(q), bfcl.to_eval_example(q)
+            assert example["messages"] == record["messages"][:-1]
+            assert example["tools"] == record["tools"] and example["agent"] == record["agent"]
 
 
 def test_heldout_examples_carry_what_scoring_needs(wheel, tmp_path):
