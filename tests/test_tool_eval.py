@@ -11,12 +11,14 @@ import zipfile
 from math import comb
 
 import pytest
+from scipy.stats import beta
 
 from features import bfcl
 from training.tool_eval import (
     ARGUMENTS_NOT_OBJECT,
     FUNCTION_NOT_OFFERED,
     INVALID_ARGUMENTS_JSON,
+    NUISANCE_GAMMA,
     check_call,
     check_calls,
     compare_paired,
@@ -399,10 +401,12 @@ def test_a_small_gain_on_few_discordant_pairs_does_not_pass():
     assert result.p_value == pytest.approx(_tail(2, 3)) and not result.passed
 
 
-def test_identical_outcomes_never_prove_a_gain_but_are_within_a_margin():
-    same = {"a": True, "b": False, "c": True}
+def test_identical_outcomes_never_prove_a_gain_but_many_are_within_a_margin():
+    same = {f"q{i}": i % 3 == 0 for i in range(400)}
     assert not compare_paired(same, same).passed
     assert compare_paired(same, same, margin=0.05).passed
+    few = {"a": True, "b": False, "c": True}
+    assert not compare_paired(few, few, margin=0.05).passed  # three examples prove nothing
 
 
 def test_a_margin_lets_a_slightly_worse_challenger_pass_and_not_a_much_worse_one():
@@ -416,13 +420,25 @@ def test_a_margin_lets_a_slightly_worse_challenger_pass_and_not_a_much_worse_one
     assert len(slightly) == len(much) == n
 
 
-def test_the_p_value_at_a_margin_is_the_tail_at_the_shifted_share():
+def test_the_p_value_at_a_margin_is_the_tail_at_the_shifted_share_plus_gamma():
     challenger = [True] * 10 + [False] * 8 + [True] * 82
     other = [False] * 10 + [True] * 8 + [True] * 82
     result = compare_paired(challenger, other, margin=0.02)
-    q = 0.5 - 0.02 * 100 / (2 * 18)
+    # the share of discordant pairs at its Clopper-Pearson upper bound (18 of 100)
+    psi = beta.ppf(1 - NUISANCE_GAMMA, 19, 82)
+    q = 0.5 - 0.02 / (2 * psi)
+    assert 18 / 100 < psi < 0.5
     assert result.null_share == pytest.approx(q)
-    assert result.p_value == pytest.approx(_tail(10, 18, q))
+    assert result.p_value == pytest.approx(_tail(10, 18, q) + NUISANCE_GAMMA)
+
+
+def test_a_margin_test_is_more_conservative_than_plugging_in_the_observed_discordance():
+    # 15 of 400 examples lost, none won: -0.0375, inside a 0.05 margin, but not surely so
+    challenger = [False] * 15 + [True] * 385
+    other = [True] * 400
+    result = compare_paired(challenger, other, margin=0.05)
+    assert 15 / 400 < 0.05 and not result.passed
+    assert compare_paired(challenger, other, margin=0.10).passed
 
 
 def test_outcomes_by_id_must_cover_the_same_examples():

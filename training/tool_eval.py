@@ -28,7 +28,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from scipy.stats import binomtest
+from scipy.stats import beta, binomtest
 
 # ast_checker.py PYTHON_TYPE_MAPPING, plus the JSON Schema names (features.bfcl.to_json_schema) for
 # examples that carry only OpenAI tool definitions.
@@ -434,6 +434,10 @@ def score(
 # ------------------------------------------------------------------------------------------------ paired test
 
 
+# The confidence given up to bound the nuisance share of discordant pairs (compare_paired, margin > 0).
+NUISANCE_GAMMA = 0.001
+
+
 @dataclass
 class PairedComparison:
     """The challenger against another model on the same examples, with the test's numbers and verdict."""
@@ -462,11 +466,14 @@ def compare_paired(
     """McNemar's exact test, one-sided: is the challenger better (margin 0), or not worse by more than `margin`?
 
     Outcomes are paired by example id (mappings, which must hold the same ids) or by position.
-    Null hypothesis: accuracy(challenger) - accuracy(other) <= -margin. Conditional on the b + c
-    discordant pairs, b ~ Binomial(b + c, q) with q = 1/2 at margin 0 (the exact McNemar test); for a
-    margin, q = 1/2 - margin * n / (2 (b + c)), the boundary of the null with the observed share of
-    discordant pairs plugged in (a conditional, approximate non-inferiority test). The p-value is
-    P(X >= b) (scipy.stats.binomtest, alternative="greater"); the challenger passes when p < alpha.
+    Null hypothesis: accuracy(challenger) - accuracy(other) <= -margin. Conditional on the d = b + c
+    discordant pairs, b ~ Binomial(d, q). At margin 0, q = 1/2: the exact McNemar test, p = P(X >= b)
+    (scipy.stats.binomtest, alternative="greater"). With a margin, q = 1/2 - margin / (2 psi) at the
+    null's boundary depends on psi, the share of discordant pairs; p(psi) grows with psi, so psi is
+    taken at its one-sided Clopper-Pearson upper bound at level 1 - NUISANCE_GAMMA and
+    NUISANCE_GAMMA is added to the p-value (Berger and Boos 1994): conservative, never the plug-in's
+    optimism. When even that bound is below the margin (q <= 0) the null cannot hold and p = gamma.
+    The challenger passes when p < alpha.
     """
     if not 0.0 <= margin < 1.0 or not 0.0 < alpha < 1.0:
         raise ValueError(f"margin must be in [0, 1) and alpha in (0, 1), got margin={margin}, alpha={alpha}")
@@ -495,15 +502,21 @@ def compare_paired(
     neither = n - both - b - c
     acc_ch, acc_other = (both + b) / n, (both + c) / n
     discordant = b + c
-    if discordant == 0:
-        # Identical outcomes: no evidence of a gain; within any positive margin.
-        q, p = 0.5, 1.0 if margin == 0 else 0.0
+    if margin == 0:
+        q = 0.5
+        p = float(binomtest(b, discordant, q, alternative="greater").pvalue) if discordant else 1.0
     else:
-        q = 0.5 - margin * n / (2 * discordant)
-        if q <= 0:  # fewer discordant pairs than the margin allows: the null cannot hold
-            p = 0.0
+        psi_upper = (
+            1.0 if discordant == n else float(beta.ppf(1 - NUISANCE_GAMMA, discordant + 1, n - discordant))
+        )
+        q = 0.5 - margin / (2 * psi_upper)
+        if q <= 0:
+            p = NUISANCE_GAMMA
+        elif discordant == 0:
+            p = 1.0  # no discordant pair and a discordance bound above the margin: no evidence either way
         else:
-            p = float(binomtest(b, discordant, q, alternative="greater").pvalue)
+            tail = float(binomtest(b, discordant, q, alternative="greater").pvalue)
+            p = min(1.0, tail + NUISANCE_GAMMA)
     passed = p < alpha
     claim = "better than" if margin == 0 else f"not worse by more than {margin:g} than"
     verdict = "passes" if passed else "fails"
