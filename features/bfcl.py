@@ -9,7 +9,9 @@ straight out of the zip: the package itself is never imported (its dependencies 
 What is real and what is made up:
 - real: every question (user, and sometimes system, messages), the function documents offered, and
   the ground-truth call(s), i.e. BFCL's "possible answers" with the first listed value of each
-  argument (an optional argument whose first possible answer is "" is left out).
+  argument (an optional argument whose first possible answer is "" is left out; a required one takes
+  its first non-empty value). A question no call can pass (an argument with no possible value, or
+  one the function lacks: 4 live questions in 2026.3.23) is not written as an interaction.
 - made up: which of the four agents asked (a hash of the question id), the timestamp (a hash of the
   id spread over `days` days), the agent's system line, and the plain reply of the irrelevance
   categories (BFCL gives none: the right answer is "no call", so the reply says no offered tool fits).
@@ -26,8 +28,11 @@ and the `session_id`, `bfcl:<category>:<question id>`, which ingest stores as a 
 
 Held-out split: by question id (sha256 of HELDOUT_SALT + id, compared with the fraction), never by
 session or agent. Held-out questions are never written as interactions: they go, with their
-possible answers, to `DIR/_heldout/bfcl-heldout.jsonl`; ingestion skips `_`-named folders, so no
-path from DIR reaches training. The interactions go to `DIR/<YYYY-MM-DD>/<agent>.jsonl`.
+possible answers, to `DIR/_heldout/bfcl-heldout.jsonl` (with `_heldout/manifest.json`: version,
+wheel hash, salt, fraction); ingestion skips `_`-named folders, so no path from DIR reaches
+training. Membership depends on the id, the salt and the fraction only (not on --per-category), so
+write every batch of one store with the same fraction. The interactions go to
+`DIR/<YYYY-MM-DD>/<agent>.jsonl` (files of an earlier run with other options are not removed).
 """
 
 from __future__ import annotations
@@ -443,6 +448,13 @@ def to_eval_example(question: BfclQuestion) -> dict:
     `messages` is the prompt an interaction would carry (prompt_of); `bfcl_messages` BFCL's own.
     """
     agent, messages = prompt_of(question)
+    answerable = question.expected != "call"
+    if not answerable:
+        try:
+            ground_truth_calls(question.possible_answer or [], question.functions)
+            answerable = True
+        except NoValidAnswer:
+            pass
     return {
         "id": question.id,
         "category": question.category,
@@ -453,6 +465,7 @@ def to_eval_example(question: BfclQuestion) -> dict:
         "tools": [to_tool(f) for f in question.functions],
         "functions": question.functions,
         "possible_answer": question.possible_answer,
+        "answerable": answerable,  # False: BFCL's data allows no right call (scored wrong for every model)
         "bfcl_version": BFCL_VERSION,
     }
 
@@ -521,6 +534,16 @@ def write_bfcl(
         _write_jsonl(path, sorted(rows, key=lambda r: r["timestamp"]))
         report.files.append(str(path))
     _write_jsonl(heldout_file, heldout_rows)
+    manifest = {
+        "bfcl_version": BFCL_VERSION,
+        "wheel_sha256": BFCL_SHA256,
+        "heldout_salt": HELDOUT_SALT,
+        "heldout_fraction": heldout_fraction,
+        "per_category": per_category,
+        "heldout": report.heldout,
+        "ids_sha256": hashlib.sha256("\n".join(sorted(r["id"] for r in heldout_rows)).encode()).hexdigest(),
+    }
+    _write_jsonl(heldout_file.with_name("manifest.json"), [manifest])
     return report
 
 

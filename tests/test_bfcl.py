@@ -251,6 +251,9 @@ def test_heldout_examples_carry_what_scoring_needs(wheel, tmp_path):
         assert example["tools"] and example["functions"]
         assert example["messages"][-1]["role"] == "user"
         assert (example["possible_answer"] is None) == (example["expected"] != "call")
+        assert example["answerable"] in (True, False)
+    manifest = json.loads((tmp_path / "_heldout" / "manifest.json").read_text())
+    assert manifest["heldout_salt"] == bfcl.HELDOUT_SALT and manifest["wheel_sha256"] == bfcl.BFCL_SHA256
 
 
 def test_cli_writes_the_files(wheel, tmp_path, monkeypatch, capsys):
