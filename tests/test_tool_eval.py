@@ -348,7 +348,7 @@ def _props(functions, name):
 def test_the_checker_agrees_with_bfcls_own_on_right_answers_and_near_misses(questions, bfcl_ast_checker):
     rng = random.Random(13)
     agreed = disagreed = 0
-    outcomes = set()
+    outcomes = {True: 0, False: 0}
     for category in CALL_CATEGORIES:
         for q in questions[category]:
             try:
@@ -361,13 +361,14 @@ def test_the_checker_agrees_with_bfcls_own_on_right_answers_and_near_misses(ques
             for calls in [truth] + [_perturb(truth, q.functions, rng) for _ in range(3)]:
                 ours = check_calls(q.functions, calls, q.possible_answer, category).valid
                 theirs = bfcl_ast_checker(q.functions, copy.deepcopy(calls), q.possible_answer, category)
-                outcomes.add(theirs)
+                outcomes[theirs] += 1
                 if ours == theirs:
                     agreed += 1
                 else:
                     disagreed += 1
                     pytest.fail(f"{q.id}: ours {ours}, BFCL {theirs} for {calls}")
-    assert outcomes == {True, False} and agreed > 8000 and disagreed == 0
+    print(f"agreed with BFCL on {agreed} outputs: {outcomes[True]} right, {outcomes[False]} wrong")
+    assert min(outcomes.values()) > 1000 and agreed > 8000 and disagreed == 0
 
 
 # ------------------------------------------------------------------------------------------------ paired
