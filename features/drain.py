@@ -1,7 +1,7 @@
 """The live source: interaction CloudEvents from a RabbitMQ queue into durable landing files.
 
     python -m features.drain --landing DIR [--queue Q --batch-size 500 --max-messages N ...]
-    python -m features.drain publish --from DIR [--mode structured|binary|mixed]
+    python -m features.drain_publish --from DIR [--mode structured|binary|mixed]   # tests, samples
 
 On the cluster agents publish interaction CloudEvents to a RabbitMQ broker (Knative Eventing's
 RabbitMQ broker or source); a drain (a Flyte task: drain, then exit) consumes a queue bound to
@@ -45,15 +45,14 @@ redelivers everything. Killed after the files are written but before the ack: th
 redelivered and written again into another file. Such duplicates are expected, and harmless only
 because the ingestion dedups on interaction id (+ content hash): a reader of landing files must
 never count lines as interactions.
+
+Modules: features/cloudevents.py turns a message into a structured event; features/drain_publish.py
+publishes sample interactions (tests, demos).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
-import hashlib
-import itertools
 import json
 import logging
 import os
@@ -67,33 +66,21 @@ import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
+from features.cloudevents import Rejected, event_day, json_line, rejected_line, rfc3339, to_structured
 from features.home import agentloop_home
 from features.raw_format import (
-    DATA_CONTENT_TYPE,
     EVENT_TYPE,
     TRACE_EVENT_TYPE,
-    is_cloudevent,
-    parse_timestamp,
-    to_cloudevent,
-    unwrap,
 )
-from features.traces import detect
 
 log = logging.getLogger(__name__)
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 AMQP_URL_ENV = "AGENTLOOP_AMQP_URL"
-STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
-# Header prefixes of binary mode, lower-cased: AMQP binding, its JMS-style variant, RabbitMQ binding, Kafka.
-HEADER_PREFIXES = ("cloudevents:", "cloudevents_", "ce-", "ce_")
-# CloudEvents attribute names are lower-case letters and digits; anything else is transport metadata.
-ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]+$")
-ATTRIBUTE_ORDER = ("specversion", "type", "source", "id", "time", "datacontenttype", "subject")
 # Test hook: "after_write:N" or "before_rename:N" SIGKILLs the drain in its N-th batch (1-based).
 CRASH_ENV = "AGENTLOOP_DRAIN_CRASH_AT"
 
@@ -186,14 +173,6 @@ class DrainReport:
         )
 
 
-class Rejected(Exception):
-    """A message that is not an interaction CloudEvent; `reason` is its code in the rejected file."""
-
-    def __init__(self, reason: str, detail: str = "", event_type: str | None = None):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason, self.detail, self.event_type = reason, detail, event_type
-
-
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ***, for logs and error messages."""
     parts = urlsplit(url)
@@ -201,224 +180,6 @@ def redact_url(url: str) -> str:
         return url
     netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-# ---------------------------------------------------------------------------------------------
-# One message -> one structured event (or a Rejected)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN/Infinity; JSON does not
-
-
-def _loads(body: bytes) -> Any:
-    try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as e:
-        # The position only: the message would quote the body.
-        raise Rejected("not_json", type(e).__name__) from None
-
-
-def _attr_value(value: Any) -> Any:
-    """A header value as its CloudEvents JSON form (native AMQP types or canonical strings)."""
-    if isinstance(value, datetime):
-        return _rfc3339(value)
-    if isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, Decimal):
-        return str(value)
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
-
-
-def _rfc3339(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def binary_attributes(headers: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """CloudEvents attributes from binary-mode headers, or None when the headers carry no specversion.
-
-    Prefixed names (cloudEvents:, cloudEvents_, ce-, ce_) win; unprefixed ones (eventing-rabbitmq's
-    broker) are read only when no prefixed specversion exists, and only names that are valid
-    attribute names (so x-death, content-type and friends stay transport metadata).
-    """
-    if not headers:
-        return None
-    prefixed: dict[str, Any] = {}
-    plain: dict[str, Any] = {}
-    for key, value in headers.items():
-        name = str(key).lower()
-        for prefix in HEADER_PREFIXES:
-            if name.startswith(prefix):
-                attr = name[len(prefix) :]
-                if ATTRIBUTE_NAME.match(attr):
-                    prefixed[attr] = value
-                break
-        else:
-            if ATTRIBUTE_NAME.match(name):
-                plain[name] = value
-    attrs = prefixed if "specversion" in prefixed else plain if "specversion" in plain else None
-    if attrs is None:
-        return None
-    return {name: _attr_value(value) for name, value in attrs.items()}
-
-
-def _carries_trace(data: Any) -> bool:
-    """A payload ingestion reads as traces (OTLP JSON, an MLflow trace, an OpenAI pair), whatever its event type."""
-    return detect(data) != "jsonl"
-
-
-def trace_event(payload: Any, body: bytes, received_at: str) -> dict:
-    """A structured CloudEvent around a trace payload that came without one (an OTLP exporter's POST body)."""
-    return {
-        "specversion": "1.0",
-        "type": TRACE_EVENT_TYPE,
-        "source": f"/traces/{detect(payload)}",
-        "id": hashlib.sha256(body).hexdigest(),
-        "time": received_at,
-        "datacontenttype": DATA_CONTENT_TYPE,
-        "data": payload,
-    }
-
-
-def _binary_event(
-    attrs: dict[str, Any], content_type: str | None, headers: Mapping[str, Any], body: bytes
-) -> dict:
-    event_type = attrs.get("type")
-    data = _loads(body) if event_type != EVENT_TYPE else None
-    if event_type != EVENT_TYPE and not _carries_trace(data):
-        raise Rejected("wrong_type", event_type=_short(event_type))
-    datacontenttype = (
-        content_type or attrs.get("datacontenttype") or headers.get("content-type") or DATA_CONTENT_TYPE
-    )
-    attrs["datacontenttype"] = _attr_value(datacontenttype)
-    data = data if data is not None else _loads(body)
-    # A hop (the Knative broker, a native AMQP timestamp) may re-render `time` in UTC; where it names
-    # the same instant as the record's timestamp, keep the record's string so the envelope agrees with it.
-    stamp = data.get("timestamp") if isinstance(data, dict) else None
-    when, recorded = parse_timestamp(attrs.get("time")), parse_timestamp(stamp)
-    if when is not None and recorded is not None and when == recorded:
-        attrs["time"] = stamp
-    event = {name: attrs[name] for name in ATTRIBUTE_ORDER if name in attrs}
-    event.update((name, attrs[name]) for name in sorted(attrs) if name not in event and name != "data")
-    event["data"] = data
-    return event
-
-
-def _short(value: Any, limit: int = 200) -> str | None:
-    return None if value is None else str(value)[:limit]
-
-
-def to_structured(
-    content_type: str | None, headers: Mapping[str, Any] | None, body: bytes
-) -> tuple[dict, str]:
-    """Normalize one AMQP message to (structured interaction CloudEvent, "structured" | "binary").
-
-    Raises Rejected for anything that is not an interaction CloudEvent. The record inside is not
-    validated here: that is the ingestion's job, with its quarantine and reason codes.
-    """
-    headers = headers or {}
-    ctype = (content_type or "").strip().lower()
-    if ctype.startswith("application/cloudevents"):
-        if not ctype.startswith(STRUCTURED_CONTENT_TYPE) or ctype[len(STRUCTURED_CONTENT_TYPE) :][:1] not in (
-            "",
-            ";",
-            " ",
-        ):
-            raise Rejected("unsupported_format", _short(ctype) or "")
-        mode = "structured"
-    else:
-        attrs = binary_attributes(headers)
-        if attrs is not None:
-            return _binary_event(attrs, content_type, headers, body), "binary"
-        mode = "structured"  # no content-type and no headers: a JSON body with specversion still is one
-    event = _loads(body)
-    if not is_cloudevent(event):
-        if _carries_trace(event):  # an OTLP/JSON export request (or MLflow trace, OpenAI pair) as it is
-            return trace_event(event, body, _rfc3339(datetime.now(timezone.utc))), "plain"
-        raise Rejected(
-            "not_cloudevent", "no specversion" if isinstance(event, dict) else f"JSON {type(event).__name__}"
-        )
-    if event.get("type") != EVENT_TYPE and not _carries_trace(_event_data(event)):
-        raise Rejected("wrong_type", event_type=_short(event.get("type")))
-    return event, mode
-
-
-def _event_data(event: dict) -> Any:
-    try:
-        return unwrap(event)
-    except (ValueError, TypeError):
-        return None
-
-
-def event_day(event: Mapping[str, Any], fallback: str) -> str:
-    """The landing folder day: UTC date of the event's time, else of its record's timestamp."""
-    moment = parse_timestamp(event.get("time"))
-    if moment is None:
-        data = event.get("data")
-        moment = parse_timestamp(data.get("timestamp")) if isinstance(data, dict) else None
-    return moment.astimezone(timezone.utc).date().isoformat() if moment is not None else fallback
-
-
-def _json_line(obj: Any) -> str:
-    line = json.dumps(obj, ensure_ascii=False)
-    try:
-        line.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape: keep it escaped
-        line = json.dumps(obj)
-    return line
-
-
-def _jsonable(value: Any, depth: int = 0) -> Any:
-    if depth > 20:
-        return str(value)[:200]
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v, depth + 1) for v in value]
-    if isinstance(value, (bytes, bytearray)):
-        return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
-    return _attr_value(value)
-
-
-def rejected_line(
-    rejection: Rejected, method: Any, properties: Any, body: bytes, queue: str, received_at: str
-) -> dict:
-    """Everything needed to inspect or republish a message that did not land: envelope and exact body."""
-    props = {}
-    for name in (
-        "content_type",
-        "content_encoding",
-        "delivery_mode",
-        "priority",
-        "correlation_id",
-        "reply_to",
-        "expiration",
-        "message_id",
-        "timestamp",
-        "type",
-        "user_id",
-        "app_id",
-    ):
-        value = getattr(properties, name, None)
-        if value is not None:
-            props[name] = _jsonable(value)
-    return {
-        "reason": rejection.reason,
-        "detail": rejection.detail,
-        "event_type": rejection.event_type,
-        "queue": queue,
-        "exchange": getattr(method, "exchange", None),
-        "routing_key": getattr(method, "routing_key", None),
-        "redelivered": bool(getattr(method, "redelivered", False)),
-        "received_at": received_at,
-        "properties": props,
-        "headers": _jsonable(getattr(properties, "headers", None) or {}),
-        "body_base64": base64.b64encode(body).decode("ascii"),
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,7 +299,7 @@ class _Batch:
             try:
                 event, mode = to_structured(properties.content_type, properties.headers, body)
                 self.landed.setdefault(event_day(event, today), []).append(
-                    (method.delivery_tag, _json_line(event))
+                    (method.delivery_tag, json_line(event))
                 )
                 if mode == "binary":
                     self.binary += 1
@@ -548,7 +309,7 @@ class _Batch:
                 raise Rejected("not_json", "nested too deeply") from None
         except Exception as e:  # noqa: BLE001 - a poison message must neither stop the drain nor be lost
             rejection = e if isinstance(e, Rejected) else Rejected("drain_error", type(e).__name__)
-            line = _json_line(rejected_line(rejection, method, properties, body, self.queue, received_at))
+            line = json_line(rejected_line(rejection, method, properties, body, self.queue, received_at))
             self.rejected.setdefault(today, []).append((method.delivery_tag, line))
             self.reasons[rejection.reason] = self.reasons.get(rejection.reason, 0) + 1
         if self.size == 0:
@@ -689,7 +450,7 @@ def _drain(config: DrainConfig, stop: threading.Event | None) -> DrainReport:
                     deadlines.append(started + config.max_seconds - now)
                 conn.process_data_events(time_limit=max(0.0, min(deadlines)) if deadlines else None)
                 continue
-            received_at = _rfc3339(datetime.now(timezone.utc))
+            received_at = rfc3339(datetime.now(timezone.utc))
             while (
                 inbox
                 and batch.size < config.batch_size
@@ -713,136 +474,15 @@ def _drain(config: DrainConfig, stop: threading.Event | None) -> DrainReport:
 
 
 # ---------------------------------------------------------------------------------------------
-# Publishing (tests, sample data)
-
-
-def _message_for(record: Mapping[str, Any], mode: str, header_prefix: str) -> tuple[Any, bytes, str]:
-    import pika
-
-    if is_cloudevent(record):
-        event = dict(record)
-    elif _carries_trace(record):  # a trace payload from the sample logs (OTLP, MLflow, OpenAI pair)
-        body = _json_line(record).encode("utf-8")
-        event = trace_event(dict(record), body, _rfc3339(datetime.now(timezone.utc)))
-    else:
-        event = to_cloudevent(dict(record))
-    if mode == "structured":
-        props = pika.BasicProperties(
-            content_type=STRUCTURED_CONTENT_TYPE, delivery_mode=2, message_id=str(event.get("id"))
-        )
-        return props, _json_line(event).encode("utf-8"), str(event.get("type"))
-    if mode != "binary":
-        raise ValueError(f"mode must be 'structured' or 'binary', got {mode!r}")
-    data = event.get("data")
-    if "data_base64" in event:
-        body = base64.b64decode(event["data_base64"])
-    elif isinstance(data, str):
-        body = data.encode("utf-8")
-    else:
-        body = _json_line(data).encode("utf-8")
-    headers = {
-        header_prefix + name: value
-        for name, value in event.items()
-        if name not in ("data", "data_base64", "datacontenttype")
-    }
-    props = pika.BasicProperties(
-        content_type=event.get("datacontenttype") or DATA_CONTENT_TYPE,
-        headers=headers,
-        delivery_mode=2,
-        message_id=str(event.get("id")),
-    )
-    return props, body, str(event.get("type"))
-
-
-def publish_interaction(
-    target: Any,
-    record: Mapping[str, Any],
-    mode: str = "structured",
-    *,
-    exchange: str | None = None,
-    routing_key: str | None = None,
-    header_prefix: str = "cloudEvents:",
-) -> str:
-    """Publish one interaction (a record or a structured CloudEvent) as a persistent CloudEvent; return its id.
-
-    `target` is an open pika channel (exchange defaults to "agent-events") or a DrainConfig (a
-    connection is opened, the drain's topology declared so the message has a queue to go to,
-    and publisher confirms make the call return only once the broker has it). The routing key
-    is the event type. header_prefix names binary-mode headers: "cloudEvents:" (AMQP binding),
-    "ce-" (RabbitMQ binding) or "" (what eventing-rabbitmq's broker publishes).
-    """
-    return publish_interactions(
-        target, [record], mode, exchange=exchange, routing_key=routing_key, header_prefix=header_prefix
-    )[0]
-
-
-def publish_interactions(
-    target: Any,
-    records: Iterable[Mapping[str, Any]],
-    mode: str = "structured",
-    *,
-    exchange: str | None = None,
-    routing_key: str | None = None,
-    header_prefix: str = "cloudEvents:",
-) -> list[str]:
-    """publish_interaction for many records over one connection. mode "mixed" picks per id (stable)."""
-    if isinstance(target, DrainConfig):
-        conn = connect(target)
-        try:
-            channel = conn.channel()
-            declare_topology(channel, target)
-            channel.confirm_delivery()
-            ex = target.exchange if exchange is None else exchange
-            return _publish_all(channel, records, mode, ex, routing_key, header_prefix, mandatory=True)
-        finally:
-            conn.close()
-    ex = "agent-events" if exchange is None else exchange
-    return _publish_all(target, records, mode, ex, routing_key, header_prefix, mandatory=False)
-
-
-def _publish_all(
-    channel: Any,
-    records: Iterable[Mapping[str, Any]],
-    mode: str,
-    exchange: str,
-    routing_key: str | None,
-    header_prefix: str,
-    mandatory: bool,
-) -> list[str]:
-    ids = []
-    for record in records:
-        chosen = mode
-        if mode == "mixed":
-            key = str(record.get("id"))
-            chosen = "binary" if binascii.crc32(key.encode("utf-8")) % 2 else "structured"
-        props, body, event_type = _message_for(record, chosen, header_prefix)
-        channel.basic_publish(
-            exchange, routing_key or event_type, body, properties=props, mandatory=mandatory
-        )
-        ids.append(props.message_id)
-    return ids
-
-
-def _iter_log_records(root: str | Path) -> Iterator[dict]:
-    from features.raw_sample import iter_raw_lines
-
-    for path, lineno, line in iter_raw_lines(root):
-        try:
-            yield json.loads(line)
-        except ValueError as e:
-            raise ValueError(
-                f"{path}:{lineno}: not JSON ({e.msg} at column {e.colno}); fix or remove the line"
-            ) from None
-
-
-# ---------------------------------------------------------------------------------------------
 # CLI
 
 
-def _config_args(parser: argparse.ArgumentParser) -> None:
+def config_args(parser: argparse.ArgumentParser) -> None:
     d = DrainConfig(landing="")
     parser.add_argument(
-        "--url", default=None, help=f"AMQP URL (default ${AMQP_URL_ENV} or {DEFAULT_AMQP_URL})"
+        "--url",
+        default=None,
+        help=f"AMQP URL (default ${AMQP_URL_ENV} or {DEFAULT_AMQP_URL.replace('%', '%%')})",
     )
     parser.add_argument("--exchange", default=d.exchange, help=f"exchange (default {d.exchange})")
     parser.add_argument(
@@ -860,7 +500,7 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _config_from(args: argparse.Namespace, **extra: Any) -> DrainConfig:
+def config_from(args: argparse.Namespace, **extra: Any) -> DrainConfig:
     kwargs: dict[str, Any] = dict(
         exchange=args.exchange,
         exchange_type=args.exchange_type,
@@ -881,49 +521,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("pika").setLevel(
         logging.CRITICAL
     )  # pika narrates every socket; our errors say what failed
-    if argv[:1] == ["publish"]:
-        parser = argparse.ArgumentParser(
-            prog="python -m features.drain publish",
-            description="Publish sample agent logs to the broker as interaction CloudEvents.",
-        )
-        parser.add_argument(
-            "--from", dest="source", required=True, help="log folder (<root>/<day>/<agent>.jsonl[.gz])"
-        )
-        parser.add_argument("--mode", choices=("structured", "binary", "mixed"), default="mixed")
-        parser.add_argument(
-            "--header-prefix",
-            default="cloudEvents:",
-            help="binary-mode header prefix: cloudEvents: (default), ce- or '' (Knative broker)",
-        )
-        parser.add_argument("--limit", type=int, default=None, help="publish at most this many")
-        _config_args(parser)
-        args = parser.parse_args(argv[1:])
-        config = _config_from(args)
-        records: Iterable[dict] = _iter_log_records(args.source)
-        if args.limit is not None:
-            records = itertools.islice(records, args.limit)
-        started = time.perf_counter()
-        try:
-            records = itertools.chain(
-                [next(iter(records))], records
-            )  # a bad --from fails before any broker change
-        except StopIteration:
-            records = []
-        except (ValueError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        try:
-            ids = publish_interactions(config, records, args.mode, header_prefix=args.header_prefix)
-        except (ValueError, OSError) as e:  # ConnectionError and FileNotFoundError are OSErrors
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        seconds = time.perf_counter() - started
-        print(
-            f"published {len(ids)} interactions ({args.mode}) to {config.exchange} on {config.safe_url()} "
-            f"in {seconds:.1f}s ({len(ids) / max(seconds, 1e-9):.0f}/s); queue {config.queue} is bound to them"
-        )
-        return 0
-
     if argv[:1] == ["drain"]:
         argv = argv[1:]
     parser = argparse.ArgumentParser(
@@ -942,10 +539,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--max-messages", type=int, default=None)
     parser.add_argument("--max-seconds", type=float, default=None)
-    _config_args(parser)
+    config_args(parser)
     args = parser.parse_args(argv)
     try:
-        config = _config_from(
+        config = config_from(
             args,
             landing=args.landing,
             rejected_dir=args.rejected_dir,

@@ -17,18 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from features.drain import (
-    CRASH_ENV,
-    DrainConfig,
-    Rejected,
-    connect,
-    declare_topology,
-    drain,
-    publish_interaction,
-    publish_interactions,
-    redact_url,
-    to_structured,
-)
+from features.cloudevents import Rejected, to_structured
+from features.drain import CRASH_ENV, DrainConfig, connect, declare_topology, drain, redact_url
+from features.drain_publish import iter_log_records, publish_interaction, publish_interactions
 from features.raw_format import EVENT_TYPE, to_cloudevent, unwrap, validate_cloudevent, validate_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -432,13 +423,12 @@ def test_trace_payloads_are_accepted_bare_as_structured_events_and_as_binary_eve
 
 @rabbitmq
 def test_sample_traces_published_to_the_queue_land_and_ingest_as_their_interactions(config, tmp_path):
-    from features.drain import _iter_log_records
     from features.ingest import IngestConfig, ingest
     from features.sample_logs import generate_sample_logs
 
     raw = tmp_path / "raw"
     generate_sample_logs(raw, conversations=30, seed=4, end_date="2025-01-07", trace_share=1.0)
-    payloads = list(_iter_log_records(raw))
+    payloads = list(iter_log_records(raw))
     publish_interactions(config, payloads[: len(payloads) // 2], "structured")
     publish_interactions(config, payloads[len(payloads) // 2 :], "binary", header_prefix="ce-")
     config.max_messages = len(payloads)

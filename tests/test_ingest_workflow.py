@@ -117,7 +117,8 @@ def test_drain_then_ingest_lands_every_published_event_in_the_store(tmp_path, mo
 
     import pyarrow.dataset as ds
 
-    from features.drain import DrainConfig, connect, publish_interactions
+    from features.drain import DrainConfig, connect
+    from features.drain_publish import publish_interactions
     from features.raw_format import unwrap
     from workflows.ingest import drain_ingest_wf
 
