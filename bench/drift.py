@@ -50,6 +50,15 @@ def main() -> int:
     )
     parser.add_argument("--per-agent", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument(
+        "--embedding-backend", default=None, help="onnx | torch (default: MonitorConfig's, onnx)"
+    )
+    parser.add_argument(
+        "--evidently-sample",
+        type=int,
+        default=None,
+        help="rows a window for Evidently; 0 = all (default 10000)",
+    )
+    parser.add_argument(
         "--topic-share", type=float, default=0.1, help="share of current rows given a new topic"
     )
     parser.add_argument("--out", default="", help="folder for the HTML/JSON report (default: a temp folder)")
@@ -87,6 +96,10 @@ def main() -> int:
     config = MonitorConfig(progress=True, per_agent=args.per_agent)
     if args.embedding_sample is not None:
         config = replace(config, embedding_sample=args.embedding_sample)
+    if args.embedding_backend is not None:
+        config = replace(config, embedding_backend=args.embedding_backend)
+    if args.evidently_sample is not None:
+        config = replace(config, evidently_sample=args.evidently_sample)
     import evidently  # noqa: F401  (imports before the baseline)
     import sentence_transformers  # noqa: F401  (imported before the baseline too)
 
@@ -103,6 +116,8 @@ def main() -> int:
     result = {
         "rows_per_window": args.rows,
         "embedding_sample": config.embedding_sample,
+        "embedding_backend": config.embedding_backend,
+        "evidently_sample": config.evidently_sample,
         "per_agent": config.per_agent,
         "wall_s": round(wall, 1),
         "timings_s": {k: round(v, 1) for k, v in report.timings.items()},
