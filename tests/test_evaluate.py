@@ -96,6 +96,7 @@ def adapter_dir(base_model_dir, tmp_path_factory):
     from training.base_model import load_model_and_tokenizer
 
     model, tokenizer, _ = load_model_and_tokenizer(str(base_model_dir), dtype="float32")
+    torch.manual_seed(0)  # LoRA's A matrices come from torch's global generator: the same adapter every run
     peft = get_peft_model(
         model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
     )
