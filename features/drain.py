@@ -71,6 +71,7 @@ from typing import Any, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from features.cloudevents import Rejected, event_day, json_line, rejected_line, rfc3339, to_structured
+from features.fsutil import fsync_dir
 from features.home import agentloop_home
 from features.raw_format import (
     EVENT_TYPE,
@@ -186,14 +187,6 @@ def redact_url(url: str) -> str:
 # Durable files
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _ensure_dir(path: Path) -> None:
     """mkdir -p, making each new directory entry durable (fsync of its parent)."""
     missing = []
@@ -202,7 +195,7 @@ def _ensure_dir(path: Path) -> None:
         path = path.parent
     for folder in reversed(missing):
         folder.mkdir(exist_ok=True)
-        _fsync_dir(folder.parent)
+        fsync_dir(folder.parent)
 
 
 def write_durable(path: Path, lines: Sequence[str], *, _kill_before_rename: bool = False) -> None:
@@ -224,7 +217,7 @@ def write_durable(path: Path, lines: Sequence[str], *, _kill_before_rename: bool
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _safe_name(queue: str) -> str:

@@ -69,6 +69,7 @@ import orjson
 import pyarrow as pa
 
 from features.canonical import LINEAGE, content_hash, feedback_items, hash_user_id, mask_user_ids
+from features.fsutil import progress as progress_bar
 from features.guard import GuardConfig, PoisonState, check_interaction, find_poisoning
 from features.ingest_report import IngestReport, SourceReport
 from features.ingest_traces import TRACE_STATE, TraceRouter, TraceUnit
@@ -738,7 +739,9 @@ def ingest(sources: str | Sequence[str] | None = None, config: IngestConfig | No
                 report.sources.append(SourceReport(source=source.path, status="unchanged"))
 
         show = config.progress if config.progress is not None else sys.stderr.isatty()
-        bar = _progress(sum(s.size for s, _ in todo), show)
+        bar = progress_bar(
+            total=sum(s.size for s, _ in todo), desc="ingest", unit="B", unit_scale=True, show=show
+        )
         try:
             for seq, (source, status) in enumerate(todo, 1):
                 rep = ingestor.ingest_source(
@@ -770,12 +773,6 @@ def ingest(sources: str | Sequence[str] | None = None, config: IngestConfig | No
     report.seconds = time.perf_counter() - clock
     log.info(report.summary())
     return report
-
-
-def _progress(total: int, show: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="ingest", unit="B", unit_scale=True, disable=not show, file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

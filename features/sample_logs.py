@@ -31,6 +31,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from features.fsutil import progress as progress_bar
 from features.raw_format import AGENTS, to_cloudevent
 from features.sample_traces import TRACE_FORMATS, trace_files
 
@@ -320,7 +321,9 @@ def generate_sample_logs(
     report = SampleLogsReport(out_dir=str(out_dir))
     records: list[dict] = []
     show = progress if progress is not None else (wanted or len(order)) >= 2000
-    bar = _progress(wanted, show)  # counts written interactions; no total when writing all
+    bar = progress_bar(
+        total=wanted, desc="sample logs", unit="conv", show=show
+    )  # counts written interactions; no total when writing all
     for cid in order:
         if wanted is not None and len(records) >= wanted:
             break
@@ -394,12 +397,6 @@ def generate_sample_logs(
         report.first_day = min(k[0] for k in by_file)
         report.last_day = max(k[0] for k in by_file)
     return report
-
-
-def _progress(total: int | None, show: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="sample logs", unit="conv", disable=not show, file=sys.stderr)
 
 
 def _conversations_arg(value: str) -> int:

@@ -164,7 +164,7 @@ class _OnnxEncoder:
 
     def encode(self, texts: Sequence[str], config: MonitorConfig) -> np.ndarray:
         texts = list(texts)
-        out = np.zeros((len(texts), self.session.get_outputs()[0].shape[-1] or 384), dtype=np.float32)
+        out: np.ndarray | None = None  # sized by the model's first batch
         order = np.argsort([len(t) for t in texts], kind="stable")
         size = config.embedding_batch_size
         for i in progress(range(0, len(texts), size), desc="embeddings", unit="batch", show=config.progress):
@@ -182,8 +182,10 @@ class _OnnxEncoder:
             hidden = self.session.run(None, feed)[0]
             mask = enc["attention_mask"][..., None].astype(np.float32)
             pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
+            if out is None:
+                out = np.zeros((len(texts), pooled.shape[1]), dtype=np.float32)
             out[idx] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-        return out
+        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
 def auc_null_threshold(n_reference: int, n_current: int, alpha: float) -> float:
