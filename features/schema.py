@@ -11,6 +11,14 @@ v1 parts needs no rewrite: readers pass this schema to pyarrow, which reads a v1
 columns as null, and each row keeps the `schema_version` it was written with (lineage that cites
 v1 interaction ids finds the same ids, same content). `upgrade_v1_rows` fills the new columns the
 way a v2 ingest would have (agent_name = agent, source_format = "jsonl").
+
+Issue 14 added PII types `iban` and `national_id` (placeholders `<IBAN>`, `<NATIONAL_ID>`) and two
+nullable count columns at the end, `redacted_iban` and `redacted_national_id`, without a version
+bump: the change is additive like v1 -> v2, a reader passes this schema and reads an older part's
+missing columns as null, and null means "not counted in its own column" (every count is also in
+`redaction_counts_json`, which older rows have too). Rule for any later PII type: add it to
+PII_TYPES, add a nullable `redacted_<type>` int32 column at the end, never reuse or reorder a
+column; a change that alters an existing column's meaning bumps SCHEMA_VERSION instead.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ SECRET_TYPES = (
     "high_entropy",
     "generic_token",
 )
-PII_TYPES = ("email", "phone", "card", "ip")
+PII_TYPES = ("email", "phone", "card", "ip", "iban", "national_id")
 
 # Quarantine reasons (machine-readable). `missing_field:<name>`, `bad_type:<name>` and `guard:<rule>`
 # carry a suffix. Trace readers add: `no_content:<setting>` (a span recorded with message capture off;
@@ -121,6 +129,8 @@ class Interaction:
     span_id: str | None = None
     source_format: str = "jsonl"  # jsonl | otlp | openinference | mlflow | openai
     schema_version: int = SCHEMA_VERSION
+    redacted_iban: int | None = None  # issue 14; None in rows written before it (see the module docstring)
+    redacted_national_id: int | None = None  # US SSN, Spanish DNI/NIE, ... (features/redact/validated.py)
 
 
 INTERACTION_SCHEMA = pa.schema(
@@ -162,6 +172,8 @@ INTERACTION_SCHEMA = pa.schema(
         ("trace_id", pa.string()),
         ("span_id", pa.string()),
         ("source_format", pa.string()),
+        ("redacted_iban", pa.int32()),
+        ("redacted_national_id", pa.int32()),
     ],
     metadata={"agentloop.schema": "interaction", "agentloop.schema_version": str(SCHEMA_VERSION)},
 )

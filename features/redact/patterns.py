@@ -35,7 +35,7 @@ def placeholder(kind: str) -> str:
 
 PLACEHOLDERS = {kind: placeholder(kind) for kind in SECRET_TYPES + PII_TYPES}
 # Any placeholder, also of a type a later schema might add: redacted text is never redacted again.
-PLACEHOLDER_RE = re.compile(r"<SECRET:[a-z0-9_]{1,40}>|<(?:EMAIL|PHONE|CARD|IP)>")
+PLACEHOLDER_RE = re.compile(r"<SECRET:[a-z0-9_]{1,40}>|<(?:EMAIL|PHONE|CARD|IP|IBAN|NATIONAL_ID)>")
 
 
 @dataclass

@@ -17,10 +17,16 @@ from features.redact.detectors import (
     find_ips,
     find_jwts,
     find_key_values,
-    find_phones,
     find_private_keys,
     find_url_passwords,
     find_with_detect_secrets,
+)
+from features.redact.validated import (
+    IBAN_GATE,
+    PHONE_REGIONS,
+    find_iban,
+    find_national_ids,
+    find_phones_validated,
 )
 from features.redact.patterns import (
     ASCII_LOWER,
@@ -73,9 +79,15 @@ class Redactor:
     module docstring). `gate=False` skips the cheap pre-filter; only the benchmark wants that.
     """
 
-    def __init__(self, detect_secrets_scan: bool = False, gate: bool = True):
+    def __init__(
+        self,
+        detect_secrets_scan: bool = False,
+        gate: bool = True,
+        phone_regions: tuple[str, ...] = PHONE_REGIONS,
+    ):
         self.detect_secrets_scan = detect_secrets_scan
         self.gate = gate
+        self.phone_regions = tuple(phone_regions)
 
     def find(self, text: str) -> list[Span]:
         """The spans that redact_text would replace, in order."""
@@ -102,8 +114,11 @@ class Redactor:
         if _DIGIT.search(text):
             if NUMBERISH.search(text):
                 find_cards(text, spans)
-                find_phones(text, spans)
+                find_phones_validated(text, spans, self.phone_regions)
             find_ips(text, spans)
+            find_national_ids(text, spans)
+            if IBAN_GATE.search(text):
+                find_iban(text, spans)
         if keyword:
             if len(low) != len(text):  # a few non-ASCII letters lower-case to two characters
                 low = text.translate(ASCII_LOWER)

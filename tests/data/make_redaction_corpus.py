@@ -190,8 +190,9 @@ def email(rng):
 
 
 def phone(rng):
-    area = f"{rng.randrange(2, 10)}{rng.randrange(0, 10)}{rng.randrange(0, 10)}"
-    ex = f"{rng.randrange(2, 10)}{rng.randrange(0, 10)}{rng.randrange(0, 10)}"
+    # Assigned area codes only: redaction keeps numbers that libphonenumber does not call valid.
+    area = rng.choice(["212", "415", "312", "617", "206", "303", "512", "702", "404", "213", "646", "718"])
+    ex = f"{rng.randrange(2, 10)}{rng.randrange(0, 10)}{rng.randrange(1, 10)}"
     line = f"{rng.randrange(0, 10000):04d}"
     forms = [
         f"({area}) {ex}-{line}",
@@ -202,16 +203,50 @@ def phone(rng):
         f"1-{area}-{ex}-{line}",
         f"+1 ({area}) {ex}-{line}",
         f"+44 20 {rng.randrange(7000, 8000)} {rng.randrange(1000, 10000)}",
-        f"+44 7700 {rng.randrange(100000, 999999)}",
+        f"+44 7400 {rng.randrange(100000, 999999)}",
         f"+49 30 {rng.randrange(10**7, 10**8)}",
         f"+33 1 {rng.randrange(10, 99)} {rng.randrange(10, 99)} {rng.randrange(10, 99)} {rng.randrange(10, 99)}",
         f"+91 {rng.randrange(70000, 99999)} {rng.randrange(10000, 99999)}",
         f"+81-3-{rng.randrange(1000, 9999)}-{rng.randrange(1000, 9999)}",
-        f"+61 2 {rng.randrange(1000, 9999)} {rng.randrange(1000, 9999)}",
+        f"+61 2 {rng.randrange(9000, 9999)} {rng.randrange(1000, 9999)}",
         f"+1{area}{ex}{line}",
         f"0044 20 {rng.randrange(7000, 8000)} {rng.randrange(1000, 10000)}",
     ]
     return rng.choice(forms)
+
+
+def _mod97_check(country: str, bban: str) -> str:
+    digits = "".join(str(int(c, 36)) for c in bban + country + "00")
+    return f"{98 - int(digits) % 97:02d}"
+
+
+def iban(rng):
+    country, bban = rng.choice(
+        [
+            ("DE", "".join(rng.choice(string.digits) for _ in range(18))),
+            (
+                "GB",
+                "".join(rng.choice(string.ascii_uppercase) for _ in range(4))
+                + "".join(rng.choice(string.digits) for _ in range(14)),
+            ),
+            ("AT", "".join(rng.choice(string.digits) for _ in range(16))),
+            ("CH", "".join(rng.choice(string.digits) for _ in range(17))),
+        ]
+    )
+    value = country + _mod97_check(country, bban) + bban
+    if rng.random() < 0.6:
+        return " ".join(value[i : i + 4] for i in range(0, len(value), 4))
+    return value
+
+
+def national_id(rng):
+    r = rng.random()
+    if r < 0.6:  # US SSN: area 001-899 but 666, group 01-99, serial 0001-9999
+        area = rng.choice([a for a in range(1, 900) if a != 666])
+        sep = rng.choice(["-", "-", " "])
+        return f"{area:03d}{sep}{rng.randrange(1, 100):02d}{sep}{rng.randrange(1, 10000):04d}"
+    n = rng.randrange(10**7, 10**8)  # Spanish DNI: 8 digits and the check letter
+    return f"{n}{'TRWAGMYFPDXBNJZSQVHLCKE'[n % 23]}"
 
 
 def card(rng):
@@ -377,6 +412,20 @@ SNIPPETS = {
         "tel. {s} (after 6pm)",
         '"phone": "{s}"',
     ],
+    "iban": [
+        "{s}",
+        "IBAN: {s}",
+        "please wire it to {s} by Friday",
+        '"iban": "{s}"',
+        "account {s} (Sparkasse)",
+    ],
+    "national_id": [
+        "SSN {s}",
+        "my social security number is {s}.",
+        '"ssn": "{s}"',
+        "ID {s}",
+        "{s}",
+    ],
     "card": [
         "{s}",
         "card number {s}, exp 04/27",
@@ -410,6 +459,8 @@ GENERATORS = {
     "email": email,
     "phone": phone,
     "card": card,
+    "iban": iban,
+    "national_id": national_id,
     "ip": ip,
 }
 
@@ -771,6 +822,19 @@ def hard(rng: random.Random) -> list[dict]:
         ("use --password-stdin instead of --password", {}, []),
         ("the passwords.txt file and the tokens/ folder", {}, []),
         ("Secret Santa is on 12/20 at 6:30pm", {}, []),
+        # Issue 14: order numbers next to dates, check-digit look-alikes, references to credentials.
+        ("order 482913507 placed 2024-03-18, shipped 2024-03-20", {}, []),
+        ("ticket 4155552671 reopened on 03/18/2024", {}, []),
+        ("invoice DE00 1234 5678 9012 3456 78 (a test value, bad check digits)", {}, []),
+        ("SSN format is 000-00-0000; 666-12-3456 and 900-12-3456 are never issued", {}, []),
+        ("mysql -u root -p --database shop", {}, []),
+        ("docker login -u ci --password-stdin < token.txt", {}, []),
+        ("redis-cli -a $REDIS_PASSWORD ping", {}, []),
+        ("postgres://app:${DB_PASSWORD}@db:5432/app", {}, []),
+        ("      valueFrom:\n        secretKeyRef:\n          name: db\n          key: password", {}, []),
+        ("sshpass -p <password> ssh admin@host", {}, []),
+        ("export PGPASSWORD=$(cat /run/secrets/pg)", {}, []),
+        ('curl -u "$USER:$TOKEN" https://api.example.com', {}, []),
     ]
     return [{"text": t, "expect": e, "planted": p} for t, e, p in cases]
 
