@@ -396,3 +396,99 @@ def test_redaction_is_idempotent_on_secret_like_fragments(text):
     second = redact_text(first.text)
     assume(first.text)  # the empty text is trivially fine
     assert second.text == first.text and second.counts == {}, (text, first.text, second.text)
+
+
+# ---------------------------------------------------------------- issue 14: validators, command lines
+@pytest.mark.parametrize(
+    "text, kind, secret",
+    [
+        ("redis-cli -h cache -a Zx81bLue ping", "key_value_secret", "Zx81bLue"),
+        ("redis-cli --pass correcthorse --no-auth-warning", "key_value_secret", "correcthorse"),
+        ("mysql -u root -pS3cretPass shop", "key_value_secret", "S3cretPass"),
+        ("mysqldump -uroot -p'open sesame' all > dump.sql", "key_value_secret", "open sesame"),
+        ("sshpass -p 'tr0ub4dor' ssh admin@h", "key_value_secret", "tr0ub4dor"),
+        ("sshpass -pmysecret ssh admin@h", "key_value_secret", "mysecret"),
+        ("docker login -u bob -p dckrpassw registry.io", "key_value_secret", "dckrpassw"),
+        ("podman login --password=bluewhale quay.io", "key_value_secret", "bluewhale"),
+        ("curl -u admin:Passw0rd https://x", "key_value_secret", "Passw0rd"),
+        ("curl --user admin:opensesame https://x", "key_value_secret", "opensesame"),
+        ("mongosh --username a --password swordfish", "key_value_secret", "swordfish"),
+        ("ldapsearch -x -D cn=admin -w adminpass -b dc=x", "key_value_secret", "adminpass"),
+        ("smbclient //srv/share -U alice%wonderland", "key_value_secret", "wonderland"),
+        ("rabbitmqctl add_user bob bobsecret", "key_value_secret", "bobsecret"),
+        ("htpasswd -bc .htpasswd alice wonderland", "key_value_secret", "wonderland"),
+        ("keytool -list -keystore ks.jks -storepass changeit2", "key_value_secret", "changeit2"),
+        ("skopeo copy --src-creds bob:hunter22 docker://a docker://b", "key_value_secret", "hunter22"),
+        ("      - name: DB_PASSWORD\n        value: swordfish", "key_value_secret", "swordfish"),
+        ("POSTGRES_PASSWORD: swordfish", "key_value_secret", "swordfish"),
+        ("amqp://guest:rabbitpass@mq:5672/", "password_in_url", "rabbitpass"),
+        ("IBAN GB82 WEST 1234 5698 7654 32, thanks", "iban", "GB82 WEST 1234 5698 7654 32"),
+        ("iban de89370400440532013000", "iban", "de89370400440532013000"),
+        ("ssn 536-90-4399", "national_id", "536-90-4399"),
+        ("my social security number is 536904399", "national_id", "536904399"),
+        ("DNI 12345678Z", "national_id", "12345678Z"),
+        ("NIE X1234567L please", "national_id", "X1234567L"),
+        ("codice fiscale RSSMRA85T10A562S", "national_id", "RSSMRA85T10A562S"),
+        ("my BSN is 111222333", "national_id", "111222333"),
+        ("PESEL: 44051401458", "national_id", "44051401458"),
+        ("call me at +49 30 901820", "phone", "+49 30 901820"),
+        ("ring 0044 20 7946 0958 tonight", "phone", "0044 20 7946 0958"),
+        ("call 2125550123 after lunch", "phone", "2125550123"),
+    ],
+)
+def test_cli_credentials_and_validated_identifiers_are_redacted(text, kind, secret):
+    result = redact_text(text)
+    assert secret not in result.text, result.text
+    assert result.counts.get(kind, 0) == 1, result.counts
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "mysql -u root -p shop",
+        "mysql -u root -P 3306 -p",
+        'mysql -p"$MYSQL_PWD" db',
+        "docker login -u ci --password-stdin < token.txt",
+        "docker run -p 8080:80 nginx",
+        "redis-cli -a $REDIS_PASSWORD ping",
+        "postgres://app:${DB_PASSWORD}@db/app",
+        "redis://:$REDIS_PASS@cache:6379/0",
+        "export DB_PASSWORD=${DB_PASSWORD}",
+        "sshpass -p <password> ssh admin@h",
+        "sshpass -f ~/.pw ssh admin@h",
+        'curl -u "$USER:$TOKEN" https://x',
+        "curl -u admin https://x",
+        "POSTGRES_PASSWORD: ${POSTGRES_PASSWORD}",
+        "- name: DB_PASSWORD\n  valueFrom:\n    secretKeyRef:\n      name: db\n      key: password",
+        "ssh -p 2222 host && git log -p",
+        "order 482913507 placed 2024-03-18",
+        "tracking 1Z999AA10123456784 on 2024-03-18",
+        "ticket 4155552671 reopened 03/18/2024",
+        "ORD-2024-000123 is delayed",
+        "SSN format 000-00-0000; 666-12-3456 is never issued",
+        "IBAN DE00 1234 5678 9012 3456 78 has bad check digits",
+        "build 12345678 finished, item 87654321 shipped",
+        "+1 000 000 0000 is not a number",
+    ],
+)
+def test_references_and_look_alikes_are_untouched(text):
+    result = redact_text(text)
+    assert result.counts == {}, (result.text, result.counts)
+    assert result.text == text
+
+
+def test_phone_regions_are_configurable():
+    text = "ruf an: 030 901820 oder 0151 23456789"  # German national formats
+    assert Redactor().redact_text(text).counts == {}
+    result = Redactor(phone_regions=("US", "DE")).redact_text(text)
+    assert result.counts == {"phone": 2}, result.text
+
+
+def test_new_pii_types_have_placeholders_and_columns():
+    from features.schema import INTERACTION_SCHEMA
+
+    assert placeholder("iban") == "<IBAN>" and placeholder("national_id") == "<NATIONAL_ID>"
+    names = INTERACTION_SCHEMA.names
+    assert "redacted_iban" in names and "redacted_national_id" in names
+    assert INTERACTION_SCHEMA.field("redacted_iban").nullable
+    assert redact_text(redact_text("ssn 536-90-4399").text).counts == {}

@@ -181,6 +181,9 @@ def find_url_passwords(text: str, out: list[Span]) -> None:
         return
     for m in URL_PASSWORD.finditer(text):
         # After vendor formats: https://x-access-token:ghs_...@github.com is a github_token.
+        value = m.group(1)
+        if value[0] in "$%{<*" or is_templated_secret(value) or set(value) <= set("*xX."):
+            continue  # a reference: postgres://app:${DB_PASSWORD}@db, redis://:$PASS@host, ****
         out.append(Span(m.start(1), m.end(1), "password_in_url", R_FORMAT + 5))
 
 
@@ -212,7 +215,8 @@ def _value_is_secret(value: str, op: str, word: str, quoted: bool, after: str) -
         return False  # a call or attribute: password = get_password(), token = os.environ[...]
     if IDENTIFIER.fullmatch(v) and ("." in v or any(w in low for w in REFERENCE_WORDS)):
         return False  # a reference: password=self.password, api_key=settings.API_KEY
-    if not quoted and op == ":" and not _credential_like(v):
+    if not quoted and op == ":" and not _credential_like(v) and not (word.isupper() and len(v) >= 6):
+        # an env-style key (DB_PASSWORD: swordfish in compose/kube YAML) takes any value
         return False  # "Password: incorrect", "token: expired" are prose
     if (
         " " in v

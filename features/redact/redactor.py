@@ -7,6 +7,7 @@ import json
 import re
 from typing import Any
 
+from features.redact.cli import CLI_WORDS, find_cli_credentials
 from features.redact.detectors import (
     find_aws_secrets,
     find_bearer,
@@ -21,13 +22,6 @@ from features.redact.detectors import (
     find_url_passwords,
     find_with_detect_secrets,
 )
-from features.redact.validated import (
-    IBAN_GATE,
-    PHONE_REGIONS,
-    find_iban,
-    find_national_ids,
-    find_phones_validated,
-)
 from features.redact.patterns import (
     ASCII_LOWER,
     DIGIT_OR_AT,
@@ -41,6 +35,13 @@ from features.redact.patterns import (
     TOKEN_RUN,
     RedactionResult,
     Span,
+)
+from features.redact.validated import (
+    IBAN_GATE,
+    PHONE_REGIONS,
+    find_iban,
+    find_national_ids,
+    find_phones_validated,
 )
 
 # ---------------------------------------------------------------- resolution and the public API
@@ -95,7 +96,8 @@ class Redactor:
             return []
         low = text.lower()
         keyword = any(w in low for w in KEYWORDS)
-        if self.gate and not (DIGIT_OR_AT.search(text) or keyword or LETTER_RUN.search(text)):
+        cli = any(w in low for w in CLI_WORDS)
+        if self.gate and not (DIGIT_OR_AT.search(text) or keyword or cli or LETTER_RUN.search(text)):
             return []
         if not self.gate:
             keyword = True
@@ -126,6 +128,8 @@ class Redactor:
             find_key_values(text, low, hits, spans)
             find_bearer(text, low, spans)
             find_high_entropy(text, hits, spans)
+        if cli or not self.gate:
+            find_cli_credentials(text, low, spans)
         if self.detect_secrets_scan:
             find_with_detect_secrets(text, spans, self.gate)
         return _resolve(text, spans) if spans else []
