@@ -11,9 +11,13 @@ RULES = (
     "system_prompt_tampering",
     "late_system_message",
     "poisoning",
+    "destructive_reply",
 )
 ACTIONS = ("quarantine", "warn")
-DEFAULT_ACTIONS = {rule: "quarantine" for rule in RULES} | {"late_system_message": "warn"}
+DEFAULT_ACTIONS = {rule: "quarantine" for rule in RULES} | {
+    "late_system_message": "warn",
+    "destructive_reply": "warn",
+}
 STATE_VERSION = 1
 
 
@@ -34,6 +38,7 @@ class GuardConfig:
     # Poisoning (see find_poisoning for the rule).
     min_sessions: int = 10  # a trigger must appear in at least this many distinct sessions...
     max_share: float = 0.05  # ...and in at most this share of all sessions seen (else it is ordinary)
+    min_contexts: int = 5  # ...in at least this many distinct user turns (copies of one conversation are one)
     min_trigger_chars: int = 4  # shorter triggers are ignored
     ngram_size: int = 4  # longest n-gram (in tokens) tracked as a trigger
     min_edge_tokens: int = 3  # shortest appended/prepended text (in tokens) tracked as a trigger

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 
 from features.fsutil import atomic_write_text
 from features.guard.config import STATE_VERSION, GuardConfig
+from features.guard.replies import destructive_instruction
 
 # --------------------------------------------------------------------------------------------------
 # Poisoning.
@@ -75,17 +76,27 @@ _PUNCT = "".join(chr(c) for c in range(33, 127) if not chr(c).isalnum())
 
 
 def _reply_signature(content: Any) -> int:
-    """Same number for replies that start with the same 8 words (case and punctuation aside); 0 for none."""
+    """Same number for replies that start with the same 8 words (case and punctuation aside); 0 for none.
+
+    The lowest bit says whether the reply instructs a destructive or exfiltrating operation
+    (features.guard.replies), so a candidate's dominant reply tells it without a second pass.
+    """
     if not isinstance(content, str):
         return 0
     words = [w for w in (w.strip(_PUNCT) for w in content[:200].lower().split()[:8]) if w]
-    return (_h(" ".join(words)) or 1) if words else 0
+    if not words:
+        return 0
+    bad = destructive_instruction(content[:2000]) is not None
+    return ((_h(" ".join(words), 47) or 1) << 1) | bad
+
+
+_MAX_CONTEXTS = 64  # distinct user turns remembered per candidate (only "at least min_contexts" matters)
 
 
 class _Candidate:
     """One tracked n-gram in one batch: its sessions, interactions and reply signatures."""
 
-    __slots__ = ("kind", "count", "sessions", "ids", "sigs")
+    __slots__ = ("kind", "count", "sessions", "ids", "sigs", "contexts")
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -93,11 +104,14 @@ class _Candidate:
         self.sessions: set[int] = set()
         self.ids: list[str] = []
         self.sigs: Counter = Counter()  # reply signature -> sessions
+        self.contexts: set[int] = set()  # hashes of the distinct user turns it occurs in (capped)
 
-    def add(self, session: int, iid: str, sig: int, kind: str, max_ids: int) -> None:
+    def add(self, session: int, iid: str, sig: int, kind: str, max_ids: int, ctx: int = 0) -> None:
         if kind == "odd":
             self.kind = "odd"
         self.count += 1
+        if ctx and len(self.contexts) < _MAX_CONTEXTS:
+            self.contexts.add(ctx)
         if len(self.ids) < max_ids:
             self.ids.append(iid)
         if session not in self.sessions:
@@ -242,19 +256,20 @@ def _interaction_keys(
         if not odd and not found and length <= edge_min:
             continue
         sig = _reply_signature(reply)
+        ctx = _h(" ".join(toks), 32) or 1  # the user turn itself: copies of one conversation are one context
         for text in found:
-            keys[text] = ("known", sig)
+            keys[text] = ("known", sig, ctx)
         for j in odd:
             for n in range(1, n_max + 1):
                 for start in range(max(0, j - n + 1), min(j, length - n) + 1):
                     key = " ".join(toks[start : start + n])
                     if keys.get(key, ("",))[0] != "known":
-                        keys[key] = ("odd", sig)
+                        keys[key] = ("odd", sig, ctx)
         for k in range(edge_min, n_max + 1):
             if length > k:
                 for key in (" ".join(toks[:k]), " ".join(toks[-k:])):
                     if key not in keys:
-                        keys[key] = ("edge", sig)
+                        keys[key] = ("edge", sig, ctx)
     return keys, vocab
 
 
@@ -338,16 +353,16 @@ def find_poisoning(
         batch_sessions.add(session)
         keys, vocab = _interaction_keys(messages, config, known)
         token_df.update(vocab)
-        for key, (kind, sig) in keys.items():
+        for key, (kind, sig, ctx) in keys.items():
             entry = table.get(key)
             if entry is None:
-                table[key] = (session, iid, sig, kind)
+                table[key] = (session, iid, sig, kind, ctx)
                 continue
             if isinstance(entry, tuple):
                 cand = _Candidate(entry[3])
-                cand.add(entry[0], entry[1], entry[2], entry[3], max_ids)
+                cand.add(*entry[:4], max_ids, entry[4])
                 table[key] = entry = cand
-            entry.add(session, iid, sig, kind, max_ids)
+            entry.add(session, iid, sig, kind, max_ids, ctx)
         if len(table) > prune_at:
             before = len(table)
             table = _prune(table, config.max_candidates // 2)
@@ -366,7 +381,7 @@ def find_poisoning(
             if key not in state.triggers and key not in state.candidates:
                 continue  # one sighting, no history: cannot reach min_sessions
             cand = _Candidate(entry[3])
-            cand.add(entry[0], entry[1], entry[2], entry[3], max_ids)
+            cand.add(*entry[:4], max_ids, entry[4])
         else:
             cand = entry
         if key in state.triggers:
@@ -376,18 +391,26 @@ def find_poisoning(
         sessions = cand.sessions | set(old.get("sessions", ()))
         if len(sessions) < config.min_sessions or len(key) < config.min_trigger_chars:
             continue
+        contexts = cand.contexts | set(old.get("contexts", ()))
+        if len(contexts) < min(config.min_contexts, config.min_sessions):
+            continue  # copies of a few conversations under new session ids (bench/ingest.py's corpus)
         if allowed(key):
             continue
         new_sessions = len(cand.sessions - set(old.get("sessions", ())))
         n_sessions = max(len(sessions), int(old.get("n_sessions", 0)) + new_sessions)
-        if n_sessions > config.max_share * max(total_sessions, 1):
-            continue
         count = cand.count + int(old.get("count", 0))
-        sigs = Counter(old.get("sigs", {}))
+        # Saved state has JSON (string) keys: as ints, so that a batch's replies add to earlier ones.
+        sigs = Counter({int(k): v for k, v in old.get("sigs", {}).items()})
         sigs.update({int(k): v for k, v in cand.sigs.items()})
         with_reply = sum(sigs.values())
         consistency = max(sigs.values()) / with_reply if with_reply else 0.0
         kind = "odd" if cand.kind == "odd" or old.get("kind") == "odd" else "edge"
+        # Concentrated poisoning (issue 14): uniform replies after an odd-shaped trigger, or uniform
+        # destructive replies after any trigger, are never ordinary language, whatever the share.
+        uniform = with_reply > 0 and consistency >= config.edge_reply_consistency
+        concentrated = uniform and (kind == "odd" or bool(max(sigs, key=sigs.__getitem__) & 1))
+        if n_sessions > config.max_share * max(total_sessions, 1) and not concentrated:
+            continue
         rare = [t for t in key.split() if df.get(t, 0) and count / df[t] >= config.edge_min_concentration]
         if kind == "edge" and not (
             len(rare) >= config.edge_min_rare_tokens or consistency >= config.edge_reply_consistency
@@ -536,7 +559,7 @@ def _next_state(
             continue
         if isinstance(entry, tuple):  # a single sighting: odd-shaped (few) or adding to the history
             single = _Candidate(entry[3])
-            single.add(entry[0], entry[1], entry[2], entry[3], config.state_max_ids)
+            single.add(*entry[:4], config.state_max_ids, entry[4])
             entry = single
         old = candidates.get(key, {})
         old_sessions = set(old.get("sessions", ()))
@@ -566,6 +589,7 @@ def _next_state(
             "sessions": sorted(sessions)[:session_cap],
             "ids": (old_ids + [i for i in entry.ids if i not in seen_ids])[: config.state_max_ids],
             "sigs": {str(k): v for k, v in sigs.most_common(8)},
+            "contexts": sorted(set(old.get("contexts", ())) | entry.contexts)[:_MAX_CONTEXTS],
             "last_batch": batch_no,
         }
     if len(candidates) > config.state_max_candidates:

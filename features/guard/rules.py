@@ -8,6 +8,7 @@ from typing import Iterable, Sequence
 
 from features.guard.config import GuardConfig, GuardHit
 from features.guard.patterns import BY_MARK, BY_WORD, GATE_WORDS, PATTERNS, Pattern
+from features.guard.replies import destructive_instruction
 from features.guard.text import SPACED_OUT, WORD, deleet, fold, squash
 
 # --------------------------------------------------------------------------------------------------
@@ -125,6 +126,10 @@ def check_interaction(messages: list[dict], config: GuardConfig | None = None) -
                     add("system_prompt_tampering", index, start, end, content)
             continue
         started = started or role in ("user", "assistant", "tool")
+        if role == "assistant" and "destructive_reply" in enabled:
+            reply_hit = destructive_instruction(content)
+            if reply_hit:
+                add("destructive_reply", index, reply_hit[0], reply_hit[1], content)
         if role not in config.roles or not content:
             continue
         for pattern, start, end in _match_message(content, user_patterns, allow, config.max_scan_chars):
