@@ -221,10 +221,61 @@ def eval_poisoning() -> dict:
     }
 
 
+def eval_replies(dirs: list[Path]) -> dict:
+    """destructive_reply warnings on real traffic (JSONL logs, e.g. `python -m features.bfcl --out DIR`):
+    every assistant message counted, no labels; each hit is a false positive unless a person says
+    otherwise (the hits' evidence is printed for that)."""
+    import gzip
+
+    from features.raw_format import unwrap
+
+    out = {}
+    for d in dirs:
+        records = messages = hits = 0
+        evidence = []
+        for path in sorted(d.rglob("*.jsonl*")):
+            opener = gzip.open if path.name.endswith(".gz") else open
+            with opener(path, "rt", encoding="utf-8") as f:
+                for line in f:
+                    if not line.strip():
+                        continue
+                    record = unwrap(json.loads(line))
+                    msgs = record.get("messages") or []
+                    records += 1
+                    messages += sum(isinstance(m, dict) and m.get("role") == "assistant" for m in msgs)
+                    found = [h for h in check_interaction(msgs) if h.rule == "destructive_reply"]
+                    hits += len(found)
+                    evidence += [h.evidence for h in found][:3]
+        out[str(d)] = {
+            "records": records,
+            "assistant_messages": messages,
+            "destructive_reply_hits": hits,
+            "rate": ratio(hits, messages),
+            "evidence": evidence[:20],
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, help="write all figures (with missed ids) to this file")
+    ap.add_argument(
+        "--replies",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="only measure destructive_reply warnings on the JSONL logs under these folders (unlabeled traffic)",
+    )
     args = ap.parse_args()
+    if args.replies:
+        for d, v in eval_replies(args.replies).items():
+            print(
+                f"destructive_reply on {d}: {v['destructive_reply_hits']} hits over {v['assistant_messages']} "
+                f"assistant messages ({v['records']} records), rate {v['rate']}"
+            )
+            for e in v["evidence"]:
+                print(f"    {e!r}")
+        return
     res = {"secrets_pii": eval_secrets(), "injection": eval_injection(), "poisoning": eval_poisoning()}
     s = res["secrets_pii"]
     print(f"secrets/PII: {s['positives']} positives, {s['negatives']} look-alike negatives")

@@ -1,6 +1,12 @@
 """Throughput of features.redact on realistic chat lines, with and without detect-secrets' scanner.
 
     .venv/bin/python bench/redact_bench.py --conversations 3000 --repeat 3
+    .venv/bin/python bench/redact_bench.py --per-record   # issue 14: cost per ingest record, one line each
+
+`--per-record` times what ingest runs per record on the chat records (redact_messages, check_interaction)
+and per batch (find_poisoning over the same records as one batch), and prints machine-readable lines
+`redact_us_per_record: X`, `guard_us_per_record: X`, `poisoning_us_per_record: X`. The same file runs
+unchanged on an older checkout (public API only), which gives the before figures.
 
 Chat lines: the message contents of sample logs (features.sample_logs, real chitchat-dataset text),
 the common case of the ingest hot path: almost no secrets. Secret-heavy lines: the labeled corpus
@@ -66,9 +72,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conversations", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--per-record", action="store_true", help="only the per-record ingest costs")
     args = parser.parse_args(argv)
 
     records = chat_records(args.conversations, args.seed)
+    if args.per_record:
+        from features.guard import check_interaction, find_poisoning
+
+        redactor = Redactor()
+        batch = [(str(i), f"s{i}", m) for i, m in enumerate(records)]
+        costs = {
+            "redact": best_of(args.repeat, lambda: [redactor.redact_messages(m) for m in records]),
+            "guard": best_of(args.repeat, lambda: [check_interaction(m) for m in records]),
+            "poisoning": best_of(args.repeat, lambda: find_poisoning(batch)),
+        }
+        print(
+            f"{len(records)} chat records (sample logs, seed {args.seed}), best of {args.repeat}, process CPU time"
+        )
+        for name, secs in costs.items():
+            print(f"{name}_us_per_record: {secs / len(records) * 1e6:.1f}")
+        return 0
     texts = [m["content"] for msgs in records for m in msgs if isinstance(m.get("content"), str)]
     heavy = corpus_texts()
     chars = sum(map(len, texts))

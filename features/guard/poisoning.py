@@ -76,18 +76,11 @@ _PUNCT = "".join(chr(c) for c in range(33, 127) if not chr(c).isalnum())
 
 
 def _reply_signature(content: Any) -> int:
-    """Same number for replies that start with the same 8 words (case and punctuation aside); 0 for none.
-
-    The lowest bit says whether the reply instructs a destructive or exfiltrating operation
-    (features.guard.replies), so a candidate's dominant reply tells it without a second pass.
-    """
+    """Same number for replies that start with the same 8 words (case and punctuation aside); 0 for none."""
     if not isinstance(content, str):
         return 0
     words = [w for w in (w.strip(_PUNCT) for w in content[:200].lower().split()[:8]) if w]
-    if not words:
-        return 0
-    bad = destructive_instruction(content[:2000]) is not None
-    return ((_h(" ".join(words), 47) or 1) << 1) | bad
+    return (_h(" ".join(words)) or 1) if words else 0
 
 
 _MAX_CONTEXTS = 64  # distinct user turns remembered per candidate (only "at least min_contexts" matters)
@@ -223,8 +216,11 @@ def _user_turns(messages: Any):
 
 
 def _interaction_keys(
-    messages: Any, config: GuardConfig, known: dict[str, list[tuple[int, str]]] | None = None
-) -> tuple[dict[str, tuple[str, int]], set[str]]:
+    messages: Any,
+    config: GuardConfig,
+    known: dict[str, list[tuple[int, str]]] | None = None,
+    replies: dict[int, str] | None = None,
+) -> tuple[dict[str, tuple[str, int, int]], set[str]]:
     """Candidate n-grams of one interaction (key -> (kind, reply signature)) and its token set.
 
     `known`: confirmed triggers by first token, as (length in tokens, text), found wherever they occur.
@@ -256,6 +252,8 @@ def _interaction_keys(
         if not odd and not found and length <= edge_min:
             continue
         sig = _reply_signature(reply)
+        if replies is not None and sig and sig not in replies:
+            replies[sig] = reply  # a reference into the batch: read only for a uniform candidate's reply
         ctx = _h(" ".join(toks), 32) or 1  # the user turn itself: copies of one conversation are one context
         for text in found:
             keys[text] = ("known", sig, ctx)
@@ -341,6 +339,7 @@ def find_poisoning(
         if text and not allowed(text):
             known.setdefault(text.split()[0], []).append((len(text.split()), text))
 
+    replies: dict[int, str] = {}  # reply signature -> one reply of the batch with it
     table: dict[str, Any] = {}  # key -> (session, id, sig, kind) for a single sighting, else _Candidate
     token_df: Counter = Counter()
     batch_sessions: set[int] = set()
@@ -351,7 +350,7 @@ def find_poisoning(
         n_interactions += 1
         session = _h(sid)
         batch_sessions.add(session)
-        keys, vocab = _interaction_keys(messages, config, known)
+        keys, vocab = _interaction_keys(messages, config, known, replies)
         token_df.update(vocab)
         for key, (kind, sig, ctx) in keys.items():
             entry = table.get(key)
@@ -408,7 +407,10 @@ def find_poisoning(
         # Concentrated poisoning (issue 14): uniform replies after an odd-shaped trigger, or uniform
         # destructive replies after any trigger, are never ordinary language, whatever the share.
         uniform = with_reply > 0 and consistency >= config.edge_reply_consistency
-        concentrated = uniform and (kind == "odd" or bool(max(sigs, key=sigs.__getitem__) & 1))
+        if uniform and kind != "odd" and n_sessions > config.max_share * max(total_sessions, 1):
+            dominant = replies.get(max(sigs, key=sigs.__getitem__))
+            uniform = isinstance(dominant, str) and destructive_instruction(dominant[:2000]) is not None
+        concentrated = uniform
         if n_sessions > config.max_share * max(total_sessions, 1) and not concentrated:
             continue
         rare = [t for t in key.split() if df.get(t, 0) and count / df[t] >= config.edge_min_concentration]

@@ -40,7 +40,7 @@ _DESTROY = re.compile(
     + _DATA
     + r"\b"
 )
-_DESTROY_CMD = re.compile(
+_DESTROY_CMD = re.compile(  # gated by _GATE_DESTROY: each command below names one of its words
     r"(?i)(?:\brm\s+-(?:rf|fr|r\s+-f)\s+/(?:\s|$|\*)|\bkubectl\s+delete\s+(?:ns|namespaces?)\b"
     r"|\bkubectl\s+delete\s+(?:pv|pvc|persistentvolumes?|persistentvolumeclaims?)\s+--all\b"
     r"|\bdocker\s+(?:volume\s+(?:prune|rm)|system\s+prune\s+(?:-a\s+)?--volumes)\b|\bdrop\s+(?:database|schema)\b"
@@ -73,22 +73,84 @@ _EXFIL_CMD = re.compile(
     r"|\bcurl\b[^\n]{0,120}(?:-d|--data(?:-binary)?|-F|-T|--upload-file)\s*[\"']?@?[^\s\"']*"
     r"(?:\.aws/credentials|\.ssh/id_|\.env\b|kubeconfig|/etc/shadow|\.netrc|\.docker/config\.json))"
 )
-GATE = re.compile(
-    r"(?i)delet|drop|wipe|purg|destroy|eras|remov|nuke|shred|truncat|\brm\b|prune|disabl|turn\s+off|silenc|mute"
-    r"|suppress|stop|shut|kill|auditctl|send|post|upload|mail|forward|paste|exfil|transmit|copy|leak|share|curl"
-    r"|\bnc\b|wget"
+# Cheap gate: substring tests on the lower-cased text (the cheapest test there is in Python; a
+# regex alternation costs several times more on chat text). Every family needs one of its words.
+_GATE_DESTROY = (
+    "backup",
+    "back up",
+    "snapshot",
+    "volume",
+    "namespace",
+    "databas",
+    "bucket",
+    "replica",
+    "restore point",
+    "recovery point",
+    "audit",
+    "rm -",
+    "drop ",
+    "terraform",
+    "velero",
+    "aws ",
 )
-RULES = (_DESTROY, _DESTROY_CMD, _BLIND, _BLIND_CMD, _EXFIL, _EXFIL_CMD)
+_GATE_BLIND = (
+    "alert",
+    "alarm",
+    "audit",
+    "monitoring",
+    "logging",
+    "cloudtrail",
+    "guardduty",
+    "siem",
+    "edr",
+    "intrusion",
+    "pager",
+    "notification",
+)
+_GATE_EXFIL = (
+    "secret",
+    "credential",
+    "creds",
+    "password",
+    "key",
+    "token",
+    ".env",
+    "kubeconfig",
+    "id_rsa",
+    "cookie",
+    "shadow",
+    "curl",
+    "printenv",
+)
+FAMILIES = (
+    (_GATE_DESTROY, (_DESTROY, _DESTROY_CMD)),
+    (_GATE_BLIND, (_BLIND, _BLIND_CMD)),
+    (_GATE_EXFIL, (_EXFIL, _EXFIL_CMD)),
+)
+
+
+GATE_WORDS = _GATE_DESTROY + _GATE_BLIND + _GATE_EXFIL
+
+
+def may_hold_instruction(texts: list[str]) -> bool:
+    """Whether any of `texts` can hold an instruction: one lower-casing and substring tests over them
+    joined (per-text calls cost more than the scan on short chat replies)."""
+    low = "\n".join(texts).lower()
+    return any(w in low for w in GATE_WORDS)
 
 
 def destructive_instruction(text: str) -> tuple[int, int] | None:
     """The span of the first destructive or exfiltrating instruction in `text`, or None."""
-    if not text or not GATE.search(text):
+    if not text:
         return None
-    for regex in RULES:
-        for m in regex.finditer(text):
-            line_start = text.rfind("\n", 0, m.start()) + 1
-            if _NEG.search(text[max(line_start, m.start() - 40) : m.start()]):
-                continue
-            return m.start(), m.end()
+    low = text.lower()
+    for gate, regexes in FAMILIES:
+        if not any(w in low for w in gate):
+            continue
+        for regex in regexes:
+            for m in regex.finditer(text):
+                line_start = text.rfind("\n", 0, m.start()) + 1
+                if _NEG.search(text[max(line_start, m.start() - 40) : m.start()]):
+                    continue
+                return m.start(), m.end()
     return None

@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 
 from features.guard.config import GuardConfig, GuardHit
 from features.guard.patterns import BY_MARK, BY_WORD, GATE_WORDS, PATTERNS, Pattern
-from features.guard.replies import destructive_instruction
+from features.guard.replies import destructive_instruction, may_hold_instruction
 from features.guard.text import SPACED_OUT, WORD, deleet, fold, squash
 
 # --------------------------------------------------------------------------------------------------
@@ -110,6 +110,10 @@ def check_interaction(messages: list[dict], config: GuardConfig | None = None) -
     known = {" ".join(p.split()) for p in config.known_system_prompts}
     allow = [fold(a)[0] for a in config.allow_phrases if a.strip()]
     started = False
+    scan_replies = "destructive_reply" in enabled and may_hold_instruction(
+        [m["content"] for m in messages or [] if isinstance(m, dict) and m.get("role") == "assistant"
+         and isinstance(m.get("content"), str)]
+    )  # fmt: skip
     for index, message in enumerate(messages or []):
         if not isinstance(message, dict):
             continue
@@ -126,7 +130,7 @@ def check_interaction(messages: list[dict], config: GuardConfig | None = None) -
                     add("system_prompt_tampering", index, start, end, content)
             continue
         started = started or role in ("user", "assistant", "tool")
-        if role == "assistant" and "destructive_reply" in enabled:
+        if role == "assistant" and scan_replies:
             reply_hit = destructive_instruction(content)
             if reply_hit:
                 add("destructive_reply", index, reply_hit[0], reply_hit[1], content)

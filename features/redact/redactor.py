@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any
 
-from features.redact.cli import CLI_WORDS, find_cli_credentials
+from features.redact.cli import CLI_GATE, find_cli_credentials
 from features.redact.detectors import (
     find_aws_secrets,
     find_bearer,
@@ -39,6 +39,7 @@ from features.redact.patterns import (
 from features.redact.validated import (
     IBAN_GATE,
     PHONE_REGIONS,
+    find_codice_fiscale,
     find_iban,
     find_national_ids,
     find_phones_validated,
@@ -96,7 +97,8 @@ class Redactor:
             return []
         low = text.lower()
         keyword = any(w in low for w in KEYWORDS)
-        cli = any(w in low for w in CLI_WORDS)
+        # Command lines have a " -flag" (or are a kube `value:` / rabbitmqctl line): three substring tests.
+        cli = (" -" in text or "value:" in low or "rabbitmqctl" in low) and CLI_GATE.search(low) is not None
         if self.gate and not (DIGIT_OR_AT.search(text) or keyword or cli or LETTER_RUN.search(text)):
             return []
         if not self.gate:
@@ -117,10 +119,12 @@ class Redactor:
             if NUMBERISH.search(text):
                 find_cards(text, spans)
                 find_phones_validated(text, spans, self.phone_regions)
+                # IBANs, SSNs and national ids all hold a run of 7+ digits or a grouped one.
+                find_national_ids(text, low, spans)
+                if IBAN_GATE.search(text):
+                    find_iban(text, spans)
             find_ips(text, spans)
-            find_national_ids(text, spans)
-            if IBAN_GATE.search(text):
-                find_iban(text, spans)
+            find_codice_fiscale(text, spans)
         if keyword:
             if len(low) != len(text):  # a few non-ASCII letters lower-case to two characters
                 low = text.translate(ASCII_LOWER)

@@ -96,6 +96,7 @@ IT_CF = re.compile(
     r"(?<![A-Za-z0-9])[A-Za-z]{6}[0-9LMNPQRSTUVlmnpqrstuv]{2}[A-Za-z][0-9LMNPQRSTUVlmnpqrstuv]{2}"
     r"[A-Za-z][0-9LMNPQRSTUVlmnpqrstuv]{3}[A-Za-z](?![A-Za-z0-9])"
 )
+_CF_GATE = re.compile(r"[A-Za-z]{6}\d\d[A-Za-z]")
 NATIONAL_DIGITS = re.compile(r"(?<![\w.-])\d[\d .-]{7,20}\d(?![\w]|[.-]\d)")
 NATIONAL_CONTEXT = re.compile(
     r"(?i)(?<![a-z])(?:bsn|burgerservicenummer|pesel|steuer-?id|steuerliche identifikationsnummer|idnr"
@@ -120,25 +121,43 @@ def find_iban(text: str, out: list[Span]) -> None:
             raw = raw[:cut]
 
 
-def find_national_ids(text: str, out: list[Span]) -> None:
-    for m in SSN.finditer(text):
-        if _us_ssn.is_valid(m.group(0).replace(" ", "-")):  # stdnum reads only dashes
-            out.append(Span(m.start(), m.end(), "national_id", R_CONTEXT))
-    for m in SSN_BARE.finditer(text):
-        if SSN_CONTEXT.search(text, max(0, m.start() - 40), m.start()) and _us_ssn.is_valid(m.group(0)):
-            out.append(Span(m.start(), m.end(), "national_id", R_CONTEXT))
-    for m in ES_ID.finditer(text):
-        v = m.group(0).upper()
-        mod = _es_nie if v[0] in "XYZ" else _es_dni
-        if mod.is_valid(v):
-            out.append(Span(m.start(), m.end(), "national_id", R_CONTEXT))
-    if len(text) >= 16:
+_SEVEN = re.compile(r"\d{7}")
+_SSN_SHAPE = re.compile(r"\d{3}[- ]\d{2}[- ]\d{4}")
+NATIONAL_GATE = re.compile(
+    r"bsn|burgerservice|pesel|steuer|idnr|nir|insee|s[ée]curit[ée] sociale|rijksregister|national|personal id"
+    r"|citizen|id number|tax id"
+)
+
+
+def find_national_ids(text: str, low: str, out: list[Span]) -> None:
+    """`low`: the lower-cased text; each identifier runs only behind its own cheap test."""
+    if _SSN_SHAPE.search(text):
+        for m in SSN.finditer(text):
+            if _us_ssn.is_valid(m.group(0).replace(" ", "-")):  # stdnum reads only dashes
+                out.append(Span(m.start(), m.end(), "national_id", R_CONTEXT))
+    seven = _SEVEN.search(text) is not None
+    if seven and ("ssn" in low or "social security" in low or "ss#" in low):
+        for m in SSN_BARE.finditer(text):
+            if SSN_CONTEXT.search(text, max(0, m.start() - 40), m.start()) and _us_ssn.is_valid(m.group(0)):
+                out.append(Span(m.start(), m.end(), "national_id", R_CONTEXT))
+    if seven:
+        for m in ES_ID.finditer(text):
+            v = m.group(0).upper()
+            mod = _es_nie if v[0] in "XYZ" else _es_dni
+            if mod.is_valid(v):
+                out.append(Span(m.start(), m.end(), "national_id", R_CONTEXT))
+    if NATIONAL_GATE.search(low):
+        for m in NATIONAL_DIGITS.finditer(text):
+            if not NATIONAL_CONTEXT.search(text, max(0, m.start() - 48), m.start()):
+                continue
+            v = m.group(0)
+            if any(mod.is_valid(v) for mod in _NATIONAL_VALIDATORS):
+                out.append(Span(m.start(), m.end(), "national_id", R_CONTEXT))
+
+
+def find_codice_fiscale(text: str, out: list[Span]) -> None:
+    """Italian codice fiscale (no 7-digit run: not behind the digit-run gate of the others)."""
+    if len(text) >= 16 and _CF_GATE.search(text):
         for m in IT_CF.finditer(text):
             if _it_cf.is_valid(m.group(0).upper()):
                 out.append(Span(m.start(), m.end(), "national_id", R_CONTEXT))
-    for m in NATIONAL_DIGITS.finditer(text):
-        if not NATIONAL_CONTEXT.search(text, max(0, m.start() - 48), m.start()):
-            continue
-        v = m.group(0)
-        if any(mod.is_valid(v) for mod in _NATIONAL_VALIDATORS):
-            out.append(Span(m.start(), m.end(), "national_id", R_CONTEXT))
