@@ -666,3 +666,20 @@ def test_ordinary_operations_replies_do_not_warn(reply):
         [{"role": "user", "content": "what now?"}, {"role": "assistant", "content": reply}]
     )
     assert hits == []
+
+
+def test_a_common_odd_identifier_answered_by_the_agents_canned_reply_is_not_poisoning(corpus):
+    # A product id with an underscore in 40% of a small corpus, and an agent that opens every reply
+    # the same way: uniform replies, but not specific to the identifier (everybody gets them).
+    records = _sessions(corpus, 1000)
+    canned = "Thanks for reaching out to support, here is what I found."
+    for r in records:
+        for m in r["messages"]:
+            if m["role"] == "assistant":
+                m["content"] = canned + " " + m["content"]
+    plant(records, list(range(0, 1000, 5)) + list(range(1, 1000, 5)), "gpt_4o", "middle", 3)
+    report = find_poisoning(stream(records))
+    # "gpt_4o" itself (400 sessions) stays ordinary; its rarer neighbours ("gpt_4o i", < 5% of the
+    # sessions) are odd n-grams under the share ceiling, flagged as before issue 14 (allow-list them).
+    assert all(t.share <= GuardConfig().max_share for t in report.triggers), report.triggers[:3]
+    assert "gpt_4o" not in {t.text for t in report.triggers}

@@ -220,6 +220,7 @@ def _interaction_keys(
     config: GuardConfig,
     known: dict[str, list[tuple[int, str]]] | None = None,
     replies: dict[int, str] | None = None,
+    reply_uses: Counter | None = None,
 ) -> tuple[dict[str, tuple[str, int, int]], set[str]]:
     """Candidate n-grams of one interaction (key -> (kind, reply signature)) and its token set.
 
@@ -252,8 +253,11 @@ def _interaction_keys(
         if not odd and not found and length <= edge_min:
             continue
         sig = _reply_signature(reply)
-        if replies is not None and sig and sig not in replies:
-            replies[sig] = reply  # a reference into the batch: read only for a uniform candidate's reply
+        if replies is not None and sig:
+            if sig not in replies:
+                replies[sig] = reply  # a reference into the batch: read only for a uniform candidate's reply
+            if reply_uses is not None:
+                reply_uses[sig] += 1
         ctx = _h(" ".join(toks), 32) or 1  # the user turn itself: copies of one conversation are one context
         for text in found:
             keys[text] = ("known", sig, ctx)
@@ -340,6 +344,7 @@ def find_poisoning(
             known.setdefault(text.split()[0], []).append((len(text.split()), text))
 
     replies: dict[int, str] = {}  # reply signature -> one reply of the batch with it
+    reply_uses: Counter = Counter()  # reply signature -> user turns of the batch answered with it
     table: dict[str, Any] = {}  # key -> (session, id, sig, kind) for a single sighting, else _Candidate
     token_df: Counter = Counter()
     batch_sessions: set[int] = set()
@@ -350,7 +355,7 @@ def find_poisoning(
         n_interactions += 1
         session = _h(sid)
         batch_sessions.add(session)
-        keys, vocab = _interaction_keys(messages, config, known, replies)
+        keys, vocab = _interaction_keys(messages, config, known, replies, reply_uses)
         token_df.update(vocab)
         for key, (kind, sig, ctx) in keys.items():
             entry = table.get(key)
@@ -404,19 +409,26 @@ def find_poisoning(
         with_reply = sum(sigs.values())
         consistency = max(sigs.values()) / with_reply if with_reply else 0.0
         kind = "odd" if cand.kind == "odd" or old.get("kind") == "odd" else "edge"
-        # Concentrated poisoning (issue 14): uniform replies after an odd-shaped trigger, or uniform
-        # destructive replies after any trigger, are never ordinary language, whatever the share.
+        # Uniform replies count only when specific to the candidate (issue 14): a canned reply that the
+        # agent gives everybody in this batch ("Thanks for reaching out...") is no payload.
         uniform = with_reply > 0 and consistency >= config.edge_reply_consistency
-        if uniform and kind != "odd" and n_sessions > config.max_share * max(total_sessions, 1):
-            dominant = replies.get(max(sigs, key=sigs.__getitem__))
-            uniform = isinstance(dominant, str) and destructive_instruction(dominant[:2000]) is not None
+        if uniform and cand.sigs:
+            top = max(sigs, key=sigs.__getitem__)
+            uniform = (
+                reply_uses[top] <= cand.sigs.get(top, 0) / config.edge_reply_consistency
+                or top not in cand.sigs
+            )
+        # Concentrated poisoning: specific uniform replies after an odd-shaped trigger, or specific uniform
+        # destructive replies after any trigger, are never ordinary language, whatever the share.
+        over_share = n_sessions > config.max_share * max(total_sessions, 1)
         concentrated = uniform
-        if n_sessions > config.max_share * max(total_sessions, 1) and not concentrated:
+        if concentrated and kind != "odd" and over_share:
+            dominant = replies.get(max(sigs, key=sigs.__getitem__))
+            concentrated = isinstance(dominant, str) and destructive_instruction(dominant[:2000]) is not None
+        if over_share and not concentrated:
             continue
         rare = [t for t in key.split() if df.get(t, 0) and count / df[t] >= config.edge_min_concentration]
-        if kind == "edge" and not (
-            len(rare) >= config.edge_min_rare_tokens or consistency >= config.edge_reply_consistency
-        ):
+        if kind == "edge" and not (len(rare) >= config.edge_min_rare_tokens or uniform):
             continue
         if config.min_reply_consistency and consistency < config.min_reply_consistency:
             continue
