@@ -311,6 +311,12 @@ def find_poisoning(
                rare tokens (tokens found inside this n-gram in >= edge_min_concentration of their
                uses, corpus-wide) or the replies that follow it are uniform (>= edge_reply_consistency
                of its sessions get a reply starting with the same 8 words).
+    Issue 14: a candidate must occur in >= min_contexts distinct user turns (copies of one conversation
+    under new session ids are one context); uniform replies count only when specific to the candidate
+    (that reply's uses in the batch are at most 1/edge_reply_consistency of the candidate's sessions);
+    and the share ceiling of 2. does not apply to concentrated poisoning: specific uniform replies after
+    an odd-shaped n-gram, or specific uniform replies that instruct a destructive or exfiltrating
+    operation (features.guard.replies) after any n-gram, whatever its share of a small corpus.
     Overlapping n-grams are reduced to the longest one covering (>= 90% of) the same sessions, and
     only the interactions that contain a reported trigger are flagged. Triggers confirmed in an
     earlier batch (`history.triggers`) flag any later interaction that contains them.

@@ -4,7 +4,7 @@
     redact_text("key AKIA... to bob@example.com").text  ->  "key <SECRET:aws_access_key> to <EMAIL>"
 
 A found span is replaced by a typed placeholder (types fixed in features/schema.py):
-`<SECRET:{type}>` for SECRET_TYPES, `<EMAIL>` `<PHONE>` `<CARD>` `<IP>` for PII_TYPES. Only the span
+`<SECRET:{type}>` for SECRET_TYPES, `<EMAIL>` `<PHONE>` `<CARD>` `<IP>` `<IBAN>` `<NATIONAL_ID>` for PII_TYPES. Only the span
 is replaced; for `scheme://user:pass@host` and `password=value` only the password/value is.
 
 Where the detectors come from. detect-secrets 1.5.0 (Yelp) is used for what it does well, as
@@ -54,10 +54,21 @@ Decisions (a person will ask):
   - Stripe: secret (`sk_`) and restricted (`rk_`) keys, live and test, and webhook secrets
     (`whsec_`) are redacted. Publishable keys (`pk_live_`, `pk_test_`) are public by design (they
     ship in web pages) and are kept.
-  - Phone numbers: international numbers need the `+` (or `00`) prefix; North-American numbers
-    need a separator layout (`(415) 555-2671`, `415-555-2671`, `415.555.2671`, `+1 415 555 2671`);
-    ten bare digits count only right after a phone word (`call`, `phone`, `tel`, `mobile`, ...).
-    So dates, versions, ranges, ISBNs and order ids stay.
+  - Phone numbers (issue 14): libphonenumber's validity rules (`phonenumbers` PhoneNumberMatcher,
+    leniency VALID): `+` numbers anywhere, the `00` international prefix, and national formats of
+    `Redactor(phone_regions=...)` (default ("US",)). A match written as one bare digit run counts only
+    right after a phone word (`call`, `phone`, `tel`, ...), and one glued to a longer id
+    (`ORD-2024-000123`) never: so dates, versions, ranges, ISBNs and order ids stay.
+  - IBANs and national identifiers (issue 14): python-stdnum validators (check digits, assigned
+    ranges), `<IBAN>` and `<NATIONAL_ID>`: IBAN anywhere; US SSN as `123-45-6789`/`123 45 6789`
+    anywhere or nine bare digits after an SSN word; Spanish DNI/NIE and Italian codice fiscale
+    anywhere; Dutch BSN, Polish PESEL, German IdNr, French NIR, Belgian national number only after an
+    identifier word (features/redact/validated.py says why).
+  - Command lines (issue 14): the password arguments of redis-cli, mysql (glued `-pX` only), sshpass,
+    docker/podman/helm login, curl -u, ldap* -w, smbclient -U, rabbitmqctl, htpasswd -b, keytool,
+    skopeo; Kubernetes `name: X_PASSWORD` + `value:`; env-style `X_PASSWORD: value` in YAML takes any
+    value. References stay: `$X`, `${X}`, `$(cmd)`, `<password>`, `--password-stdin`, `secretKeyRef`,
+    also as a URL password (features/redact/cli.py lists each tool's flags).
   - Cards: 13-19 digits, optional spaces or dashes in a card layout, a known issuer prefix and
     a valid Luhn checksum.
   - Context-free long random strings (hashes, ids, base64 data) are kept: a high-entropy string
