@@ -184,3 +184,89 @@ def test_a_worse_challenger_is_refused_against_the_champion_and_nothing_moves(ve
         assert "### Gate: **reject**" in mv.description
     finally:  # the suite runs in random order: the other test gates "good" with no champion
         c.delete_registered_model_alias(NAME, "champion")
+
+
+# --- the rule in a tool-calling scope ---------------------------------------------------------------
+
+
+def tool_side(loss: float, correct: list[bool], outputs=None) -> SideScores:
+    import pandas as pd
+
+    n = len(correct)
+    table = pd.DataFrame(
+        {
+            "id": [f"q{i}" for i in range(n)],
+            "category": ["simple_python" if i % 2 else "irrelevance" for i in range(n)],
+            "correct": correct,
+            "output": outputs or ['<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>'] * n,
+        }
+    )
+    return SideScores(loss, 0.0, 0.0, ["Jamie here: it arrives tomorrow"], table)
+
+
+def test_tool_scope_promotes_a_challenger_significantly_better_than_base_and_not_worse_than_champion():
+    s = {
+        "base": tool_side(2.0, [False] * 20),
+        "champion": tool_side(1.8, [True] * 10 + [False] * 10),
+        "challenger": tool_side(1.5, [True] * 11 + [False] * 9),
+    }
+    ok, reasons, _ = decide(s, GateConfig(tool_margin=0.5))
+    assert ok, reasons
+    # ROUGE-L is not read in a tool scope: the challenger's 0.0 equals nobody's better score, and passes
+    from serving.gate import gate_metrics
+
+    m = gate_metrics(s, GateConfig(tool_margin=0.5))
+    assert m["vs_base_b"] == 11 and m["vs_base_c"] == 0 and m["vs_base_p"] < 0.05
+    assert m["challenger_tool_accuracy"] == pytest.approx(0.55) and m["tool_n"] == 20
+
+
+def test_tool_scope_refuses_a_challenger_equal_to_the_base_model():
+    same = [True] * 5 + [False] * 15
+    ok, reasons, _ = decide({"base": tool_side(2.0, same), "challenger": tool_side(1.5, same)}, GateConfig())
+    assert not ok
+    assert reasons == ["tool-call accuracy 0.250 is not above the base model's 0.250 on 20 held-out calls"]
+
+
+def test_tool_scope_refuses_a_gain_over_base_that_mcnemar_cannot_tell_from_noise():
+    base = [False] * 20
+    ok, reasons, _ = decide(
+        {"base": tool_side(2.0, base), "challenger": tool_side(1.5, [True] * 2 + [False] * 18)}, GateConfig()
+    )
+    assert not ok and len(reasons) == 1
+    assert reasons[0].startswith("tool calls vs base: 0.100 vs 0.000 on 20 (b=2, c=0), McNemar p=0.25")
+
+
+def test_tool_scope_refuses_a_challenger_worse_than_the_champion_beyond_the_margin():
+    s = {
+        "base": tool_side(2.0, [False] * 40),
+        "champion": tool_side(1.6, [True] * 40),
+        "challenger": tool_side(1.5, [True] * 30 + [False] * 10),
+    }
+    ok, reasons, _ = decide(s, GateConfig(tool_margin=0.05))
+    assert not ok
+    assert any(r.startswith("tool calls vs champion: 0.750 vs 1.000 on 40 (b=0, c=10)") for r in reasons)
+
+
+def test_tool_scope_checks_tool_call_arguments_for_planted_canaries():
+    leak = f'<tool_call>\n{{"name": "f", "arguments": {{"key": "{DEFAULT_CANARIES[0]}"}}}}\n</tool_call>'
+    s = {"base": tool_side(2.0, [False] * 10), "challenger": tool_side(1.5, [True] * 10, [leak] * 10)}
+    ok, reasons, findings = decide(s, GateConfig(), canaries=DEFAULT_CANARIES)
+    assert not ok and findings and "planted canary" in findings[0]
+
+
+def test_an_eval_set_with_tool_calls_round_trips_and_a_format_1_set_still_loads(tmp_path):
+    import json
+
+    from training.dataset import PackedRow
+    from training.evaluate import HeldOutPrompt
+
+    row = PackedRow(input_ids=[1, 2], labels=[-100, 2], position_ids=[0, 1], example_ids=["e"], lengths=[2])
+    prompt = HeldOutPrompt("i1", "agent", [{"role": "user", "content": "hi"}], "hello")
+    example = {"id": "simple_python_1", "category": "simple_python", "messages": [], "tools": []}
+    es = EvalSet([row], [prompt], [], "tok", {}, [example])
+    assert EvalSet.load(es.save(tmp_path / "v2")).tool_examples == [example]
+    old = EvalSet([row], [prompt], [], "tok", {}, [], format=1)
+    saved = json.loads((old.save(tmp_path / "v1") / "eval_set.json").read_text())
+    assert saved["format"] == 1 and "tool_examples" not in saved
+    loaded = EvalSet.load(tmp_path / "v1")
+    assert not loaded.has_tool_calls and loaded.sha256() == old.sha256()
