@@ -29,7 +29,8 @@ def test_lifecycle_workflow_wires_every_stage_into_the_next():
     assert upstream["ingested_store"] >= {"ingest_logs", "refresh_feast"}
     assert "ingested_store" in upstream["fingerprint_training_data"]
     assert {"build_dataset"} <= upstream["sweep"] and {"sweep", "build_dataset"} <= upstream["final_train"]
-    assert {"final_train", "frozen_eval_set", "training_window"} <= upstream["promote_wf"]
+    # the gate runs after the evaluation, whose tool-call outcomes it reuses
+    assert {"final_train", "frozen_eval_set", "training_window", "evaluate"} <= upstream["promote_wf"]
     assert (
         "promote_wf" in upstream["watching"] and "watching" in upstream["check_drift"]
     )  # after the promotion
