@@ -26,7 +26,7 @@ DEMO_SWEEP ?= {"n_trials": 2, "max_steps": [6, 10], "lora_r": [8, 16], "lora_dro
 DEMO_FINAL_STEPS ?= 40
 # The gate judges the demo by tool-call accuracy on held-out BFCL calls (paired McNemar vs base and champion),
 # so it runs GateConfig's strict defaults; ROUGE-L (noise over 6 prompts) only judges chat-only scopes
-DEMO_GATE ?= {}
+DEMO_GATE ?= {"loss_margin": 0.0}
 DEMO_PROMPTS ?= 6
 # BFCL questions per category written as tool traffic (a share held out by question id, under _heldout/)
 DEMO_BFCL_PER_CATEGORY ?= 60
