@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from features.mlflow_experiments import ui_link
@@ -270,3 +272,122 @@ def test_an_eval_set_with_tool_calls_round_trips_and_a_format_1_set_still_loads(
     assert saved["format"] == 1 and "tool_examples" not in saved
     loaded = EvalSet.load(tmp_path / "v1")
     assert not loaded.has_tool_calls and loaded.sha256() == old.sha256()
+
+
+# --- a real gate run in a tool scope ------------------------------------------------------------------
+
+TOOL_NAME = "agentloop-test-gate-tools"
+
+
+def tool_frame(base_model_dir, n: int = 40):
+    """Parcel conversations that end in a tool call, as the one template renders them: the tools block in
+    the system turn, the call as Hermes text in the assistant turn (so today's trainer takes loss on it)."""
+    import json
+
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from tests.test_evaluate import parcel_example
+    from training.evaluate import tool_prompt_text
+    from training.tool_format import format_tool_calls
+
+    tok = AutoTokenizer.from_pretrained(base_model_dir)
+    rows = []
+    for i in range(n):
+        ex = parcel_example(100 + i)
+        system = tool_prompt_text(tok, {**ex, "messages": ex["messages"][:1]})
+        system = system.split("<|im_start|>system\n", 1)[1].split("<|im_end|>", 1)[0]
+        call = {"name": "get_parcel_status", "arguments": {"tracking_number": f"PX-{1100 + i}"}}
+        messages = [{"role": "system", "content": system}, ex["messages"][1]]
+        messages.append({"role": "assistant", "content": format_tool_calls([call])})
+        rows.append(
+            {
+                "interaction_id": f"tool-{i:03d}",
+                "session_id": f"tool-sess-{i}",
+                "agent": "agent-parcel",
+                "messages_json": json.dumps(messages),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def tool_versions(tmp_path_factory, base_model_dir, mlflow_server):
+    import mlflow
+    from transformers import AutoTokenizer
+
+    from tests.test_evaluate import parcel_example
+    from training.dataset import DatasetConfig, build_snapshot
+    from training.eval_set import build_eval_set
+    from training.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tool-adapter")
+    frame = tool_frame(base_model_dir)
+    tok = AutoTokenizer.from_pretrained(base_model_dir)
+    snapshot = build_snapshot(frame, tok, DatasetConfig(max_seq_len=384, val_fraction=0.1, test_fraction=0.1))
+    mlflow.set_tracking_uri(mlflow_server)
+    config = TrainConfig(
+        base_model=str(base_model_dir),
+        output_dir=str(out),
+        lora_r=8,
+        lora_alpha=16,
+        micro_batch_size=2,
+        grad_accum_steps=1,
+        max_steps=30,
+        warmup_steps=2,
+        learning_rate=2e-3,
+        eval_every=0,
+        checkpoint_every=0,
+        num_threads=1,
+        seed=1,
+        mlflow_experiment="test-gate-tools",
+        run_name="tool-adapter",
+    )
+    result = train(config, snapshot)
+    good = Path(result.adapter_dir)
+    same = scaled_adapter(good, tmp_path_factory.mktemp("same-as-base") / "adapter", scale=0.0)
+    es = build_eval_set(
+        snapshot, frame, n_prompts=2, max_rows=8, tool_examples=[parcel_example(i) for i in range(10)]
+    ).save(out / "eval_set")
+    try:
+        yield {
+            "good": register(good, result.mlflow_run_id, es, TOOL_NAME),
+            "same": register(same, result.mlflow_run_id, es, TOOL_NAME),
+        }
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.slow
+def test_gate_promotes_a_tool_adapter_that_beats_the_base_model_on_the_same_held_out_calls(
+    tool_versions, mlflow_server
+):
+    from mlflow.tracking import MlflowClient
+
+    from serving.gate import run_gate
+
+    v = tool_versions["good"].version
+    d = run_gate(
+        TOOL_NAME, v, GateConfig(max_new_tokens=8, tool_max_new_tokens=40, tracking_uri=mlflow_server)
+    )
+    assert d.promote, d.reasons
+    assert d.metrics["challenger_tool_accuracy"] > d.metrics["base_tool_accuracy"]
+    assert d.metrics["vs_base_p"] < 0.05 and d.metrics["tool_n"] == 10
+    mv = MlflowClient(mlflow_server).get_model_version(TOOL_NAME, v)
+    assert mv.tags["agentloop.gate.metric"] == "tool_call_accuracy"
+    assert mv.tags["agentloop.gate.tool_alpha"] == "0.05" and mv.tags["agentloop.gate.tool_margin"] == "0.05"
+    assert "| vs base |" in mv.description and "| simple_python |" in mv.description
+
+
+@pytest.mark.slow
+def test_gate_refuses_a_tool_adapter_no_better_than_the_base_model(tool_versions, mlflow_server):
+    from serving.gate import run_gate
+
+    d = run_gate(
+        TOOL_NAME,
+        tool_versions["same"].version,
+        GateConfig(max_new_tokens=8, tool_max_new_tokens=40, tracking_uri=mlflow_server),
+    )
+    assert not d.promote
+    assert d.metrics["challenger_tool_accuracy"] == d.metrics["base_tool_accuracy"]
+    assert any("is not above the base model's" in r for r in d.reasons)
