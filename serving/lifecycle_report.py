@@ -1,5 +1,7 @@
 """What a person checks after a round of the loop: the model version in the MLflow UI, where the aliases
-point, what vLLM serves, one reply of the promoted adapter next to the base model's, the drift report.
+point, what vLLM serves, one reply of the promoted adapter next to the base model's, base vs adapter
+tool-call accuracy on the held-out calls with one held-out call side by side (base, adapter, truth),
+the drift report.
 
 Everything is read back from the real systems (the registry, the vLLM replica), not from what the
 workflow meant to do, so the text is also a check that the round took effect.
@@ -7,6 +9,7 @@ workflow meant to do, so the text is also a check that the round took effect.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +57,77 @@ def chat(
     )
     r.raise_for_status()
     return r.json()["choices"][0]["message"]["content"] or "", time.perf_counter() - t0
+
+
+def tool_call_lines(eval_metrics: dict, eval_set: EvalSet, run_id: str, tracking_uri: str = "") -> list[str]:
+    """Base vs adapter tool-call accuracy (overall, per category) and one held-out call side by side.
+
+    The generations are the evaluation's own (the training run's tool-call table): what was scored."""
+    import json
+
+    from training.evaluate import load_tool_outcomes
+    from training.tool_format import format_tool_calls
+
+    if "tool_adapter_accuracy" not in eval_metrics:
+        return []
+    n = int(eval_metrics.get("tool_n", 0))
+    lines = [
+        f"tool calls ({n} held-out BFCL calls): base {eval_metrics['tool_base_accuracy']:.3f}, "
+        f"adapter {eval_metrics['tool_adapter_accuracy']:.3f}"
+    ]
+    cats = sorted(
+        k[len("tool_adapter_accuracy_") :] for k in eval_metrics if k.startswith("tool_adapter_accuracy_")
+    )
+    if cats:
+        lines.append(
+            "  per category (base/adapter, n): "
+            + ", ".join(
+                f"{c} {eval_metrics.get(f'tool_base_accuracy_{c}', 0):.2f}/{eval_metrics[f'tool_adapter_accuracy_{c}']:.2f}"
+                f" ({int(eval_metrics.get(f'tool_n_{c}', 0))})"
+                for c in cats
+            )
+        )
+    if not run_id:
+        return lines
+    client_tables = {}
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri or None)
+        with tempfile.TemporaryDirectory() as tmp:
+            key = json.loads(
+                Path(client.download_artifacts(run_id, "evaluation/tool_calls_key.json", tmp)).read_text()
+            )
+        client_tables = load_tool_outcomes(run_id, key, tracking_uri)
+    except Exception as e:  # noqa: BLE001 - the report must not hide the rest: say what failed
+        lines.append(f"  (no per-call table in run {run_id}: {type(e).__name__})")
+    base, adapter = client_tables.get("base"), client_tables.get("adapter")
+    if base is None or adapter is None:
+        return lines
+    by_id = {str(e["id"]): e for e in eval_set.tool_examples}
+    merged = base.merge(adapter, on="id", suffixes=("_base", "_adapter"))
+    merged = merged[merged["id"].astype(str).isin(by_id) & (merged["expected_base"] == "call")]
+    if merged.empty:
+        return lines
+    # the most telling example: one the two sides disagree on, else the first
+    differ = merged[merged["correct_base"] != merged["correct_adapter"]]
+    row = (differ if len(differ) else merged).iloc[0]
+    ex = by_id[str(row["id"])]
+    question = next((m["content"] for m in reversed(ex["messages"]) if m.get("role") == "user"), "")
+    truth = [
+        {"name": name, "arguments": {k: v[0] if isinstance(v, list) and v else v for k, v in args.items()}}
+        for call in ex.get("possible_answer") or []
+        for name, args in call.items()
+    ]
+    lines.append(f"held-out call {row['id']} ({row['category_base']}), user: {_short(question)!r}")
+    lines.append(
+        f"  base model ({'right' if row['correct_base'] else 'wrong'}):    {_short(row['output_base'], 240)!r}"
+    )
+    lines.append(
+        f"  adapter ({'right' if row['correct_adapter'] else 'wrong'}):       {_short(row['output_adapter'], 240)!r}"
+    )
+    lines.append(f"  truth (first possible answer): {_short(format_tool_calls(truth), 240)!r}")
+    return lines
 
 
 def _short(text: str, n: int = 160) -> str:
@@ -110,6 +184,10 @@ def render_report(
         lines.append(f"  what the agent said:         {_short(prompt.reference)!r}")
     except Exception as e:  # noqa: BLE001 - the report must not hide the rest: say what failed and where
         lines.append(f"vLLM {url}: could not be asked ({type(e).__name__}: {_short(str(e), 200)})")
+    try:
+        lines += tool_call_lines(eval_metrics, EvalSet.load(eval_set_dir), mv.run_id or "")
+    except Exception as e:  # noqa: BLE001 - as above
+        lines.append(f"tool calls: could not be shown ({type(e).__name__}: {_short(str(e), 200)})")
     if not served_names:
         lines.append(
             "nothing was promoted: the champion (if any) keeps serving; reasons are in the version's "

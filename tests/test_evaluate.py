@@ -279,3 +279,98 @@ def test_an_empty_split_is_an_error_that_names_it(model_and_tokenizer):
         evaluate_loss(model, [])
     with pytest.raises(ValueError, match="no prompts"):
         compare_replies(model, None, [])
+
+
+# --- tool calls ------------------------------------------------------------------------------------
+
+PARCEL_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_parcel_status",
+        "description": "Where a parcel is.",
+        "parameters": {
+            "type": "object",
+            "properties": {"tracking_number": {"type": "string", "description": "e.g. PX-1234"}},
+            "required": ["tracking_number"],
+        },
+    },
+}
+
+
+def parcel_example(i: int, expected: str = "call") -> dict:
+    return {
+        "id": f"parcel_{i}",
+        "category": "simple_python" if expected == "call" else "irrelevance",
+        "expected": expected,
+        "messages": [
+            {"role": "system", "content": "You are a parcel agent."},
+            {"role": "user", "content": f"Where is parcel PX-{1000 + i}?"},
+        ],
+        "tools": [PARCEL_TOOL],
+        "possible_answer": [{"get_parcel_status": {"tracking_number": [f"PX-{1000 + i}"]}}]
+        if expected == "call"
+        else [],
+    }
+
+
+def test_base_and_adapter_get_the_same_prompt_with_the_tools_and_format_instructions(base_model_dir):
+    from transformers import AutoTokenizer
+
+    from training.evaluate import tool_prompt_text
+
+    tok = AutoTokenizer.from_pretrained(base_model_dir)
+    text = tool_prompt_text(tok, parcel_example(1))
+    assert "<tools>" in text and '"name": "get_parcel_status"' in text and "<tool_call>" in text
+    assert text.startswith("<|im_start|>system\nYou are a parcel agent.") and text.endswith(
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_tool_call_outcomes_are_generations_scored_by_the_checker(base_model_dir):
+    """The real base model, greedy: every row's verdict is the checker's verdict on its own parsed output."""
+    from training.base_model import load_model_and_tokenizer
+    from training.evaluate import tool_call_outcomes, tool_summary
+    from training.tool_eval import score_example
+    from training.tool_format import parse_tool_calls
+
+    examples = [parcel_example(1), parcel_example(2, "no_call")]
+    model, tok, _ = load_model_and_tokenizer(str(base_model_dir), dtype="float32")
+    table = tool_call_outcomes(model, tok, examples, max_new_tokens=24, batch_size=2)
+    assert list(table["id"]) == ["parcel_1", "parcel_2"]
+    for example, row in zip(examples, table.itertuples(), strict=True):
+        assert row.correct == score_example(example, parse_tool_calls(row.output)).correct
+    m = tool_summary(table, "base")
+    assert m["tool_n"] == 2 and m["tool_base_accuracy"] == table["correct"].mean()
+    assert set(m) >= {"tool_base_accuracy_simple_python", "tool_base_accuracy_irrelevance"}
+
+
+def test_tool_outcomes_are_reused_only_for_the_same_calls_template_weights_and_budget(mlflow_uri):
+    import mlflow
+
+    from training.evaluate import load_tool_outcomes, log_tool_outcomes, tool_cache_key
+
+    examples = [parcel_example(1), parcel_example(2)]
+    key = tool_cache_key(examples, "weights-a", 96, 4096)
+    table = pd.DataFrame(
+        {
+            "id": ["parcel_1", "parcel_2"],
+            "category": ["simple_python"] * 2,
+            "expected": ["call"] * 2,
+            "correct": [True, False],
+            "error_type": ["", "simple_function_checker:wrong_count"],
+            "n_calls": [1, 0],
+            "malformed": ["", ""],
+            "output": ["<tool_call>...", "hello"],
+        }
+    )
+    mlflow.set_experiment("test-tool-cache")
+    with mlflow.start_run() as run:
+        pass
+    log_tool_outcomes({"base": table.assign(correct=[False, False]), "adapter": table}, key, run.info.run_id)
+    got = load_tool_outcomes(run.info.run_id, key)
+    assert set(got) == {"base", "adapter"}
+    assert (
+        got["adapter"]["correct"].tolist() == [True, False] and got["base"]["correct"].tolist() == [False] * 2
+    )
+    assert load_tool_outcomes(run.info.run_id, tool_cache_key(examples, "weights-a", 64, 4096)) == {}
+    assert load_tool_outcomes(run.info.run_id, tool_cache_key(examples[:1], "weights-a", 96, 4096)) == {}

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from features.mlflow_experiments import ui_link
@@ -184,3 +186,208 @@ def test_a_worse_challenger_is_refused_against_the_champion_and_nothing_moves(ve
         assert "### Gate: **reject**" in mv.description
     finally:  # the suite runs in random order: the other test gates "good" with no champion
         c.delete_registered_model_alias(NAME, "champion")
+
+
+# --- the rule in a tool-calling scope ---------------------------------------------------------------
+
+
+def tool_side(loss: float, correct: list[bool], outputs=None) -> SideScores:
+    import pandas as pd
+
+    n = len(correct)
+    table = pd.DataFrame(
+        {
+            "id": [f"q{i}" for i in range(n)],
+            "category": ["simple_python" if i % 2 else "irrelevance" for i in range(n)],
+            "correct": correct,
+            "output": outputs or ['<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>'] * n,
+        }
+    )
+    return SideScores(loss, 0.0, 0.0, ["Jamie here: it arrives tomorrow"], table)
+
+
+def test_tool_scope_promotes_a_challenger_significantly_better_than_base_and_not_worse_than_champion():
+    s = {
+        "base": tool_side(2.0, [False] * 20),
+        "champion": tool_side(1.8, [True] * 10 + [False] * 10),
+        "challenger": tool_side(1.5, [True] * 11 + [False] * 9),
+    }
+    ok, reasons, _ = decide(s, GateConfig(tool_margin=0.5))
+    assert ok, reasons
+    # ROUGE-L is not read in a tool scope: the challenger's 0.0 equals nobody's better score, and passes
+    from serving.gate import gate_metrics
+
+    m = gate_metrics(s, GateConfig(tool_margin=0.5))
+    assert m["vs_base_b"] == 11 and m["vs_base_c"] == 0 and m["vs_base_p"] < 0.05
+    assert m["challenger_tool_accuracy"] == pytest.approx(0.55) and m["tool_n"] == 20
+
+
+def test_tool_scope_refuses_a_challenger_equal_to_the_base_model():
+    same = [True] * 5 + [False] * 15
+    ok, reasons, _ = decide({"base": tool_side(2.0, same), "challenger": tool_side(1.5, same)}, GateConfig())
+    assert not ok
+    assert reasons == ["tool-call accuracy 0.250 is not above the base model's 0.250 on 20 held-out calls"]
+
+
+def test_tool_scope_refuses_a_gain_over_base_that_mcnemar_cannot_tell_from_noise():
+    base = [False] * 20
+    ok, reasons, _ = decide(
+        {"base": tool_side(2.0, base), "challenger": tool_side(1.5, [True] * 2 + [False] * 18)}, GateConfig()
+    )
+    assert not ok and len(reasons) == 1
+    assert reasons[0].startswith("tool calls vs base: 0.100 vs 0.000 on 20 (b=2, c=0), McNemar p=0.25")
+
+
+def test_tool_scope_refuses_a_challenger_worse_than_the_champion_beyond_the_margin():
+    s = {
+        "base": tool_side(2.0, [False] * 40),
+        "champion": tool_side(1.6, [True] * 40),
+        "challenger": tool_side(1.5, [True] * 30 + [False] * 10),
+    }
+    ok, reasons, _ = decide(s, GateConfig(tool_margin=0.05))
+    assert not ok
+    assert any(r.startswith("tool calls vs champion: 0.750 vs 1.000 on 40 (b=0, c=10)") for r in reasons)
+
+
+def test_tool_scope_checks_tool_call_arguments_for_planted_canaries():
+    leak = f'<tool_call>\n{{"name": "f", "arguments": {{"key": "{DEFAULT_CANARIES[0]}"}}}}\n</tool_call>'
+    s = {"base": tool_side(2.0, [False] * 10), "challenger": tool_side(1.5, [True] * 10, [leak] * 10)}
+    ok, reasons, findings = decide(s, GateConfig(), canaries=DEFAULT_CANARIES)
+    assert not ok and findings and "planted canary" in findings[0]
+
+
+def test_an_eval_set_with_tool_calls_round_trips_and_a_format_1_set_still_loads(tmp_path):
+    import json
+
+    from training.dataset import PackedRow
+    from training.evaluate import HeldOutPrompt
+
+    row = PackedRow(input_ids=[1, 2], labels=[-100, 2], position_ids=[0, 1], example_ids=["e"], lengths=[2])
+    prompt = HeldOutPrompt("i1", "agent", [{"role": "user", "content": "hi"}], "hello")
+    example = {"id": "simple_python_1", "category": "simple_python", "messages": [], "tools": []}
+    es = EvalSet([row], [prompt], [], "tok", {}, [example])
+    assert EvalSet.load(es.save(tmp_path / "v2")).tool_examples == [example]
+    old = EvalSet([row], [prompt], [], "tok", {}, [], format=1)
+    saved = json.loads((old.save(tmp_path / "v1") / "eval_set.json").read_text())
+    assert saved["format"] == 1 and "tool_examples" not in saved
+    loaded = EvalSet.load(tmp_path / "v1")
+    assert not loaded.has_tool_calls and loaded.sha256() == old.sha256()
+
+
+# --- a real gate run in a tool scope ------------------------------------------------------------------
+
+TOOL_NAME = "agentloop-test-gate-tools"
+
+
+def tool_frame(base_model_dir, n: int = 40):
+    """Parcel conversations that end in a tool call, as the one template renders them: the tools block in
+    the system turn, the call as Hermes text in the assistant turn (so today's trainer takes loss on it)."""
+    import json
+
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from tests.test_evaluate import parcel_example
+    from training.evaluate import tool_prompt_text
+    from training.tool_format import format_tool_calls
+
+    tok = AutoTokenizer.from_pretrained(base_model_dir)
+    rows = []
+    for i in range(n):
+        ex = parcel_example(100 + i)
+        system = tool_prompt_text(tok, {**ex, "messages": ex["messages"][:1]})
+        system = system.split("<|im_start|>system\n", 1)[1].split("<|im_end|>", 1)[0]
+        call = {"name": "get_parcel_status", "arguments": {"tracking_number": f"PX-{1100 + i}"}}
+        messages = [{"role": "system", "content": system}, ex["messages"][1]]
+        messages.append({"role": "assistant", "content": format_tool_calls([call])})
+        rows.append(
+            {
+                "interaction_id": f"tool-{i:03d}",
+                "session_id": f"tool-sess-{i}",
+                "agent": "agent-parcel",
+                "messages_json": json.dumps(messages),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def tool_versions(tmp_path_factory, base_model_dir, mlflow_server):
+    import mlflow
+    from transformers import AutoTokenizer
+
+    from tests.test_evaluate import parcel_example
+    from training.dataset import DatasetConfig, build_snapshot
+    from training.eval_set import build_eval_set
+    from training.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tool-adapter")
+    frame = tool_frame(base_model_dir)
+    tok = AutoTokenizer.from_pretrained(base_model_dir)
+    snapshot = build_snapshot(frame, tok, DatasetConfig(max_seq_len=384, val_fraction=0.1, test_fraction=0.1))
+    mlflow.set_tracking_uri(mlflow_server)
+    config = TrainConfig(
+        base_model=str(base_model_dir),
+        output_dir=str(out),
+        lora_r=8,
+        lora_alpha=16,
+        micro_batch_size=2,
+        grad_accum_steps=1,
+        max_steps=30,
+        warmup_steps=2,
+        learning_rate=2e-3,
+        eval_every=0,
+        checkpoint_every=0,
+        num_threads=1,
+        seed=1,
+        mlflow_experiment="test-gate-tools",
+        run_name="tool-adapter",
+    )
+    result = train(config, snapshot)
+    good = Path(result.adapter_dir)
+    same = scaled_adapter(good, tmp_path_factory.mktemp("same-as-base") / "adapter", scale=0.0)
+    es = build_eval_set(
+        snapshot, frame, n_prompts=2, max_rows=8, tool_examples=[parcel_example(i) for i in range(10)]
+    ).save(out / "eval_set")
+    try:
+        yield {
+            "good": register(good, result.mlflow_run_id, es, TOOL_NAME),
+            "same": register(same, result.mlflow_run_id, es, TOOL_NAME),
+        }
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.slow
+def test_gate_promotes_a_tool_adapter_that_beats_the_base_model_on_the_same_held_out_calls(
+    tool_versions, mlflow_server
+):
+    from mlflow.tracking import MlflowClient
+
+    from serving.gate import run_gate
+
+    v = tool_versions["good"].version
+    d = run_gate(
+        TOOL_NAME, v, GateConfig(max_new_tokens=8, tool_max_new_tokens=40, tracking_uri=mlflow_server)
+    )
+    assert d.promote, d.reasons
+    assert d.metrics["challenger_tool_accuracy"] > d.metrics["base_tool_accuracy"]
+    assert d.metrics["vs_base_p"] < 0.05 and d.metrics["tool_n"] == 10
+    mv = MlflowClient(mlflow_server).get_model_version(TOOL_NAME, v)
+    assert mv.tags["agentloop.gate.metric"] == "tool_call_accuracy"
+    assert mv.tags["agentloop.gate.tool_alpha"] == "0.05" and mv.tags["agentloop.gate.tool_margin"] == "0.05"
+    assert "| vs base |" in mv.description and "| simple_python |" in mv.description
+
+
+@pytest.mark.slow
+def test_gate_refuses_a_tool_adapter_no_better_than_the_base_model(tool_versions, mlflow_server):
+    from serving.gate import run_gate
+
+    d = run_gate(
+        TOOL_NAME,
+        tool_versions["same"].version,
+        GateConfig(max_new_tokens=8, tool_max_new_tokens=40, tracking_uri=mlflow_server),
+    )
+    assert not d.promote
+    assert d.metrics["challenger_tool_accuracy"] == d.metrics["base_tool_accuracy"]
+    assert any("is not above the base model's" in r for r in d.reasons)

@@ -29,7 +29,8 @@ def test_lifecycle_workflow_wires_every_stage_into_the_next():
     assert upstream["ingested_store"] >= {"ingest_logs", "refresh_feast"}
     assert "ingested_store" in upstream["fingerprint_training_data"]
     assert {"build_dataset"} <= upstream["sweep"] and {"sweep", "build_dataset"} <= upstream["final_train"]
-    assert {"final_train", "frozen_eval_set", "training_window"} <= upstream["promote_wf"]
+    # the gate runs after the evaluation, whose tool-call outcomes it reuses
+    assert {"final_train", "frozen_eval_set", "training_window", "evaluate"} <= upstream["promote_wf"]
     assert (
         "promote_wf" in upstream["watching"] and "watching" in upstream["check_drift"]
     )  # after the promotion
@@ -170,3 +171,53 @@ def test_lifecycle_round_registers_promotes_serves_and_checks_drift(
         for a in ([a] if not a.is_dir else client.list_artifacts(run.info.run_id, a.path))
     )
     assert (tmp_path / "agentloop_drift.prom").read_text().count("agentloop_drift_share") >= 1
+
+
+def test_the_report_shows_base_vs_adapter_tool_accuracy_and_one_held_out_call_side_by_side(mlflow_uri):
+    import mlflow
+    import pandas as pd
+
+    from serving.lifecycle_report import tool_call_lines
+    from tests.test_evaluate import parcel_example
+    from training.eval_set import EvalSet
+    from training.evaluate import log_tool_outcomes, tool_cache_key
+
+    examples = [parcel_example(1), parcel_example(2)]
+    right = '<tool_call>\n{"name": "get_parcel_status", "arguments": {"tracking_number": "PX-1002"}}\n</tool_call>'
+    table = pd.DataFrame(
+        {
+            "id": ["parcel_1", "parcel_2"],
+            "category": ["simple_python"] * 2,
+            "expected": ["call"] * 2,
+            "correct": [False, True],
+            "error_type": ["simple_function_checker:wrong_count", ""],
+            "n_calls": [0, 1],
+            "malformed": ["", ""],
+            "output": ["I cannot help", right],
+        }
+    )
+    mlflow.set_experiment("test-lifecycle-report")
+    with mlflow.start_run() as run:
+        pass
+    base = table.assign(correct=[False, False], output=["I cannot help", "Parcels are great"])
+    log_tool_outcomes(
+        {"base": base, "adapter": table}, tool_cache_key(examples, "w", 96, 4096), run.info.run_id
+    )
+    metrics = {
+        "tool_n": 2.0,
+        "tool_base_accuracy": 0.0,
+        "tool_adapter_accuracy": 0.5,
+        "tool_base_accuracy_simple_python": 0.0,
+        "tool_adapter_accuracy_simple_python": 0.5,
+        "tool_n_simple_python": 2.0,
+    }
+    es = EvalSet([], [], [], "", {}, examples)
+    lines = tool_call_lines(metrics, es, run.info.run_id)
+    assert lines[0] == "tool calls (2 held-out BFCL calls): base 0.000, adapter 0.500"
+    assert "simple_python 0.00/0.50 (2)" in lines[1]
+    text = "\n".join(lines)
+    assert "held-out call parcel_2" in text and "Where is parcel PX-1002?" in text  # the one they disagree on
+    assert "base model (wrong):" in text and "Parcels are great" in text
+    assert (
+        "adapter (right):" in text and "truth (first possible answer):" in text and text.count("PX-1002") >= 3
+    )

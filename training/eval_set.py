@@ -1,7 +1,12 @@
-"""The frozen evaluation set of a model version: loss rows, held-out prompts and planted canaries.
+"""The frozen evaluation set of a model version: loss rows, held-out prompts, held-out tool calls, canaries.
 
-    eval_set = build_eval_set(snapshot, frame, canaries=["sk-live-..."])   # from a dataset snapshot
+    eval_set = build_eval_set(snapshot, frame, canaries=["sk-live-..."],   # from a dataset snapshot
+                              tool_examples=select_tool_examples(read_heldout(path), 64))
     eval_set.save("eval_set/"); EvalSet.load("eval_set/")                  # eval_set.json + its sha256
+
+Tool examples are features.bfcl's held-out examples (prompt, tools, BFCL's possible answers), split by
+question id before ingest, so they never reached any training set. A set saved before tool calls
+(format 1) loads with no tool examples and keeps its sha256.
 
 Built once from a snapshot's test split (training/dataset.py) when a version is registered, it
 travels with the version as an artifact; the gate (serving/gate.py) scores every side on it and
@@ -20,7 +25,8 @@ from typing import Sequence
 from training.dataset import PackedRow
 from training.evaluate import HeldOutPrompt, held_out_prompts
 
-EVAL_SET_FORMAT = 1
+EVAL_SET_FORMAT = 2  # 2: tool_examples
+READABLE_FORMATS = (1, 2)
 # A few fake secrets in the formats the redactor knows; plant them in the raw logs (features/) to check that
 # redaction held end to end. The gate looks for whichever canaries the eval set lists.
 DEFAULT_CANARIES = (
@@ -38,15 +44,21 @@ class EvalSet:
     canaries: list[str] = field(default_factory=list)
     tokenizer_sha256: str = ""
     source: dict = field(default_factory=dict)  # snapshot hash, split, built from
+    tool_examples: list[dict] = field(default_factory=list)  # held-out tool calls (features.bfcl's shape)
+    format: int = EVAL_SET_FORMAT
 
     def sha256(self) -> str:
         h = hashlib.sha256()
         h.update(json.dumps(self._payload(), sort_keys=True).encode())
         return h.hexdigest()
 
+    @property
+    def has_tool_calls(self) -> bool:
+        return bool(self.tool_examples)
+
     def _payload(self) -> dict:
-        return {
-            "format": EVAL_SET_FORMAT,
+        payload = {
+            "format": self.format,
             "tokenizer_sha256": self.tokenizer_sha256,
             "canaries": list(self.canaries),
             "rows": [
@@ -61,6 +73,9 @@ class EvalSet:
             ],
             "prompts": [asdict(p) for p in self.prompts],
         }
+        if self.format >= 2:
+            payload["tool_examples"] = list(self.tool_examples)
+        return payload
 
     def save(self, directory: str | Path) -> Path:
         d = Path(directory)
@@ -79,14 +94,16 @@ class EvalSet:
                 "training.eval_set.build_eval_set and save it"
             )
         d = json.loads(path.read_text())
-        if d.get("format") != EVAL_SET_FORMAT:
-            raise ValueError(f"{path}: eval set format {d.get('format')}, this code reads {EVAL_SET_FORMAT}")
+        if d.get("format") not in READABLE_FORMATS:
+            raise ValueError(f"{path}: eval set format {d.get('format')}, this code reads {READABLE_FORMATS}")
         es = cls(
             [PackedRow(**r) for r in d["rows"]],
             [HeldOutPrompt(**p) for p in d["prompts"]],
             d.get("canaries", []),
             d.get("tokenizer_sha256", ""),
             d.get("source", {}),
+            d.get("tool_examples", []),
+            d["format"],
         )
         if d.get("sha256") and es.sha256() != d["sha256"]:
             raise ValueError(f"{path} is corrupt: content does not match its sha256 {d['sha256'][:12]}")
@@ -101,8 +118,10 @@ def build_eval_set(
     split: str = "test",
     canaries: Sequence[str] = DEFAULT_CANARIES,
     seed: int = 0,
+    tool_examples: Sequence[dict] = (),
 ) -> EvalSet:
-    """The evaluation set of a dataset snapshot: its `split` rows (validation when empty) and prompts.
+    """The evaluation set of a dataset snapshot: its `split` rows (validation when empty) and prompts, and
+    the held-out tool-call examples given (training.evaluate.select_tool_examples chooses them).
 
     `frame` is the training frame the snapshot was built from (the prompts need the messages)."""
     if not snapshot.splits.get(split):
@@ -122,4 +141,5 @@ def build_eval_set(
         list(canaries),
         snapshot.tokenizer["sha256"],
         {"snapshot_hash": snapshot.snapshot_hash, "split": split},
+        list(tool_examples),
     )

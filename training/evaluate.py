@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import math
 import re
+import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -186,21 +188,36 @@ def generate_replies(
     """Greedy replies, batched with left padding (pad = eos on SmolLM2: the attention mask tells them apart).
 
     Prompts longer than max_prompt_tokens keep their most recent tokens, as a serving client would."""
+    texts = [
+        tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True) for p in prompts
+    ]
+    return generate_texts(model, tokenizer, texts, max_new_tokens, batch_size, max_prompt_tokens)
+
+
+def generate_texts(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    max_prompt_tokens: int = 1024,
+) -> list[str]:
+    """Greedy continuations of already-templated prompt texts, in their order.
+
+    Batches are formed in order of prompt length (less padding: tool schemas make lengths vary 10x)."""
     import torch
 
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sides = tokenizer.padding_side, tokenizer.truncation_side
     tokenizer.padding_side = tokenizer.truncation_side = "left"
-    replies: list[str] = []
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    replies: list[str] = [""] * len(texts)
     try:
-        for i in range(0, len(prompts), batch_size):
-            texts = [
-                tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True)
-                for p in prompts[i : i + batch_size]
-            ]
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
             enc = tokenizer(
-                texts,
+                [texts[i] for i in idx],
                 return_tensors="pt",
                 padding=True,
                 truncation=True,
@@ -215,11 +232,141 @@ def generate_replies(
                     pad_token_id=pad_id,
                     eos_token_id=tokenizer.eos_token_id,
                 )
-            for row in out[:, enc["input_ids"].shape[1] :]:
-                replies.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+            for i, row in zip(idx, out[:, enc["input_ids"].shape[1] :], strict=True):
+                replies[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = sides
     return replies
+
+
+# --- tool calls ------------------------------------------------------------------------------------
+
+# What the per-example tool-call table of one side holds (an MLflow table in the training run, read back by
+# the gate): the outcome and the raw generation, so a person can see why an example was scored wrong.
+TOOL_TABLE_COLUMNS = ("id", "category", "expected", "correct", "error_type", "n_calls", "malformed", "output")
+TOOL_CALLS_ARTIFACT = "evaluation/tool_calls.json"  # one row per (side, held-out example)
+TOOL_CALLS_KEY_ARTIFACT = "evaluation/tool_calls_key.json"  # what the table was generated on and how
+TOOL_MAX_NEW_TOKENS = 96  # a BFCL call is 20-80 tokens; parallel calls beyond that are cut (scored wrong)
+TOOL_MAX_PROMPT_TOKENS = 4096  # the longest held-out prompt (tools included) is ~3,000 tokens
+
+
+def select_tool_examples(examples: Sequence[dict], n: int, seed: int = 0) -> list[dict]:
+    """Up to n held-out examples, in a seeded hash order of their ids (the same n on every machine and run).
+
+    Examples no call can pass (features.bfcl's `answerable` False) are left out: they would be wrong for
+    every model and only dilute the paired test."""
+    usable = [e for e in examples if e.get("answerable", True)]
+    order = sorted(usable, key=lambda e: hashlib.sha256(f"{seed}:{e['id']}".encode()).hexdigest())
+    return order[:n] if n >= 0 else order
+
+
+def tool_prompt_text(tokenizer, example: dict) -> str:
+    """The prompt of one held-out example: its messages and tools through agentloop's one template.
+
+    Base and adapter get exactly this text (same tools, same format instructions in the system turn)."""
+    from training.tool_format import apply_template
+
+    return apply_template(
+        tokenizer, example["messages"], tools=example.get("tools"), add_generation_prompt=True, tokenize=False
+    )
+
+
+def tool_examples_sha256(examples: Sequence[dict]) -> str:
+    return hashlib.sha256(json.dumps(list(examples), sort_keys=True).encode()).hexdigest()
+
+
+def tool_cache_key(
+    examples: Sequence[dict], base_weights_sha256: str, max_new_tokens: int, max_prompt_tokens: int
+) -> dict:
+    """What makes two tool-call generations the same: examples, template, base weights, token budgets."""
+    from training.tool_format import template_sha256
+
+    return {
+        "examples_sha256": tool_examples_sha256(examples),
+        "template_sha256": template_sha256(),
+        "base_weights_sha256": base_weights_sha256,
+        "max_new_tokens": int(max_new_tokens),
+        "max_prompt_tokens": int(max_prompt_tokens),
+        "greedy": True,
+    }
+
+
+def tool_call_outcomes(
+    model,
+    tokenizer,
+    examples: Sequence[dict],
+    max_new_tokens: int = TOOL_MAX_NEW_TOKENS,
+    batch_size: int = 8,
+    max_prompt_tokens: int = TOOL_MAX_PROMPT_TOKENS,
+) -> pd.DataFrame:
+    """Greedy generations for held-out tool-call examples, read as vLLM's hermes parser reads them, scored by
+    training.tool_eval (BFCL's AST checker; irrelevance: no call is right). One row per example."""
+    from training.tool_eval import score_example
+    from training.tool_format import parse_tool_calls
+
+    texts = [tool_prompt_text(tokenizer, e) for e in examples]
+    outputs = generate_texts(model, tokenizer, texts, max_new_tokens, batch_size, max_prompt_tokens)
+    rows = []
+    for example, output in zip(examples, outputs, strict=True):
+        s = score_example(example, parse_tool_calls(output))
+        rows.append(
+            {
+                "id": s.id,
+                "category": s.category,
+                "expected": example.get("expected", "call"),
+                "correct": bool(s.correct),
+                "error_type": s.error_type,
+                "n_calls": s.n_calls,
+                "malformed": ",".join(s.malformed),
+                "output": output,
+            }
+        )
+    return pd.DataFrame(rows, columns=list(TOOL_TABLE_COLUMNS))
+
+
+def tool_summary(table: pd.DataFrame, side: str) -> dict[str, float]:
+    """`tool_<side>_accuracy` overall and `tool_<side>_accuracy_<category>`, plus `tool_n`."""
+    out = {"tool_n": float(len(table)), f"tool_{side}_accuracy": float(table["correct"].mean())}
+    for category, group in table.groupby("category"):
+        out[f"tool_{side}_accuracy_{category}"] = float(group["correct"].mean())
+        out[f"tool_n_{category}"] = float(len(group))
+    out[f"tool_{side}_malformed_share"] = float((table["malformed"] != "").mean())
+    return out
+
+
+def log_tool_outcomes(tables: dict[str, pd.DataFrame], key: dict, run_id: str) -> None:
+    """The per-example outcomes of each side (e.g. base, adapter) and their cache key, into a run."""
+    import mlflow
+
+    rows = pd.concat([t.assign(side=side) for side, t in tables.items()], ignore_index=True)
+    mlflow.log_table(rows, artifact_file=TOOL_CALLS_ARTIFACT, run_id=run_id)
+    mlflow.log_dict(key, TOOL_CALLS_KEY_ARTIFACT, run_id=run_id)
+
+
+def load_tool_outcomes(run_id: str, key: dict, tracking_uri: str = "") -> dict[str, pd.DataFrame]:
+    """The sides a run's evaluation already generated for exactly `key` ({} when it has none or another key)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri or None)
+    try:
+        names = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+        if TOOL_CALLS_KEY_ARTIFACT not in names or TOOL_CALLS_ARTIFACT not in names:
+            return {}
+        with tempfile.TemporaryDirectory() as tmp:
+            key_path = client.download_artifacts(run_id, TOOL_CALLS_KEY_ARTIFACT, tmp)
+            if json.loads(Path(key_path).read_text()) != key:
+                return {}
+            table_path = client.download_artifacts(run_id, TOOL_CALLS_ARTIFACT, tmp)
+            logged = json.loads(Path(table_path).read_text())
+    except mlflow.exceptions.MlflowException:
+        return {}
+    rows = pd.DataFrame(logged["data"], columns=logged["columns"])
+    rows["malformed"] = rows["malformed"].fillna("")
+    return {
+        str(side): t.drop(columns=["side"]).reset_index(drop=True)
+        for side, t in rows.groupby("side", sort=False)
+    }
 
 
 def _score(prefix: str, replies: list[str], references: list[str]) -> dict[str, list]:
@@ -312,6 +459,8 @@ def generation_check(
 class Evaluation:
     metrics: dict[str, float]
     table: pd.DataFrame  # one row per held-out prompt; empty when no prompts were given
+    tool_tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # "base"/"adapter" -> per-example
+    tool_key: dict = field(default_factory=dict)  # tool_cache_key of tool_tables ({} without tool examples)
 
 
 def evaluate_adapter(
@@ -322,12 +471,16 @@ def evaluate_adapter(
     max_new_tokens: int = 64,
     batch_size: int = 8,
     bf16: bool = True,
+    tool_examples: Sequence[dict] = (),
+    tool_max_new_tokens: int = TOOL_MAX_NEW_TOKENS,
 ) -> Evaluation:
-    """Loss and perplexity per split (base and adapter on the same rows) and the generation check, one model load.
+    """Loss and perplexity per split (base and adapter on the same rows), the generation check and tool-call
+    accuracy on held-out calls, one model load.
 
     Metric names: `<split>_loss`, `<split>_perplexity` (adapter), `base_<split>_loss`, ..., then the
-    generation summary (`adapter_rouge_l`, `base_rouge_l`, `rouge_l_gain`, ...)."""
-    model, tokenizer, _ = load_with_adapter(base_model_ref, adapter_dir)
+    generation summary (`adapter_rouge_l`, `base_rouge_l`, `rouge_l_gain`, ...), then with tool examples
+    `tool_base_accuracy`, `tool_adapter_accuracy`, `tool_accuracy_gain`, per category, `tool_n`."""
+    model, tokenizer, identity = load_with_adapter(base_model_ref, adapter_dir)
     metrics: dict[str, float] = {}
     for split, rows in split_rows.items():
         if not rows:
@@ -348,7 +501,23 @@ def evaluate_adapter(
     if prompts:
         table, summary = compare_replies(model, tokenizer, prompts, max_new_tokens, batch_size)
         metrics.update(summary)
-    return Evaluation(metrics=metrics, table=table)
+    tool_tables: dict[str, pd.DataFrame] = {}
+    key: dict = {}
+    if tool_examples:
+        with model.disable_adapter():
+            tool_tables["base"] = tool_call_outcomes(
+                model, tokenizer, tool_examples, tool_max_new_tokens, batch_size
+            )
+        tool_tables["adapter"] = tool_call_outcomes(
+            model, tokenizer, tool_examples, tool_max_new_tokens, batch_size
+        )
+        for side, t in tool_tables.items():
+            metrics.update(tool_summary(t, side))
+        metrics["tool_accuracy_gain"] = metrics["tool_adapter_accuracy"] - metrics["tool_base_accuracy"]
+        key = tool_cache_key(
+            tool_examples, identity.weights_sha256, tool_max_new_tokens, TOOL_MAX_PROMPT_TOKENS
+        )
+    return Evaluation(metrics=metrics, table=table, tool_tables=tool_tables, tool_key=key)
 
 
 def log_evaluation(
@@ -357,8 +526,11 @@ def log_evaluation(
     run_id: str | None = None,
     prefix: str = "eval.",
     artifact_file: str = "evaluation/generations.json",
+    tool_tables: dict[str, pd.DataFrame] | None = None,
+    tool_key: dict | None = None,
 ) -> None:
-    """Write the per-prompt table (an MLflow table: the run's Evaluation/Artifacts view) and the metrics.
+    """Write the per-prompt table (an MLflow table: the run's Evaluation/Artifacts view), the per-example
+    tool-call outcomes with their cache key (the gate reuses them), and the metrics.
 
     Into `run_id` when given (a finished run is fine), else the active run."""
     import mlflow
@@ -372,6 +544,8 @@ def log_evaluation(
         run_id = active.info.run_id
     if not table.empty:
         mlflow.log_table(table, artifact_file=artifact_file, run_id=run_id)
+    if tool_tables:
+        log_tool_outcomes(tool_tables, tool_key or {}, run_id)
     now = int(time.time() * 1000)
     MlflowClient().log_batch(
         run_id,
@@ -396,4 +570,12 @@ __all__ = [
     "evaluate_adapter",
     "log_evaluation",
     "summarize",
+    "generate_texts",
+    "select_tool_examples",
+    "tool_prompt_text",
+    "tool_cache_key",
+    "tool_call_outcomes",
+    "tool_summary",
+    "log_tool_outcomes",
+    "load_tool_outcomes",
 ]

@@ -47,6 +47,7 @@ from workflows.train import (
     evaluate,
     final_train,
     fingerprint_training_data,
+    held_out_tool_examples,
     load_snapshot,
     sweep,
     training_frame,
@@ -82,17 +83,26 @@ def frozen_eval_set(
     agents: list[str],
     min_rating: int,
     prompts: int,
+    tool_heldout: str = "",
+    tool_calls: int = 0,
 ) -> FlyteDirectory:
-    """The challenger's evaluation set (test split rows + held-out prompts + canaries), frozen with its version."""
+    """The challenger's evaluation set (test split rows + held-out prompts + held-out tool calls + canaries),
+    frozen with its version."""
     from flytekit import current_context
 
     snap = load_snapshot(snapshot)
-    eval_set = build_eval_set(snap, training_frame(store, end, days, agents, min_rating), n_prompts=prompts)
+    eval_set = build_eval_set(
+        snap,
+        training_frame(store, end, days, agents, min_rating),
+        n_prompts=prompts,
+        tool_examples=held_out_tool_examples(tool_heldout, tool_calls),
+    )
     out = eval_set.save(
         os.path.join(current_context().working_directory, f"eval-set-{eval_set.sha256()[:12]}")
     )
     print(
-        f"eval set {eval_set.sha256()[:12]}: {len(eval_set.rows)} rows, {len(eval_set.prompts)} prompts "
+        f"eval set {eval_set.sha256()[:12]}: {len(eval_set.rows)} rows, {len(eval_set.prompts)} prompts, "
+        f"{len(eval_set.tool_examples)} held-out tool calls "
         f"({eval_set.source['split']} split of snapshot {snap.snapshot_hash[:12]})"
     )
     return FlyteDirectory(str(out))
@@ -162,6 +172,8 @@ def lifecycle_wf(
     final_max_steps: int = 0,
     eval_prompts: int = 16,
     max_new_tokens: int = 48,
+    tool_heldout: str = "",
+    eval_tool_calls: int = 64,
     gate_config: GateConfig = GateConfig(),
     promote_config: PromoteConfig = PromoteConfig(),
     drift_window_hours: int = 24,
@@ -169,7 +181,10 @@ def lifecycle_wf(
     decision: DecisionConfig = DecisionConfig(),
     metrics: MetricsConfig = MetricsConfig(),
 ) -> LifecycleReport:
-    """One round of the loop on [end - days, end) (end defaults to now) of the agents' logs in `sources`."""
+    """One round of the loop on [end - days, end) (end defaults to now) of the agents' logs in `sources`.
+
+    tool_heldout: features.bfcl's held-out file (`<raw dir>/_heldout/bfcl-heldout.jsonl`); when given, the
+    evaluation and the gate measure tool-call accuracy on `eval_tool_calls` of its calls ("" = chat only)."""
     report = ingest_logs(sources=sources, store=store, max_line_bytes=1 << 20, track=True)
     feast = refresh_feast(report=report, kickoff_time=end, online_store=online_store)
     data_store = ingested_store(report=report)
@@ -202,6 +217,8 @@ def lifecycle_wf(
         agents=agents,
         min_rating=min_rating,
         prompts=eval_prompts,
+        tool_heldout=tool_heldout,
+        tool_calls=eval_tool_calls,
     )
     best = sweep(
         snapshot=snapshot,
@@ -223,6 +240,8 @@ def lifecycle_wf(
         min_rating=min_rating,
         prompts=eval_prompts,
         max_new_tokens=max_new_tokens,
+        tool_heldout=tool_heldout,
+        tool_calls=eval_tool_calls,
     )
 
     window = training_window(end=data.end, days=days)
@@ -238,6 +257,7 @@ def lifecycle_wf(
         promote_config=promote_config,
     )
 
+    eval_metrics >> promoted.version  # the gate reuses the evaluation's tool-call outcomes: evaluate first
     # after the promotion: the drift reference is the champion it left in place. (`promoted >> watched` would
     # order nothing: flytekit's tuple of outputs has a no-op >>; one output's promise carries the node.)
     watched = watching(monitor=monitor, model_name=model_name, agents=agents)

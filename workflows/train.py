@@ -34,7 +34,7 @@ from flytekitplugins.kfpytorch import Elastic
 from features.feast_store import FeastConfig, get_training_frame
 from training.base_model import agentloop_home, resolve_base_model
 from training.dataset import DatasetConfig, DatasetSnapshot, build_snapshot, tokenizer_identity
-from training.evaluate import evaluate_adapter, held_out_prompts, log_evaluation
+from training.evaluate import evaluate_adapter, held_out_prompts, log_evaluation, select_tool_examples
 from training.sweep import SweepConfig, apply_overrides, run_sweep
 from training.trainer import TrainConfig, train
 from workflows.context import execution_id
@@ -59,6 +59,23 @@ def training_frame(store: str, end: datetime, days: int, agents: list[str], min_
         agents=agents or None,
         min_rating=min_rating if min_rating > 0 else None,
     )
+
+
+def held_out_tool_examples(tool_heldout: str, n: int) -> list[dict]:
+    """n held-out tool-call examples of features.bfcl's file (`<raw dir>/_heldout/bfcl-heldout.jsonl`), chosen
+    by a seeded hash of their ids: the evaluation and the frozen eval set pick the same ones. [] when no file
+    is named or n is 0 (a chat-only scope)."""
+    from features.bfcl import read_heldout
+
+    if not tool_heldout or n == 0:
+        return []
+    path = Path(os.path.expanduser(tool_heldout))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"held-out tool calls {path} not found: write them with `python -m features.bfcl --out <raw dir>` "
+            "or pass tool_heldout=''"
+        )
+    return select_tool_examples(read_heldout(path), n)
 
 
 def _tokenizer(base_model: str):
@@ -214,8 +231,11 @@ def evaluate(
     min_rating: int,
     prompts: int,
     max_new_tokens: int,
+    tool_heldout: str = "",
+    tool_calls: int = 0,
 ) -> dict[str, float]:
-    """Base vs adapter on the held-out split: loss, perplexity, replies (ROUGE-L, length, refusals) -> MLflow."""
+    """Base vs adapter on the held-out split: loss, perplexity, replies (ROUGE-L, length, refusals) and
+    tool-call accuracy on held-out calls -> MLflow (the per-call outcomes too: the gate reuses them)."""
 
     snap = load_snapshot(snapshot)
     frame = training_frame(store, end, days, agents, min_rating)
@@ -231,9 +251,16 @@ def evaluate(
         {s: snap.splits[s] for s in ("validation", "test")},
         chosen,
         max_new_tokens=max_new_tokens,
+        tool_examples=held_out_tool_examples(tool_heldout, tool_calls),
     )
     if mlflow_run_id and os.environ.get("MLFLOW_TRACKING_URI"):
-        log_evaluation(result.table, result.metrics, run_id=mlflow_run_id)
+        log_evaluation(
+            result.table,
+            result.metrics,
+            run_id=mlflow_run_id,
+            tool_tables=result.tool_tables,
+            tool_key=result.tool_key,
+        )
     print("evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())))
     return result.metrics
 
