@@ -81,7 +81,25 @@ def example(iid: str, session: str, n: int, loss_from: int = 1) -> Example:
 # --- chat template and masking ------------------------------------------------------------------
 
 
+WEATHER_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "weather",
+            "description": "Weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+
+
 def test_only_assistant_turns_and_their_closing_im_end_carry_loss(tokenizer):
+    from training.tool_format import apply_template
+
     conversation = [
         {"role": "system", "content": "You are Jamie, an upbeat assistant."},
         {"role": "user", "content": "hey, what's the weather like in Lisbon?"},
@@ -89,7 +107,11 @@ def test_only_assistant_turns_and_their_closing_im_end_carry_loss(tokenizer):
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city": "Lisbon"}'},
+                }
             ],
         },
         {"role": "tool", "tool_call_id": "c1", "content": "sunny, 21C"},
@@ -97,21 +119,99 @@ def test_only_assistant_turns_and_their_closing_im_end_carry_loss(tokenizer):
         {"role": "user", "content": [{"type": "text", "text": "nice. and tomorrow?"}]},
         {"role": "assistant", "content": " Probably rain, sadly."},
     ]
-    [ex] = build_examples(frame_of(conversation), tokenizer, DatasetConfig())
+    frame = frame_of(conversation).assign(tools_json=[json.dumps(WEATHER_TOOLS)])
+    [ex] = build_examples(frame, tokenizer, DatasetConfig())
     decoded = [tokenizer.decode(span) for span in labelled_spans(ex)]
+    # the call (Hermes markers included) and each reply carry loss; tools, tool results, users do not
     assert decoded == [
+        '<tool_call>\n{"name": "weather", "arguments": {"city": "Lisbon"}}\n</tool_call><|im_end|>',
         "Sunny and 21 degrees!\nPerfect for a walk.<|im_end|>",
         " Probably rain, sadly.<|im_end|>",
     ]
-    # The ids are exactly what the model's own template produces: nothing re-invented.
-    plain = [
-        {"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else ""}
-        for m in conversation
-    ]
-    plain[2]["content"] = json.dumps(conversation[2]["tool_calls"], separators=(",", ":"))
-    plain[5]["content"] = "nice. and tomorrow?"
-    assert ex.input_ids == list(tokenizer.apply_chat_template(plain, tokenize=True)["input_ids"])
+    text = tokenizer.decode(ex.input_ids)
+    assert '<tools>\n{"type": "function", "function": {"name": "weather"' in text
+    assert "<tool_response>\nsunny, 21C\n</tool_response>" in text
+    # The ids are exactly what the one template (training/tool_format.py) renders: nothing re-invented.
+    plain = [dict(m) for m in conversation]
+    plain[5] = {"role": "user", "content": "nice. and tomorrow?"}
+    assert ex.input_ids == list(
+        apply_template(tokenizer, plain, tools=WEATHER_TOOLS, tokenize=True)["input_ids"]
+    )
     assert ex.labels[0] == IGNORE
+
+
+def test_chat_only_records_render_as_smollm2s_own_template(tokenizer):
+    conversation = chat("hi there", "hello!", "how are you?", "great, you?", system="Be brief.")
+    [ex] = build_examples(frame_of(conversation), tokenizer, DatasetConfig())
+    assert ex.input_ids == list(tokenizer.apply_chat_template(conversation, tokenize=True)["input_ids"])
+
+
+def test_broken_tool_use_is_never_trained_on_and_counted_by_reason(tokenizer):
+    def call(name, args):
+        return {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": name, "arguments": args}}],
+        }
+
+    user = {"role": "user", "content": "weather in Porto?"}
+    good = [
+        user,
+        call("weather", '{"city": "Porto"}'),
+        {"role": "tool", "tool_call_id": "c1", "content": "rain"},
+        {"role": "assistant", "content": "Rain."},
+    ]
+    bad_json = [user, call("weather", '{"city": "Porto"'), {"role": "assistant", "content": "Rain."}]
+    not_offered = [user, call("kubectl_delete", '{"ns": "prod"}'), {"role": "assistant", "content": "Done."}]
+    orphan = [
+        user,
+        {"role": "tool", "tool_call_id": "c9", "content": "rain"},
+        {"role": "assistant", "content": "Rain."},
+    ]
+    wrong_id = [
+        user,
+        call("weather", '{"city": "Porto"}'),
+        {"role": "tool", "tool_call_id": "c7", "content": "x"},
+        {"role": "assistant", "content": "Rain."},
+    ]
+    frame = frame_of(good, bad_json, not_offered, orphan, wrong_id).assign(
+        tools_json=[json.dumps(WEATHER_TOOLS)] * 5
+    )
+    stats: dict = {}
+    examples = build_examples(frame, tokenizer, DatasetConfig(), stats)
+    assert [e.interaction_id for e in examples] == ["int-0"]
+    assert stats["dropped"] == {
+        "tool_call_bad_arguments": 1,
+        "tool_call_not_offered": 1,
+        "tool_result_without_call": 2,
+    }
+    # no tools offered at all: the call is to a function not offered
+    stats = {}
+    assert build_examples(frame_of(good), tokenizer, DatasetConfig(), stats) == []
+    assert stats["dropped"] == {"tool_call_not_offered": 1}
+
+
+def test_an_over_long_tool_example_is_dropped_not_cut_inside_its_call(tokenizer):
+    conversation = [
+        {"role": "system", "content": "You call tools."},
+        {"role": "user", "content": "weather in " + "Porto " * 300},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city": "Porto"}'},
+                }
+            ],
+        },
+    ]
+    frame = frame_of(conversation).assign(tools_json=[json.dumps(WEATHER_TOOLS)])
+    stats: dict = {}
+    assert build_examples(frame, tokenizer, DatasetConfig(max_seq_len=256), stats) == []
+    assert stats["dropped"] == {"too_long": 1}
+    assert len(build_examples(frame, tokenizer, DatasetConfig(max_seq_len=1024))) == 1
 
 
 def test_the_linear_template_path_finds_the_blocks_rendering_every_prefix_finds(tokenizer):

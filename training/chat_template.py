@@ -9,6 +9,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from training.tool_format import apply_template
+
 log = logging.getLogger(__name__)
 
 IGNORE = -100  # the label of a position that carries no loss (torch's CrossEntropyLoss ignore_index)
@@ -32,11 +34,57 @@ def _content_text(content: Any) -> str:
     return str(content)
 
 
-def parse_messages(messages_json: Any) -> list[dict] | None:
-    """[{"role", "content", "trainable"}] from a record's messages_json, or None when it is not messages.
+def _tool_calls(calls: Any) -> list[dict] | None:
+    """OpenAI tool calls with their arguments parsed to objects, or None when one is malformed."""
+    if not isinstance(calls, list):
+        return None
+    out = []
+    for c in calls:
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            return None
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except ValueError:
+                return None
+        if not isinstance(args, dict):
+            return None
+        out.append(
+            {"id": c.get("id"), "type": "function", "function": {"name": fn["name"], "arguments": args}}
+        )
+    return out
 
-    An assistant message is trainable when it has text and calls no tools; tool calls are kept as
-    context (as compact JSON after the text, since the template knows no tools).
+
+def parse_tools(tools_json: Any) -> list[dict] | None:
+    """The OpenAI tools offered to the model (a record's tools_json), [] when none, None when malformed."""
+    if tools_json is None or (isinstance(tools_json, float) and tools_json != tools_json):  # None / NaN
+        return []
+    try:
+        raw = json.loads(tools_json) if isinstance(tools_json, (str, bytes)) else tools_json
+    except (TypeError, ValueError):
+        return None
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        return None
+    tools = []
+    for t in raw:
+        fn = t.get("function") if isinstance(t, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            return None
+        tools.append({"type": "function", "function": fn})
+    return tools
+
+
+def parse_messages(messages_json: Any) -> list[dict] | None:
+    """[{"role", "content", "trainable", ...}] from a record's messages_json, or None when it is not messages.
+
+    An assistant message is trainable when it has text or tool calls: its calls render in the template's
+    Hermes format (training/tool_format.py) and carry loss like its text. A message whose tool calls are
+    malformed (arguments not a JSON object, no function name) keeps them raw under "bad_tool_calls" so
+    that `tool_use_problem` can name the reason; tool results (role "tool") keep their tool_call_id.
     """
     try:
         raw = json.loads(messages_json) if isinstance(messages_json, (str, bytes)) else messages_json
@@ -49,24 +97,64 @@ def parse_messages(messages_json: Any) -> list[dict] | None:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             return None
         text = _content_text(m.get("content"))
-        calls = m.get("tool_calls")
-        if calls:
-            text = (text + "\n" if text else "") + json.dumps(
-                calls, ensure_ascii=False, separators=(",", ":")
-            )
-        trainable = m["role"] == "assistant" and not calls and bool(text.strip())
-        out.append({"role": m["role"], "content": text, "trainable": trainable})
+        msg: dict[str, Any] = {"role": m["role"], "content": text}
+        if m.get("tool_calls"):
+            calls = _tool_calls(m["tool_calls"])
+            if calls is None:
+                msg["bad_tool_calls"] = m["tool_calls"]
+            else:
+                msg["tool_calls"] = calls
+        if m["role"] == "tool":
+            msg["tool_call_id"] = m.get("tool_call_id")
+        msg["trainable"] = m["role"] == "assistant" and (bool(text.strip()) or bool(msg.get("tool_calls")))
+        out.append(msg)
     return out
 
 
-def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
-    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+# Why a record with tools is kept out of training (it still counts in the evaluation statistics).
+TOOL_PROBLEMS = ("tool_call_bad_arguments", "tool_call_not_offered", "tool_result_without_call", "bad_tools")
+
+
+def tool_use_problem(messages: list[dict], tools: list[dict] | None) -> str:
+    """ "" when the conversation's tool use is trainable, else one of TOOL_PROBLEMS.
+
+    A call whose arguments are not a JSON object, a call to a function not offered, or a tool result
+    whose tool_call_id names no earlier call (a result with no id follows some earlier call).
+    """
+    if tools is None:
+        return "bad_tools"
+    offered = {t["function"]["name"] for t in tools}
+    call_ids: set[str] = set()
+    any_call = False
+    for m in messages:
+        if "bad_tool_calls" in m:
+            return "tool_call_bad_arguments"
+        for c in m.get("tool_calls") or ():
+            if c["function"]["name"] not in offered:
+                return "tool_call_not_offered"
+            any_call = True
+            if c.get("id"):
+                call_ids.add(str(c["id"]))
+        if m["role"] == "tool":
+            cid = m.get("tool_call_id")
+            if not any_call or (cid and call_ids and str(cid) not in call_ids):
+                return "tool_result_without_call"
+    return ""
+
+
+_TEMPLATE_KEYS = ("role", "content", "tool_calls", "tool_call_id")
+
+
+def _render(
+    tokenizer, messages: list[dict], generation_prompt: bool = False, tools: list[dict] | None = None
+) -> str:
+    """The conversation through agentloop's one chat template (training/tool_format.py), with its tools."""
+    plain = [{k: m[k] for k in _TEMPLATE_KEYS if k in m} for m in messages]
     if not plain and not generation_prompt:
-        try:
-            return tokenizer.apply_chat_template(plain, tokenize=False)
-        except Exception:  # noqa: BLE001 - some templates refuse an empty conversation; it renders nothing
-            return ""
-    return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=generation_prompt)
+        return ""  # an empty conversation renders nothing
+    return apply_template(
+        tokenizer, plain, tools=tools, add_generation_prompt=generation_prompt, tokenize=False
+    )
 
 
 @dataclass
@@ -76,21 +164,23 @@ class _Rendered:
     block_starts: list[int]  # token index where message i's block starts; one extra entry: the end
 
 
-def _blocks_fast(tokenizer, messages: list[dict], text: str) -> tuple[list[int], list[int]] | None:
+def _blocks_fast(
+    tokenizer, messages: list[dict], text: str, tools: list[dict] | None = None
+) -> tuple[list[int], list[int]] | None:
     """Block bounds and assistant content starts from each message rendered after the first alone.
 
     Linear in the conversation; valid only when the pieces add up to the full rendering (the block of
     a message does not depend on the messages around it), else None.
     """
-    empty = _render(tokenizer, [])
-    base = _render(tokenizer, messages[:1])
-    header = _render(tokenizer, messages[:1], generation_prompt=True)
+    empty = _render(tokenizer, [], tools=tools)
+    base = _render(tokenizer, messages[:1], tools=tools)
+    header = _render(tokenizer, messages[:1], generation_prompt=True, tools=tools)
     if not base.startswith(empty) or not header.startswith(base):
         return None
     header = header[len(base) :]
     bounds, pieces = [len(empty), len(base)], [base]
     for m in messages[1:]:
-        two = _render(tokenizer, [messages[0], m])
+        two = _render(tokenizer, [messages[0], m], tools=tools)
         if not two.startswith(base):
             return None
         pieces.append(two[len(base) :])
@@ -106,9 +196,11 @@ def _blocks_fast(tokenizer, messages: list[dict], text: str) -> tuple[list[int],
     return bounds, starts
 
 
-def _blocks_by_prefix(tokenizer, messages: list[dict], text: str) -> tuple[list[int], list[int]]:
+def _blocks_by_prefix(
+    tokenizer, messages: list[dict], text: str, tools: list[dict] | None = None
+) -> tuple[list[int], list[int]]:
     """The same from rendering every prefix of the conversation: quadratic, for context-dependent templates."""
-    prefixes = [_render(tokenizer, messages[:i]) for i in range(len(messages))] + [text]
+    prefixes = [_render(tokenizer, messages[:i], tools=tools) for i in range(len(messages))] + [text]
     bounds = [len(p) for p in prefixes]
     starts = []
     for i, m in enumerate(messages):
@@ -119,7 +211,7 @@ def _blocks_by_prefix(tokenizer, messages: list[dict], text: str) -> tuple[list[
                 "as consecutive blocks; position-based masking needs one that does"
             )
         if m["trainable"]:
-            header = _render(tokenizer, messages[:i], generation_prompt=True)
+            header = _render(tokenizer, messages[:i], generation_prompt=True, tools=tools)
             if not header.startswith(prefix) or not text.startswith(header):
                 raise TemplateError(
                     f"the chat template of {tokenizer.name_or_path!r}: the generation prompt is "
@@ -129,7 +221,7 @@ def _blocks_by_prefix(tokenizer, messages: list[dict], text: str) -> tuple[list[
     return bounds, starts
 
 
-def render_and_mask(tokenizer, messages: list[dict]) -> _Rendered:
+def render_and_mask(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> _Rendered:
     """Token ids of the templated conversation and their labels, chosen by character position.
 
     The template must render a conversation as the concatenation of per-message blocks (each prefix of
@@ -138,9 +230,9 @@ def render_and_mask(tokenizer, messages: list[dict]) -> _Rendered:
     eos = tokenizer.eos_token
     if not eos:
         raise TemplateError(f"tokenizer {tokenizer.name_or_path!r} has no eos token: cannot find turn ends")
-    text = _render(tokenizer, messages)
-    bounds, content_starts = _blocks_fast(tokenizer, messages, text) or _blocks_by_prefix(
-        tokenizer, messages, text
+    text = _render(tokenizer, messages, tools=tools)
+    bounds, content_starts = _blocks_fast(tokenizer, messages, text, tools) or _blocks_by_prefix(
+        tokenizer, messages, text, tools
     )
     spans = []  # character spans that carry loss: assistant content + the eos that closes it
     trainable = [i for i, m in enumerate(messages) if m["trainable"]]

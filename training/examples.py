@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from training.chat_template import IGNORE, parse_messages, render_and_mask
+from training.chat_template import IGNORE, parse_messages, parse_tools, render_and_mask, tool_use_problem
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ TRAIN_ON = ("all_assistant_turns", "last_assistant_turn")
 class DatasetConfig:
     """How interactions become training rows. Simple types only: Flyte passes it as a task input."""
 
-    max_seq_len: int = 512  # no example is longer
+    max_seq_len: int = 1024  # no example is longer (BFCL tool schemas: median 548 tokens, 85% <= 1024)
     pack_seq_len: int = 0  # length of a packed row; 0 = max_seq_len (larger packs more per row)
     val_fraction: float = 0.1  # of sessions
     test_fraction: float = 0.1  # of sessions
@@ -185,8 +185,10 @@ def build_examples(
 ) -> list[Example]:
     """Examples from a training frame (features.feast_store.get_training_frame), in frame order.
 
-    Needs columns interaction_id and messages_json; session_id, agent and has_error are used when
-    present. Dropped records are counted per reason in stats["dropped"] when `stats` is given.
+    Needs columns interaction_id and messages_json; session_id, agent, has_error and tools_json are used
+    when present. Tools render in the system turn and tool calls carry loss (training/tool_format.py).
+    Dropped records are counted per reason in stats["dropped"] when `stats` is given; a record whose tool
+    use is broken (chat_template.TOOL_PROBLEMS) is never trained on.
     """
     config = config or DatasetConfig()
     missing = {"interaction_id", "messages_json"} - set(frame.columns)
@@ -203,8 +205,9 @@ def build_examples(
     has_error = frame["has_error"] if "has_error" in frame else pd.Series(False, index=frame.index)
     sessions = frame["session_id"] if "session_id" in frame else pd.Series("", index=frame.index)
     agents = frame["agent"] if "agent" in frame else pd.Series("", index=frame.index)
-    for iid, raw, err, session, agent in zip(
-        frame["interaction_id"], frame["messages_json"], has_error, sessions, agents, strict=True
+    tools_col = frame["tools_json"] if "tools_json" in frame else pd.Series(None, index=frame.index)
+    for iid, raw, err, session, agent, tools_json in zip(
+        frame["interaction_id"], frame["messages_json"], has_error, sessions, agents, tools_col, strict=True
     ):
         iid = str(iid)
         if iid in seen:
@@ -221,11 +224,16 @@ def build_examples(
         if any(t in m["content"] for m in messages for t in forbidden):
             dropped["special_token_text"] += 1
             continue
+        tools = parse_tools(tools_json)
+        problem = tool_use_problem(messages, tools)
+        if problem:
+            dropped[problem] += 1
+            continue
         messages, reason = _prepare_messages(messages, config)
         if messages is None:
             dropped[reason] += 1
             continue
-        r = render_and_mask(tokenizer, messages)
+        r = render_and_mask(tokenizer, messages, tools or None)
         # _prepare_messages left a system prefix and a trainable assistant message after it
         n_system = next(i for i, m in enumerate(messages) if m["role"] != "system")
         prefix_end = r.block_starts[n_system]
@@ -238,7 +246,8 @@ def build_examples(
             for a, b in zip(cuts, [*cuts[1:], len(messages)], strict=True)
         ]
         windows, cut = _windows(prefix_end, units, config.max_seq_len, config.over_long)
-        if not windows:
+        if not windows or (cut and tools):
+            # a tool call cut inside its turn would teach a call that never closes
             dropped["too_long"] += 1
             continue
         cut_inside_turn += cut
