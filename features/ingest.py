@@ -589,6 +589,8 @@ class _Ingestor:
             "redacted_secrets": sum(n for t, n in counts.items() if t in SECRET_TYPES or t not in PII_TYPES),
             "redacted_email": counts.get("email", 0),
             "redacted_phone": counts.get("phone", 0),
+            "redacted_iban": counts.get("iban", 0),
+            "redacted_national_id": counts.get("national_id", 0),
             "redacted_card": counts.get("card", 0),
             "redacted_ip": counts.get("ip", 0),
             "redaction_counts_json": orjson.dumps(dict(sorted(counts.items()))).decode(),

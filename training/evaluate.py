@@ -138,7 +138,8 @@ def held_out_prompts(
                 {"role": "system", "content": config.default_system_prompt, "trainable": False},
                 *messages,
             ]
-        replies = [i for i, m in enumerate(messages) if m["trainable"]]
+        # chat replies only (ROUGE-L): a tool-call turn is scored by training/tool_eval.py
+        replies = [i for i, m in enumerate(messages) if m["trainable"] and not m.get("tool_calls")]
         if not replies:
             continue
         cut = replies[-1]
