@@ -46,6 +46,7 @@ from serving.processes import (
     stop_group,
     wait_healthy,
 )
+from training.tool_format import TEMPLATE_PATH, TOOL_CALL_PARSER
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # What `vllm serve` runs for a single API server, without the CLI's metadata lookup.
@@ -89,6 +90,10 @@ class VLLMServerConfig:
     dtype: str = "bfloat16"
     max_model_len: int = 2048
     max_num_seqs: int | None = None
+    # tool calls: agentloop's one chat template (training/tool_format.py) and vLLM's parser for its format,
+    # so an OpenAI client gets structured `tool_calls`; "" = the model's own template, no tool parsing
+    chat_template: str = field(default_factory=lambda: str(TEMPLATE_PATH))
+    tool_call_parser: str = TOOL_CALL_PARSER
     api_key: str = ""  # bearer token for /v1/*; passed as VLLM_API_KEY, so it stays out of `ps`
     kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE; vLLM's default is 4
     omp_threads_bind: str = "auto"  # VLLM_CPU_OMP_THREADS_BIND: "auto", "nobind" or core ids ("0", "0-1")
@@ -123,6 +128,10 @@ class VLLMServerConfig:
         ]
         if self.max_num_seqs:
             cmd += ["--max-num-seqs", str(self.max_num_seqs)]
+        if self.chat_template:
+            cmd += ["--chat-template", str(self.chat_template)]
+        if self.tool_call_parser:
+            cmd += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_call_parser]
         if self.enable_lora:
             cmd += [
                 "--enable-lora",

@@ -176,3 +176,48 @@ def test_the_server_is_a_process_group_of_api_server_engine_core_and_worker(serv
     assert len(pids) >= 3, f"expected API server, engine core and worker, got {pids}"
     assert server.pid in pids and server.alive()
     assert server.rss_bytes() > 100 * 2**20  # the whole group's memory, not the leader's
+
+
+def test_tools_offered_render_through_agentloops_template_and_the_reply_is_well_formed(server):
+    """The server runs --chat-template (training/tool_format.py) --enable-auto-tool-choice --tool-call-parser hermes."""
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_pods",
+                "description": "List the pods of a Kubernetes namespace",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"namespace": {"type": "string"}},
+                    "required": ["namespace"],
+                },
+            },
+        }
+    ]
+
+    def ask(**extra):
+        r = requests.post(
+            f"{server.openai_base_url}/chat/completions",
+            headers=server.headers,
+            timeout=120,
+            json={
+                "model": SERVED_NAME,
+                "messages": [{"role": "user", "content": "List the pods in the prod namespace."}],
+                "max_tokens": 48,
+                "temperature": 0,
+                **extra,
+            },
+        )
+        r.raise_for_status()
+        return r.json()
+
+    plain, with_tools = ask(), ask(tools=tools, tool_choice="auto")
+    # the tools block and the Hermes format instructions are in the prompt (the template's system turn)
+    assert with_tools["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"] + 100
+    message = with_tools["choices"][0]["message"]
+    if message.get("tool_calls"):
+        for call in message["tool_calls"]:
+            assert call["function"]["name"] == "get_pods"
+            assert isinstance(json.loads(call["function"]["arguments"]), dict)
+    else:
+        assert message["content"]  # no call parsed: a plain answer
