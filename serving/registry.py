@@ -41,6 +41,7 @@ from mlflow.types.llm import ChatChoice, ChatCompletionResponse, ChatMessage, Ch
 from training.adapter import read_lineage
 from training.base_model import resolve_base_model
 from training.eval_set import EvalSet
+from training.tool_format import TOOL_CALL_PARSER, template_sha256, template_text
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ TAG_GIT_COMMIT = "agentloop.git_commit"
 TAG_BASE_SHA = "agentloop.base_model_sha256"
 TAG_BASE_PATH = "agentloop.base_model"
 TAG_EVAL_SET_SHA = "agentloop.eval_set_sha256"
+# the one chat template (training/tool_format.py) the version was trained and packaged with, and the
+# vLLM tool-call parser its format needs: vLLM applies one template and one parser per server
+TAG_CHAT_TEMPLATE_SHA = "agentloop.chat_template_sha256"
+TAG_TOOL_CALL_PARSER = "agentloop.tool_call_parser"
 
 DEFAULT_INPUT_EXAMPLE = {
     "messages": [
@@ -315,6 +320,8 @@ def register_adapter(req: RegisterRequest) -> RegisteredVersion:
         TAG_BASE_SHA: identity.weights_sha256,
         TAG_BASE_PATH: identity.path,
         TAG_EVAL_SET_SHA: eval_set.sha256(),
+        TAG_CHAT_TEMPLATE_SHA: template_sha256(),
+        TAG_TOOL_CALL_PARSER: TOOL_CALL_PARSER,
     }
     for k, v in tags.items():
         c.set_model_version_tag(name, mv.version, k, str(v))
@@ -354,6 +361,9 @@ def _package_adapter(adapter: Path, out: Path, max_new_tokens: int) -> Path:
         base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path", "")
         AutoTokenizer.from_pretrained(base).save_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
+    # the pyfunc answers through the template training used, not the tokenizer's own
+    tok.chat_template = template_text()
+    tok.save_pretrained(out)
     if not getattr(tok, "chat_template", None):
         raise RegistryError(
             f"tokenizer saved with adapter {adapter} has no chat template; the version could not "

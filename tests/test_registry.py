@@ -74,6 +74,10 @@ def test_a_registered_version_carries_lineage_tags_a_description_and_the_challen
     assert tags["flyte.execution_id"] == "f-test-exec"
     assert tags["agentloop.git_commit"] == "0123abc"
     assert tags["agentloop.base_model_sha256"] == resolve_base_model("").weights_sha256
+    from training.tool_format import TOOL_CALL_PARSER, template_sha256
+
+    assert tags["agentloop.chat_template_sha256"] == template_sha256()
+    assert tags["agentloop.tool_call_parser"] == TOOL_CALL_PARSER == "hermes"
     assert c.get_model_version_by_alias(NAME, "challenger").version == registered.version
     assert mv.run_id == registered.run_id
     for heading in ("### Data", "### Evaluation", "### Sweep", "### Lineage"):
@@ -97,6 +101,11 @@ def test_the_version_holds_the_adapter_tokenizer_and_eval_set_but_no_base_weight
     assert (
         "chat_template.jinja" in adapter
         or "chat_template" in (d / "artifacts/adapter/tokenizer_config.json").read_text()
+    )
+    from training.tool_format import template_text
+
+    assert (d / "artifacts/adapter/chat_template.jinja").read_text() == template_text(), (
+        "the pyfunc must answer through the template training used"
     )
     assert (d / "artifacts" / "eval_set" / "eval_set.json").is_file()
     assert not list(d.rglob("model.safetensors")), "base model weights must not be copied into the version"
