@@ -22,9 +22,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from features.fsutil import atomic_write_text
+from training.tool_format import TOOL_CALL_PARSER, template_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO_ROOT / "deploy" / "vllm" / "vllm.yaml"
+CHAT_TEMPLATE_KEY = "chat_template.jinja"
+CHAT_TEMPLATE_MOUNT = "/etc/agentloop"  # deploy/vllm/vllm.yaml mounts the ConfigMap here
 MANIFEST_FORMAT = 1
 
 
@@ -119,7 +122,11 @@ def render(manifest: dict, config: RenderConfig | None = None) -> list[dict]:
         meta["namespace"] = config.namespace
         meta["labels"] = dict(labels)
     cm = next(d for d in docs if d["kind"] == "ConfigMap")
-    cm["data"] = {"serving-manifest.json": json.dumps(manifest, indent=1, sort_keys=True)}
+    # the one chat template (training/tool_format.py), mounted where --chat-template reads it
+    cm["data"] = {
+        "serving-manifest.json": json.dumps(manifest, indent=1, sort_keys=True),
+        CHAT_TEMPLATE_KEY: template_text(),
+    }
     dep = next(d for d in docs if d["kind"] == "Deployment")
     spec = dep["spec"]
     spec["replicas"] = int(config.replicas)
@@ -148,6 +155,11 @@ def render(manifest: dict, config: RenderConfig | None = None) -> list[dict]:
         str(max(config.max_loras, len(served))),
         "--max-lora-rank",
         str(config.max_lora_rank),
+        "--chat-template",
+        f"{CHAT_TEMPLATE_MOUNT}/{CHAT_TEMPLATE_KEY}",
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        TOOL_CALL_PARSER,
     ]
     if served:
         args.append("--lora-modules")
@@ -171,6 +183,8 @@ def render(manifest: dict, config: RenderConfig | None = None) -> list[dict]:
             v["persistentVolumeClaim"]["claimName"] = config.store_claim
         if v["name"] == "base-model":
             v["persistentVolumeClaim"]["claimName"] = config.base_model_claim
+        if v["name"] == "chat-template":
+            v["configMap"]["name"] = cm["metadata"]["name"]
     for m in container["volumeMounts"]:
         if m["name"] == "model-store":
             m["mountPath"] = config.store_mount

@@ -271,3 +271,23 @@ def test_a_value_edited_in_values_env_reaches_every_manifest_that_uses_it(kustom
     assert (
         by_name[("PodTemplate", "agentloop-task-defaults")]["metadata"]["namespace"] == "agentloop-production"
     )
+
+
+def test_the_rendered_vllm_deployment_serves_tool_calls_with_agentloops_template():
+    from serving.manifests import CHAT_TEMPLATE_KEY, CHAT_TEMPLATE_MOUNT, render
+    from training.tool_format import TOOL_CALL_PARSER, template_text
+
+    docs = render({"served": {}})
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert cm["data"][CHAT_TEMPLATE_KEY] == template_text()
+    assert args[args.index("--chat-template") + 1] == f"{CHAT_TEMPLATE_MOUNT}/{CHAT_TEMPLATE_KEY}"
+    assert (
+        "--enable-auto-tool-choice" in args and args[args.index("--tool-call-parser") + 1] == TOOL_CALL_PARSER
+    )
+    [volume] = [v for v in pod["volumes"] if v["name"] == "chat-template"]
+    assert volume["configMap"]["name"] == cm["metadata"]["name"]
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["chat-template"] == CHAT_TEMPLATE_MOUNT
