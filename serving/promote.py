@@ -12,8 +12,10 @@ promote(name, version):
     in-place load swaps the weights under the name (loading a loaded name without load_inplace is a 400).
     Each version has its own path, so vLLM's prefix cache never mixes old and new weights.
  3. GET /v1/models must list the served name with root = the new path;
- 4. one untimed warm-up request (vLLM prepares a new adapter on its first use), then smoke prompts through
-    /v1/chat/completions on the served name: 200, non-empty, within the latency budget.
+ 4. one untimed warm-up request (vLLM prepares a new adapter on its first use), then smoke requests through
+    /v1/chat/completions on the served name: 200, non-empty, within the latency budget. When the version's eval
+    set holds tool calls, one held-out tool question goes with its tools and tool_choice "auto": a reply with
+    null content and structured tool_calls passes (serving/smoke.py says what passes).
     The budget is relative to the replica itself: the same prompts are timed on it just before the swap, on
     the adapter it serves under the name, and each smoke request may take at most `latency_multiple` times
     that (never less than `latency_floor_s`, never more than `latency_budget_s`). A replica busy with traffic
@@ -62,6 +64,14 @@ from serving.registry import (
     download_version,
     get_version,
     version_artifact,
+)
+from serving.smoke import (
+    SmokeRequest,
+    bounded_conversation,
+    eval_set_requests,
+    reply_problem,
+    reply_summary,
+    smoke_budgets,
 )
 from training.eval_set import EvalSet
 
@@ -177,9 +187,13 @@ class PromoteConfig:
     replica_store: str = ""  # the same store as the replicas see it (their mount), "" = same as store
     smoke_prompts: list[str] = field(
         default_factory=list
-    )  # user messages; [] = the eval set's held-out prompts
+    )  # user messages; [] = the eval set's held-out prompts (its tool questions are sent either way)
     smoke_count: int = 2  # how many held-out prompts when smoke_prompts is empty
     smoke_max_tokens: int = 16
+    smoke_tool_count: int = (
+        1  # held-out tool-call questions sent with their tools, when the eval set has them
+    )
+    smoke_tool_max_tokens: int = 96  # room for a whole call (a cut call parses as no call)
     smoke_max_prompt_chars: int = (
         4000  # a smoke conversation keeps its system turn and its latest turns up to this
     )
@@ -209,6 +223,7 @@ class ReplicaOutcome:
     smoke_latency_s: list[float] = field(default_factory=list)
     baseline_latency_s: list[float] = field(default_factory=list)  # the same prompts, just before the swap
     smoke_budget_s: list[float] = field(default_factory=list)  # what each smoke request was allowed
+    smoke_replies: list[str] = field(default_factory=list)  # "<kind>: <summary>" per smoke reply, no content
     # after a failure: "previous" (re-loaded), "unloaded", "unchanged" (this one failed before swapping),
     # "untouched" (never reached), or "FAILED: ..." (could not be restored: a person must look)
     restored: str = ""
@@ -296,84 +311,74 @@ def served_adapters(base_url: str, config: PromoteConfig) -> dict[str, str]:
     return {m["id"]: m.get("root", "") for m in r.json()["data"] if m.get("parent")}
 
 
-def bounded_conversation(messages: list[dict], max_chars: int) -> list[dict]:
-    """The conversation cut to its system turn(s) and the latest turns within `max_chars` of content (the last
-    user turn always kept): smoke requests stay short whatever the eval set holds."""
-    system = [m for m in messages if m.get("role") == "system"]
-    rest = [m for m in messages if m.get("role") != "system"]
-    budget = max_chars - sum(len(str(m.get("content") or "")) for m in system)
-    kept: list[dict] = []
-    for m in reversed(rest):
-        size = len(str(m.get("content") or ""))
-        if kept and size > budget:
-            break
-        kept.insert(0, m)
-        budget -= size
-    while kept and kept[0].get("role") in ("assistant", "tool"):  # a turn answers something kept before it
-        kept.pop(0)
-    return system + kept
-
-
-def smoke_budgets(baseline_s: list[float], config: PromoteConfig) -> list[float]:
-    """Per smoke request: latency_multiple x the replica's own latency before the swap, within [floor, ceiling]."""
-    return [
-        min(config.latency_budget_s, max(config.latency_floor_s, config.latency_multiple * b))
-        for b in baseline_s
-    ]
-
-
 def _chat(
-    base_url: str, model: str, messages: list[dict], config: PromoteConfig, step: str
-) -> tuple[str, float]:
+    base_url: str, model: str, request: SmokeRequest, config: PromoteConfig, step: str
+) -> tuple[dict, float]:
+    """(the reply's message, seconds) for one smoke request."""
     t0 = time.perf_counter()
     r = _call(
         "POST",
         f"{base_url.rstrip('/')}/v1/chat/completions",
         config,
         step,
-        json={"model": model, "messages": messages, "max_tokens": config.smoke_max_tokens, "temperature": 0},
+        json=request.body(model, config.smoke_max_tokens, config.smoke_tool_max_tokens),
     )
     dt = time.perf_counter() - t0
     if r.status_code != 200:
-        raise ReplicaError(f"{step}: {base_url} answered HTTP {r.status_code} for {model!r}: {r.text[:300]}")
-    return (r.json()["choices"][0]["message"].get("content") or "").strip(), dt
+        hint = (
+            "; a tool request needs the server started with --enable-auto-tool-choice --tool-call-parser"
+            if request.tools and r.status_code == 400
+            else ""
+        )
+        raise ReplicaError(
+            f"{step}: {base_url} answered HTTP {r.status_code} for a {request.kind} request as {model!r}: "
+            f"{r.text[:300]}{hint}"
+        )
+    return r.json()["choices"][0]["message"], dt
 
 
 def baseline_latency(
-    base_url: str, model: str, conversations: list[list[dict]], config: PromoteConfig
+    base_url: str, model: str, requests_: list[SmokeRequest], config: PromoteConfig
 ) -> list[float]:
-    """The replica's latency on the smoke conversations before the swap, as `model` (what it serves now)."""
-    return [_chat(base_url, model, messages, config, "baseline")[1] for messages in conversations]
+    """The replica's latency on the smoke requests before the swap, as `model` (what it serves now)."""
+    return [_chat(base_url, model, r, config, "baseline")[1] for r in requests_]
 
 
 def smoke_test(
     base_url: str,
     served_name: str,
-    conversations: list[list[dict]],
+    requests_: list[SmokeRequest],
     config: PromoteConfig,
     budgets_s: list[float] | None = None,
+    replies: list[str] | None = None,
 ) -> list[float]:
-    """Each conversation answers 200 with a non-empty reply within its budget (default: the absolute ceiling);
-    returns the latencies."""
-    budgets_s = budgets_s or [config.latency_budget_s] * len(conversations)
+    """Each request answers 200 with a reply that passes serving.smoke.reply_problem (text, or well-formed calls
+    to offered tools) within its budget (default: the absolute ceiling); returns the latencies and appends
+    each reply's summary (no content) to `replies`."""
+    budgets_s = budgets_s or [config.latency_budget_s] * len(requests_)
     latencies = []
-    for messages, budget in zip(conversations, budgets_s, strict=True):
-        prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")[:80]
-        text, dt = _chat(base_url, served_name, messages, config, "smoke")
-        if not text:
-            raise ReplicaError(f"smoke: {base_url} answered an empty reply as {served_name!r} to {prompt!r}")
+    for request, budget in zip(requests_, budgets_s, strict=True):
+        message, dt = _chat(base_url, served_name, request, config, "smoke")
+        problem = reply_problem(message, request)
+        if problem:
+            raise ReplicaError(
+                f"smoke: {base_url} answered {problem} as {served_name!r} to the {request.kind} request "
+                f"{request.label()!r}"
+            )
         if dt > budget:
             raise ReplicaError(
-                f"smoke: {base_url} took {dt:.1f}s as {served_name!r} (budget {budget:.1f}s: "
-                f"{config.latency_multiple:g}x its own latency before the swap, within "
+                f"smoke: {base_url} took {dt:.1f}s as {served_name!r} on the {request.kind} request (budget "
+                f"{budget:.1f}s: {config.latency_multiple:g}x its own latency before the swap, within "
                 f"[{config.latency_floor_s:g}s, {config.latency_budget_s:g}s] of PromoteConfig)"
             )
         latencies.append(dt)
+        if replies is not None:
+            replies.append(f"{request.kind}: {reply_summary(message)}")
     return latencies
 
 
 def swap_everywhere(
-    served_name: str, new_path: str, old_path: str, smoke: list[list[dict]], config: PromoteConfig
+    served_name: str, new_path: str, old_path: str, smoke: list[SmokeRequest], config: PromoteConfig
 ) -> tuple[bool, list[ReplicaOutcome]]:
     """Load new_path on every replica, verify, smoke-test; on any failure put every touched replica back.
 
@@ -407,7 +412,9 @@ def swap_everywhere(
             o.step = "warmup"
             _chat(o.url, served_name, smoke[0], config, "warmup")
             o.step = "smoke"
-            o.smoke_latency_s = smoke_test(o.url, served_name, smoke, config, o.smoke_budget_s)
+            o.smoke_latency_s = smoke_test(
+                o.url, served_name, smoke, config, o.smoke_budget_s, o.smoke_replies
+            )
             o.ok, o.step = True, ""
         except ReplicaError as e:
             o.error = str(e)
@@ -446,15 +453,22 @@ def swap_everywhere(
 
 def _version_store_path(
     name: str, version: str, config: PromoteConfig, tmp: Path
-) -> tuple[str, list[list[dict]]]:
-    """Store the version's adapter (if not yet there); its path as the replicas see it, and its smoke conversations."""
+) -> tuple[str, list[SmokeRequest]]:
+    """Store the version's adapter (if not yet there); its path as the replicas see it, and its smoke requests
+    (serving/smoke.py)."""
     model_dir = download_version(name, version, tmp / f"v{version}", config.tracking_uri)
     url = store_adapter(version_artifact(model_dir, ADAPTER_ARTIFACT), config.store, name, version)
-    if config.smoke_prompts:
-        smoke = [[{"role": "user", "content": p}] for p in config.smoke_prompts]
-    else:
-        prompts = EvalSet.load(version_artifact(model_dir, EVAL_SET_ARTIFACT)).prompts[: config.smoke_count]
-        smoke = [bounded_conversation(p.messages, config.smoke_max_prompt_chars) for p in prompts]
+    eval_set = EvalSet.load(version_artifact(model_dir, EVAL_SET_ARTIFACT))
+    smoke = eval_set_requests(
+        eval_set,
+        0 if config.smoke_prompts else config.smoke_count,
+        config.smoke_tool_count,
+        config.smoke_max_prompt_chars,
+    )
+    if (
+        config.smoke_prompts
+    ):  # the given user messages replace the held-out conversations, not the tool questions
+        smoke = [SmokeRequest([{"role": "user", "content": p}]) for p in config.smoke_prompts] + smoke
     if not smoke:
         raise ValueError(
             f"{name} v{version}: no smoke prompts (its eval set has no held-out prompts); set "

@@ -278,6 +278,86 @@ def trained_adapter(tmp_path_factory, base_model_dir, mlflow_server: str, seed: 
     return Path(result.adapter_dir), result.mlflow_run_id
 
 
+def tool_frame(base_model_dir, n: int = 40):
+    """Parcel conversations that end in a tool call, as the one template renders them: the tools block in
+    the system turn, the call as Hermes text in the assistant turn (so today's trainer takes loss on it)."""
+    import json
+
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from tests.test_evaluate import parcel_example
+    from training.evaluate import tool_prompt_text
+    from training.tool_format import format_tool_calls
+
+    tok = AutoTokenizer.from_pretrained(base_model_dir)
+    rows = []
+    for i in range(n):
+        ex = parcel_example(100 + i)
+        system = tool_prompt_text(tok, {**ex, "messages": ex["messages"][:1]})
+        system = system.split("<|im_start|>system\n", 1)[1].split("<|im_end|>", 1)[0]
+        call = {"name": "get_parcel_status", "arguments": {"tracking_number": f"PX-{1100 + i}"}}
+        messages = [{"role": "system", "content": system}, ex["messages"][1]]
+        messages.append({"role": "assistant", "content": format_tool_calls([call])})
+        rows.append(
+            {
+                "interaction_id": f"tool-{i:03d}",
+                "session_id": f"tool-sess-{i}",
+                "agent": "agent-parcel",
+                "messages_json": json.dumps(messages),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def trained_tool_adapter(tmp_path_factory, base_model_dir, mlflow_server: str) -> tuple[Path, str, Path]:
+    """(adapter dir, MLflow training run id, eval set dir): 30 real training steps on parcel conversations that
+    end in a Hermes tool call (tool_frame), and a frozen eval set whose held-out tool calls are 10 parcel
+    questions (tests.test_evaluate.parcel_example 0-9, none of them trained on); cached per session."""
+    import mlflow
+    from transformers import AutoTokenizer
+
+    from tests.test_evaluate import parcel_example
+    from training.dataset import DatasetConfig, build_snapshot
+    from training.eval_set import build_eval_set
+    from training.trainer import TrainConfig, train
+
+    out = _session_cache(tmp_path_factory) / "tool-adapter"
+    done = out / "tool-adapter.json"
+    if done.is_file():
+        info = json.loads(done.read_text())
+        return Path(info["adapter_dir"]), info["run_id"], Path(info["eval_set"])
+    frame = tool_frame(base_model_dir)
+    tok = AutoTokenizer.from_pretrained(base_model_dir)
+    snapshot = build_snapshot(frame, tok, DatasetConfig(max_seq_len=384, val_fraction=0.1, test_fraction=0.1))
+    mlflow.set_tracking_uri(mlflow_server)
+    config = TrainConfig(
+        base_model=str(base_model_dir),
+        output_dir=str(out),
+        lora_r=8,
+        lora_alpha=16,
+        micro_batch_size=2,
+        grad_accum_steps=1,
+        max_steps=30,
+        warmup_steps=2,
+        learning_rate=2e-3,
+        eval_every=0,
+        checkpoint_every=0,
+        num_threads=1,
+        seed=1,
+        mlflow_experiment="test-gate-tools",
+        run_name="tool-adapter",
+    )
+    result = train(config, snapshot)
+    es = build_eval_set(
+        snapshot, frame, n_prompts=2, max_rows=8, tool_examples=[parcel_example(i) for i in range(10)]
+    ).save(out / "eval_set")
+    done.write_text(
+        json.dumps({"adapter_dir": result.adapter_dir, "run_id": result.mlflow_run_id, "eval_set": str(es)})
+    )
+    return Path(result.adapter_dir), result.mlflow_run_id, Path(es)
+
+
 def scaled_adapter(src: Path, dest: Path, scale: float = 0.0, noise: float = 0.0, seed: int = 0) -> Path:
     """A copy of an adapter whose B matrices are multiplied by `scale` and get N(0, noise) added.
 

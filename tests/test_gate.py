@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from features.mlflow_experiments import ui_link
@@ -279,80 +277,19 @@ def test_an_eval_set_with_tool_calls_round_trips_and_a_format_1_set_still_loads(
 TOOL_NAME = "agentloop-test-gate-tools"
 
 
-def tool_frame(base_model_dir, n: int = 40):
-    """Parcel conversations that end in a tool call, as the one template renders them: the tools block in
-    the system turn, the call as Hermes text in the assistant turn (so today's trainer takes loss on it)."""
-    import json
-
-    import pandas as pd
-    from transformers import AutoTokenizer
-
-    from tests.test_evaluate import parcel_example
-    from training.evaluate import tool_prompt_text
-    from training.tool_format import format_tool_calls
-
-    tok = AutoTokenizer.from_pretrained(base_model_dir)
-    rows = []
-    for i in range(n):
-        ex = parcel_example(100 + i)
-        system = tool_prompt_text(tok, {**ex, "messages": ex["messages"][:1]})
-        system = system.split("<|im_start|>system\n", 1)[1].split("<|im_end|>", 1)[0]
-        call = {"name": "get_parcel_status", "arguments": {"tracking_number": f"PX-{1100 + i}"}}
-        messages = [{"role": "system", "content": system}, ex["messages"][1]]
-        messages.append({"role": "assistant", "content": format_tool_calls([call])})
-        rows.append(
-            {
-                "interaction_id": f"tool-{i:03d}",
-                "session_id": f"tool-sess-{i}",
-                "agent": "agent-parcel",
-                "messages_json": json.dumps(messages),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
 @pytest.fixture(scope="module")
 def tool_versions(tmp_path_factory, base_model_dir, mlflow_server):
     import mlflow
-    from transformers import AutoTokenizer
 
-    from tests.test_evaluate import parcel_example
-    from training.dataset import DatasetConfig, build_snapshot
-    from training.eval_set import build_eval_set
-    from training.trainer import TrainConfig, train
+    from tests.conftest import trained_tool_adapter
 
-    out = tmp_path_factory.mktemp("tool-adapter")
-    frame = tool_frame(base_model_dir)
-    tok = AutoTokenizer.from_pretrained(base_model_dir)
-    snapshot = build_snapshot(frame, tok, DatasetConfig(max_seq_len=384, val_fraction=0.1, test_fraction=0.1))
-    mlflow.set_tracking_uri(mlflow_server)
-    config = TrainConfig(
-        base_model=str(base_model_dir),
-        output_dir=str(out),
-        lora_r=8,
-        lora_alpha=16,
-        micro_batch_size=2,
-        grad_accum_steps=1,
-        max_steps=30,
-        warmup_steps=2,
-        learning_rate=2e-3,
-        eval_every=0,
-        checkpoint_every=0,
-        num_threads=1,
-        seed=1,
-        mlflow_experiment="test-gate-tools",
-        run_name="tool-adapter",
-    )
-    result = train(config, snapshot)
-    good = Path(result.adapter_dir)
+    good, run_id, es = trained_tool_adapter(tmp_path_factory, base_model_dir, mlflow_server)
     same = scaled_adapter(good, tmp_path_factory.mktemp("same-as-base") / "adapter", scale=0.0)
-    es = build_eval_set(
-        snapshot, frame, n_prompts=2, max_rows=8, tool_examples=[parcel_example(i) for i in range(10)]
-    ).save(out / "eval_set")
+    mlflow.set_tracking_uri(mlflow_server)
     try:
         yield {
-            "good": register(good, result.mlflow_run_id, es, TOOL_NAME),
-            "same": register(same, result.mlflow_run_id, es, TOOL_NAME),
+            "good": register(good, run_id, es, TOOL_NAME),
+            "same": register(same, run_id, es, TOOL_NAME),
         }
     finally:
         mlflow.set_tracking_uri(None)

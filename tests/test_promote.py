@@ -37,7 +37,7 @@ from serving.promote import (
 )
 from serving.registry import RegistryError
 from serving.vllm_server import free_port
-from tests.conftest import eval_set_dir, register, scaled_adapter, trained_adapter
+from tests.conftest import eval_set_dir, register, scaled_adapter, trained_adapter, trained_tool_adapter
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -81,6 +81,63 @@ def test_a_smoke_conversation_keeps_its_system_turn_and_its_latest_turns():
     # the last user turn stays whatever its length; an answer never starts the kept turns
     assert bounded_conversation(messages[:2], 10) == messages[:2]
     assert bounded_conversation([messages[0], *messages[2:4]], 100) == [messages[0], messages[3]]
+
+
+def _tool_reply(name: str, arguments: str) -> dict:
+    """A /v1/chat/completions reply message as vLLM's OpenAI server returns a parsed call: content null."""
+    return {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "chatcmpl-tool-1", "type": "function", "function": {"name": name, "arguments": arguments}}
+        ],
+    }
+
+
+def test_a_smoke_reply_passes_with_null_content_when_it_carries_well_formed_calls_to_offered_tools():
+    from serving.smoke import SmokeRequest, reply_problem, reply_summary
+    from tests.test_evaluate import PARCEL_TOOL
+
+    request = SmokeRequest([{"role": "user", "content": "where is PX-1"}], [PARCEL_TOOL])
+    good = _tool_reply("get_parcel_status", '{"tracking_number": "PX-1"}')
+    assert reply_problem(good, request) == "" and reply_summary(good) == "tool_calls: get_parcel_status"
+    assert reply_problem({"role": "assistant", "content": "It left Lyon."}, request) == ""  # text passes too
+    assert "empty reply" in reply_problem({"role": "assistant", "content": None}, request)
+    assert "empty reply" in reply_problem({"role": "assistant", "content": "  ", "tool_calls": []}, request)
+    assert "did not offer" in reply_problem(_tool_reply("delete_parcel", "{}"), request)
+    assert "not JSON" in reply_problem(_tool_reply("get_parcel_status", '{"tracking_number": '), request)
+    assert "not a JSON object" in reply_problem(_tool_reply("get_parcel_status", "[1]"), request)
+    body = request.body("m", max_tokens=8, tool_max_tokens=96)
+    assert body["tools"] == [PARCEL_TOOL] and body["tool_choice"] == "auto" and body["max_tokens"] == 96
+    chat_body = SmokeRequest([{"role": "user", "content": "hi"}]).body("m", 8, 96)
+    assert "tools" not in chat_body and chat_body["max_tokens"] == 8
+
+
+def test_smoke_requests_are_the_eval_sets_conversations_then_a_single_turn_tool_question():
+    from serving.smoke import eval_set_requests
+    from tests.test_evaluate import parcel_example
+    from training.eval_set import EvalSet
+    from training.evaluate import HeldOutPrompt
+
+    prompts = [
+        HeldOutPrompt(f"i{i}", "agent-jamie", [{"role": "user", "content": f"q{i}"}], f"r{i}")
+        for i in range(3)
+    ]
+    multi_turn = {
+        **parcel_example(7),
+        "messages": [*parcel_example(7)["messages"], {"role": "tool", "content": "{}"}],
+    }
+    examples = [parcel_example(1, expected="none"), multi_turn, parcel_example(2), parcel_example(3)]
+    es = EvalSet([], prompts, [], "tok", {}, examples)
+    got = eval_set_requests(es, chat_count=2, tool_count=1, max_chars=4000)
+    assert [r.kind for r in got] == ["chat", "chat", "tools"]
+    assert got[0].messages == prompts[0].messages
+    # the first question that expects a call and needs no earlier tool result, with its tools
+    assert got[2].messages == parcel_example(2)["messages"] and got[2].tools == parcel_example(2)["tools"]
+    assert [r.kind for r in eval_set_requests(EvalSet([], prompts, [], "tok", {}), 2, 1, 4000)] == [
+        "chat",
+        "chat",
+    ]
 
 
 def test_the_model_store_is_immutable_per_version(tmp_path):
@@ -431,6 +488,57 @@ def test_an_in_place_swap_under_traffic_loses_no_request_and_rollback_restores_t
     assert json.loads(Path(back.manifest_path).read_text())["served"][NAME]["version"] == v1["version"]
     with pytest.raises(RegistryError, match="no @previous version to roll back to"):
         rollback(NAME, world["config"])
+
+
+TOOL_SERVED = "agentloop-test-promote-tools"
+
+
+@pytest.mark.slow
+def test_promoting_a_tool_adapter_smoke_tests_a_tool_request_and_takes_its_structured_call(
+    world, tmp_path_factory, base_model_dir, mlflow_server
+):
+    """The real server (agentloop's template, --enable-auto-tool-choice --tool-call-parser hermes) answers the
+    promoted tool adapter's smoke tool request with tool_calls and content null, and the promotion takes it."""
+    from dataclasses import replace
+
+    adapter, run_id, es = trained_tool_adapter(tmp_path_factory, base_model_dir, mlflow_server)
+    version = register(adapter, run_id, es, TOOL_SERVED).version
+    result = promote(TOOL_SERVED, version, replace(world["config"], require_gate=False))
+    rep = result.replicas[0]
+    assert result.ok and rep.smoke_replies[-1] == "tools: tool_calls: get_parcel_status", rep.smoke_replies
+    kinds = [r.split(":")[0] for r in rep.smoke_replies]
+    assert kinds[-1] == "tools" and set(kinds[:-1]) == {
+        "chat"
+    }  # held-out conversations, then the tool question
+    assert not rep.baseline_latency_s and len(rep.smoke_latency_s) == len(
+        kinds
+    )  # a first promotion: the ceiling
+    # what an agent gets from the served name: a structured call, as OpenAI's client reads it
+    r = requests.post(
+        f"{world['server'].openai_base_url}/chat/completions",
+        headers=world["server"].headers,
+        timeout=120,
+        json={
+            "model": TOOL_SERVED,
+            "messages": [{"role": "user", "content": "Where is parcel PX-1234?"}],
+            "tools": es_tools(es),
+            "tool_choice": "auto",
+            "max_tokens": 96,
+            "temperature": 0,
+        },
+    )
+    message = r.json()["choices"][0]["message"]
+    assert r.status_code == 200 and message["content"] is None, message
+    call = message["tool_calls"][0]["function"]
+    assert (
+        call["name"] == "get_parcel_status" and json.loads(call["arguments"])["tracking_number"] == "PX-1234"
+    )
+
+
+def es_tools(es: Path) -> list[dict]:
+    from training.eval_set import EvalSet
+
+    return EvalSet.load(es).tool_examples[0]["tools"]
 
 
 @pytest.mark.slow
