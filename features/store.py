@@ -23,8 +23,8 @@ with N in its commit info (`agentloop.commit`):
 
 The ledger's commit is THE commit point: it carries the sources' manifest entries and the side
 state, so they move together with the rows. Recovery (`Store.recover`, run by every ingest under
-the lock before it reads anything): a table whose latest commit is tagged with an N the ledger does
-not hold is restored to its version before it (RESTORE, a Delta commit of its own), then every
+the lock before it reads anything): a table whose latest commit is tagged with an (N, run) the ledger
+does not hold is restored to its version before it (RESTORE, a Delta commit of its own), then every
 table is vacuumed of files no version references (data files of writes killed before their log
 entry, and the rolled-back ones), so that a plain parquet reader of the folder (Feast's file
 source) sees exactly the table. Each step is idempotent. Hence after any SIGKILL plus a recovery the
@@ -36,7 +36,7 @@ back; a stable view is a recorded version (read_interactions(version=...)).
 
 Single writer: a local store is locked with flock (released by the kernel when the writer dies);
 a second ingest fails at once with a message naming the lock. The ledger commit also checks that
-no other commit N landed meanwhile. Object stores (s3://) are refused: see _refuse_remote.
+no other commit N landed meanwhile. Object stores (s3://) are refused with a clear error, for now.
 """
 
 from __future__ import annotations
@@ -103,20 +103,16 @@ def new_run_id(now: datetime | None = None) -> str:
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
-def _refuse_remote(url: str) -> None:
-    raise NotImplementedError(
-        f"offline store {url}: the Delta store runs on a local folder only for now (delta-rs against "
-        "an S3 endpoint is not wired up or tested yet, see issue 15); use a local or mounted folder"
-    )
-
-
 class Store:
     """The offline store at a local folder."""
 
     def __init__(self, root: str | os.PathLike, options: dict | None = None, compression: str = "zstd"):
         self.url = os.fspath(root)
         if "://" in self.url and not self.url.startswith("file://"):
-            _refuse_remote(self.url)
+            raise NotImplementedError(
+                f"offline store {self.url}: the Delta store runs on a local folder only for now (delta-rs "
+                "against an S3 endpoint is not wired up or tested yet, see issue 15); use a local or mounted folder"
+            )
         self.compression = compression
         self.fs, self.root = filesystem(self.url, options)
         self.local = True
@@ -234,14 +230,14 @@ class Store:
         report = RecoveryReport()
         if self.is_legacy():
             return report
-        last = self.last_commit()
+        committed = self._committed()
         for table in WRITE_ORDER:
             dt = self.delta(table)
             if dt is None:
                 continue
             info = dt.history(limit=1)[0]
             n = int(info.get(COMMIT_KEY) or 0)
-            if n > last:
+            if n and (n, info.get(RUN_KEY)) not in committed:
                 dt.restore(dt.version() - 1)
                 report.rolled_back[table] = n
         for table in TABLES:
@@ -254,6 +250,14 @@ class Store:
         return report
 
     # -- the ledger (manifest and side state) -------------------------------------------------------
+    def _committed(self) -> set[tuple[int, str]]:
+        """(N, run id) of every commit the ledger holds."""
+        dt = self.delta(LEDGER)
+        if dt is None:
+            return set()
+        t = dt.to_pyarrow_dataset().to_table(columns=["commit", "run_id"])
+        return set(zip(t.column("commit").to_pylist(), t.column("run_id").to_pylist(), strict=True))
+
     def last_commit(self) -> int:
         dt = self.delta(LEDGER)
         if dt is None:
@@ -339,7 +343,6 @@ class Store:
         legacy = self._legacy()
         work = self.path(CONVERTING)
         done_marker = posixpath.join(work, ".done")
-        summary = {"interactions": 0, "quarantine": 0, "commits": 0}
         if not os.path.exists(done_marker):
             unfinished = legacy.unfinished_commits()
             if unfinished:
@@ -379,12 +382,8 @@ class Store:
                     partition_by=["day"] if table in PARTITIONED else None,
                     mode="append",
                 )
-            summary = {
-                "interactions": rows.num_rows,
-                "quarantine": quarantine.num_rows,
-                "commits": len(commits),
-            }
-            self.write_bytes(done_marker, json.dumps(summary).encode())
+            n = {"interactions": rows.num_rows, "quarantine": quarantine.num_rows, "commits": len(commits)}
+            self.write_bytes(done_marker, json.dumps(n).encode())
         summary = json.loads(self.read_bytes(done_marker))
         os.makedirs(self.path(LEGACY), exist_ok=True)
         for name in LEGACY_DIRS:

@@ -10,6 +10,8 @@ Production code has no crash hooks; this module wraps features.store's table wri
   data file and before its log entry exists: a named pipe stands where that entry would go, so the
   commit cannot land; the process is killed as the write gives up (the test then removes the pipe).
 - `ledger:<k>`: killed right after the k-th commit's ledger entry (the commit is complete).
+- `hold:<k>`: not killed: after the k-th commit, waits until the file <store>.release exists (the
+  test runs a second ingest meanwhile), then goes on.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 import features.store as store_mod
 
@@ -45,6 +48,9 @@ def install(point: str) -> None:
         out = real_commit(self, entries)
         if where == "ledger" and calls["n"] == k:
             _kill()
+        if where == "hold" and calls["n"] == k:
+            while not os.path.exists(self.store.root + ".release"):
+                time.sleep(0.05)
         return out
 
     def write(store, table, rows, properties):
