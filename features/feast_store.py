@@ -409,11 +409,8 @@ def _entity_frame(
     root = source[: -len(INTERACTIONS_DIR)].rstrip("/") if source.endswith(INTERACTIONS_DIR) else None
     if root is None:
         raise ValueError(f"interaction_features reads {source}, not <store>/{INTERACTIONS_DIR}: re-run apply")
-    delta = "://" not in root and os.path.isdir(f"{root}/{INTERACTIONS_DIR}/_delta_log")
-    if version is not None and not delta:
-        raise ValueError(f"table_version={version}: the store at {root} is not a Delta table (no versions)")
-    if delta:
-        dt = Store(root).delta(INTERACTIONS_DIR, version)
+    dt = Store(root).delta(INTERACTIONS_DIR, version)  # None: the old parquet format (no versions)
+    if dt is not None:
         dataset, version = dt.to_pyarrow_dataset(), dt.version()
     else:
         dataset = interactions_dataset(root)

@@ -277,7 +277,7 @@ class _Ingestor:
                 self._salt = given.encode()
             else:
                 path = self.store.path(*USER_SALT_FILE)
-                if not os.path.exists(path):
+                if not self.store.exists(path):
                     self.store.write_bytes(path, secrets.token_hex(32).encode())
                 self._salt = self.store.read_bytes(path).strip()
         return self._salt

@@ -1,6 +1,6 @@
 """The offline store: accepted interactions and quarantine as Delta Lake tables partitioned by day.
 
-Layout (a local folder; every table is a Delta table written by delta-rs, `deltalake`):
+Layout (a local folder or s3:// prefix; every table is a Delta table written by delta-rs, `deltalake`):
 
     <store>/interactions/   INTERACTION_SCHEMA, partitioned by `day` (the event's UTC day)
     <store>/quarantine/     QUARANTINE_SCHEMA, partitioned by `day` (the day it was quarantined)
@@ -8,7 +8,7 @@ Layout (a local folder; every table is a Delta table written by delta-rs, `delta
     <store>/_ledger/        LEDGER_SCHEMA: one row per committed source (the manifest), plus the
                             side state (poisoning memory, open-trace buffer) of each commit
     <store>/_meta/          the user-id salt
-    <store>/_lock           an flock held by the writer
+    <store>/_lock           an flock held by the writer (local folders)
 
 Why Delta: each table's commit is atomic (a data file counts only once its `_delta_log` names it),
 versions can be read back (time travel: a training set cites the version it read), and Spark, Ray,
@@ -36,7 +36,8 @@ back; a stable view is a recorded version (read_interactions(version=...)).
 
 Single writer: a local store is locked with flock (released by the kernel when the writer dies);
 a second ingest fails at once with a message naming the lock. The ledger commit also checks that
-no other commit N landed meanwhile. Object stores (s3://) are refused with a clear error, for now.
+no other commit N landed meanwhile. On an object store (s3://, MinIO) there is no lock: delta-rs commits with conditional PUTs and
+the MERGEs into _keys and _ledger refuse the second of two writers (CommitConflict).
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ import logging
 import os
 import posixpath
 import secrets
-import shutil
 import sys
 import tempfile
 from datetime import date, datetime, timedelta, timezone
@@ -61,7 +61,7 @@ import pyarrow.dataset as ds
 from features.home import agentloop_home
 from features.readers import filesystem
 from features.schema import INTERACTION_SCHEMA, QUARANTINE_SCHEMA
-from features.store_legacy import LegacyStore
+from features.store_legacy import CONVERTING, LegacyStore, convert
 from features.store_tables import (
     COMMIT_KEY,
     INTERACTIONS,
@@ -77,6 +77,7 @@ from features.store_tables import (
     CommitConflict,
     ManifestEntry,
     RecoveryReport,
+    delta_storage,
     ledger_row,
     utc,
 )
@@ -84,9 +85,6 @@ from features.store_tables import (
 log = logging.getLogger(__name__)
 
 LOCK = "_lock"
-CONVERTING = "_converting"  # Store.convert writes the Delta tables here first
-LEGACY = "_legacy"  # where Store.convert keeps the old format's files
-LEGACY_DIRS = (INTERACTIONS, QUARANTINE, "_manifest", "_guard", "_staging")
 STORE_ENV = "AGENTLOOP_OFFLINE_STORE"
 
 
@@ -108,25 +106,31 @@ class Store:
 
     def __init__(self, root: str | os.PathLike, options: dict | None = None, compression: str = "zstd"):
         self.url = os.fspath(root)
-        if "://" in self.url and not self.url.startswith("file://"):
-            raise NotImplementedError(
-                f"offline store {self.url}: the Delta store runs on a local folder only for now (delta-rs "
-                "against an S3 endpoint is not wired up or tested yet, see issue 15); use a local or mounted folder"
-            )
         self.compression = compression
         self.fs, self.root = filesystem(self.url, options)
-        self.local = True
+        self.local = "://" not in self.url
+        # delta-rs's own object-store client: on S3 it commits with conditional PUTs (see delta_storage)
+        self.storage = None if self.local else delta_storage(self.url, options)
+        self.base = self.root if self.local else self.url.rstrip("/")
 
     # -- paths and small files ----------------------------------------------------------------------
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path) if self.local else self.fs.exists(path)
+
+    def isdir(self, path: str) -> bool:
+        return os.path.isdir(path) if self.local else self.fs.isdir(path)
+
     def read_bytes(self, path: str) -> bytes:
-        with open(path, "rb") as f:
-            return f.read()
+        return self.fs.cat_file(path)
 
     def write_bytes(self, path: str, data: bytes) -> None:
-        """Write a small file so that it appears whole or not at all (temp file + fsync + rename)."""
+        """Write a small file so that it appears whole or not at all (temp file + fsync + rename; one PUT)."""
+        if not self.local:
+            self.fs.pipe_file(path, data)
+            return
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
@@ -143,20 +147,22 @@ class Store:
 
     # -- tables -------------------------------------------------------------------------------------
     def table_path(self, table: str, root: str | None = None) -> str:
-        return posixpath.join(root or self.root, table)
+        return posixpath.join(root or self.base, table)
 
     def delta(self, table: str, version: int | None = None):
         """The DeltaTable `table` (at `version`), or None when it was never written."""
         from deltalake import DeltaTable
 
         uri = self.table_path(table)
-        if not DeltaTable.is_deltatable(uri):
+        # Not DeltaTable.is_deltatable: it holds the GIL while it lists, which deadlocks an in-process S3
+        # server (moto in tests) until the request times out.
+        if not self.isdir(self.path(table, "_delta_log")):
             if version is not None:
                 raise ValueError(
                     f"offline store {self.url}: {table} has no version {version}: it is not a Delta table"
                 )
             return None
-        return DeltaTable(uri, version=version)
+        return DeltaTable(uri, version=version, storage_options=self.storage)
 
     def table_version(self, table: str = INTERACTIONS) -> int | None:
         """The current version of a table (None before its first write, or in the old format)."""
@@ -174,6 +180,7 @@ class Store:
                     schema.empty_table(),
                     partition_by=["day"] if table in PARTITIONED else None,
                     mode="append",
+                    storage_options=self.storage,
                 )
 
     def read_table(
@@ -208,7 +215,14 @@ class Store:
     # -- locking and recovery -----------------------------------------------------------------------
     @contextlib.contextmanager
     def writer_lock(self) -> Iterator[None]:
-        """Hold the store's writer lock (flock: the kernel releases it when the writer dies)."""
+        """Hold the store's writer lock (flock: the kernel releases it when the writer dies).
+
+        An object store has no lock: Delta's conflict checks (a MERGE into _keys and _ledger that
+        read what they change) refuse the second of two writers instead.
+        """
+        if not self.local:
+            yield
+            return
         import fcntl
 
         os.makedirs(self.root, exist_ok=True)
@@ -312,10 +326,10 @@ class Store:
 
     def is_legacy(self) -> bool:
         """True for a store (or a conversion) in the parquet + manifest format of before issue 15."""
-        if os.path.isdir(self.path(CONVERTING)) or os.path.isdir(self.path("_manifest")):
+        if self.isdir(self.path(CONVERTING)) or self.isdir(self.path("_manifest")):
             return True
         return any(
-            os.path.isdir(self.path(t)) and not os.path.isdir(self.path(t, "_delta_log"))
+            self.isdir(self.path(t)) and not self.isdir(self.path(t, "_delta_log"))
             for t in (INTERACTIONS, QUARANTINE)
         )
 
@@ -330,76 +344,17 @@ class Store:
     def convert(self) -> dict | None:
         """Convert an old-format store to Delta tables in place (hold writer_lock); None if nothing to do.
 
-        The rows, manifest entries and latest side state are written as Delta tables under
-        _converting/ (one commit per table; the old manifest's commit numbers are kept), then the
-        old folders move to _legacy/ (kept: lineage that cites their files stays readable) and the
-        new tables into place. A conversion killed midway starts over (before its tables were
-        complete) or finishes the moves (after): see the `.done` marker.
+        See features.store_legacy.convert: rows, manifest and side state become the Delta tables,
+        the old files are kept under _legacy/.
         """
         if not self.is_legacy():
             return None
-        from deltalake import write_deltalake
-
-        legacy = self._legacy()
-        work = self.path(CONVERTING)
-        done_marker = posixpath.join(work, ".done")
-        if not os.path.exists(done_marker):
-            unfinished = legacy.unfinished_commits()
-            if unfinished:
-                raise RuntimeError(
-                    f"offline store {self.url} holds commits a run of the old format decided but did not "
-                    f"publish ({unfinished[0]}, ...): run that version's ingest once to recover them, then convert"
-                )
-            legacy.migrate()
-            shutil.rmtree(work, ignore_errors=True)
-            commits = legacy.commits()
-            rows = legacy.read_table(INTERACTIONS)
-            quarantine = legacy.read_table(QUARANTINE)
-            ids = rows.column("interaction_id").to_pylist()
-            first = sorted({i: n for n, i in reversed(list(enumerate(ids)))}.values())  # the first copy wins
-            keys = rows.select(KEY_SCHEMA.names).take(pa.array(first, pa.int64()))
-            state = {}
-            names = {n for c in commits for n in c.get("files", {})}
-            for name in sorted(names):
-                state[name] = legacy.latest_file(name, commits).decode()
-            ledger = [
-                ledger_row(ManifestEntry.from_dict({**e, "commit": c["number"]}), c["number"])
-                for c in commits
-                for e in c["entries"]
-            ]
-            if ledger and state:
-                ledger[-1]["state_json"] = json.dumps(state, sort_keys=True)
-            tables = {
-                INTERACTIONS: rows,
-                QUARANTINE: quarantine,
-                KEYS: keys,
-                LEDGER: pa.Table.from_pylist(ledger, schema=LEDGER_SCHEMA),
-            }
-            for table, data in tables.items():
-                write_deltalake(
-                    self.table_path(table, work),
-                    data.cast(TABLES[table]),
-                    partition_by=["day"] if table in PARTITIONED else None,
-                    mode="append",
-                )
-            n = {"interactions": rows.num_rows, "quarantine": quarantine.num_rows, "commits": len(commits)}
-            self.write_bytes(done_marker, json.dumps(n).encode())
-        summary = json.loads(self.read_bytes(done_marker))
-        os.makedirs(self.path(LEGACY), exist_ok=True)
-        for name in LEGACY_DIRS:
-            old = self.path(name)
-            if os.path.isdir(old) and not os.path.isdir(posixpath.join(old, "_delta_log")):
-                target = self.path(LEGACY, name)
-                if os.path.exists(target):
-                    target = f"{target}-{secrets.token_hex(3)}"
-                os.replace(old, target)
-        for table in TABLES:
-            staged = self.table_path(table, work)
-            if os.path.isdir(staged):
-                os.replace(staged, self.path(table))
-        shutil.rmtree(work, ignore_errors=True)
-        log.info("converted the offline store %s to Delta tables: %s", self.url, summary)
-        return summary
+        if not self.local:
+            raise NotImplementedError(
+                f"offline store {self.url} is in the old parquet format: convert a local copy "
+                "(python -m features.store migrate DIR), then upload it"
+            )
+        return convert(self, self._legacy())
 
     # -- writing ------------------------------------------------------------------------------------
     def begin_commit(self, run_id: str, number: int) -> "Commit":
@@ -436,8 +391,6 @@ class Commit:
 
     def commit(self, entries: list[ManifestEntry]) -> list[ManifestEntry]:
         """Write quarantine, keys and interactions, then the ledger rows: the commit point."""
-        from deltalake import write_deltalake
-
         st = self.store
         quarantine = _concat(self.tables[QUARANTINE], QUARANTINE_SCHEMA)
         rows = _concat(self.tables[INTERACTIONS], INTERACTION_SCHEMA)
@@ -463,12 +416,23 @@ class Commit:
                 f"offline store {st.url}: another writer committed commit {st.last_commit()} while this run "
                 f"wrote commit {self.number}; re-run the ingest (recovery undoes this run's partial commit)"
             )
-        write_deltalake(
-            st.table_path(LEDGER),
-            pa.Table.from_pylist(ledger, schema=LEDGER_SCHEMA),
-            mode="append",
-            commit_properties=self._properties(),
+        # A MERGE, not an append: it reads the ledger, so a concurrent commit to it fails this one.
+        merged = (
+            st.delta(LEDGER)
+            .merge(
+                pa.Table.from_pylist(ledger, schema=LEDGER_SCHEMA),
+                "t.commit = s.commit",
+                source_alias="s",
+                target_alias="t",
+                commit_properties=self._properties(),
+            )
+            .when_not_matched_insert_all()
+            .execute()
         )
+        if merged["num_target_rows_inserted"] != len(ledger):
+            raise CommitConflict(
+                f"offline store {st.url}: another writer committed commit {self.number} first"
+            )
         return entries
 
     def abort(self) -> None:
@@ -509,6 +473,7 @@ def _write(store: Store, table: str, rows: pa.Table, properties) -> None:
         mode="append",
         writer_properties=WriterProperties(compression=codec or "UNCOMPRESSED"),
         commit_properties=properties,
+        storage_options=store.storage,
     )
 
 

@@ -9,27 +9,44 @@ Until issue 15 the store was hand-written day-partitioned parquet plus a manifes
     <store>/_staging/<run>/...                             work in progress of a run that died
 
 This module reads such a folder (and rewrites its schema v1 parts in place, as every ingest of that
-format did first) so that Store.convert can write the same rows, manifest entries and state into
-Delta tables. Nothing here writes the old format's commits: there is no commit protocol left.
+format did first) and `convert` writes the same rows, manifest entries and state into Delta tables. Nothing here writes the old format's commits: there is no commit protocol left.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import posixpath
+import secrets
+import shutil
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from features.schema import INTERACTION_SCHEMA, QUARANTINE_SCHEMA, V2_COLUMNS, upgrade_v1_rows
+from features.store_tables import (
+    INTERACTIONS,
+    KEY_SCHEMA,
+    KEYS,
+    LEDGER,
+    LEDGER_SCHEMA,
+    PARTITIONED,
+    QUARANTINE,
+    ManifestEntry,
+    ledger_row,
+)
+from features.store_tables import TABLES as DELTA_TABLES
 
-INTERACTIONS = "interactions"
-QUARANTINE = "quarantine"
+log = logging.getLogger(__name__)
+
 MANIFEST = "_manifest"
 STAGING = "_staging"
+CONVERTING = "_converting"  # convert writes the Delta tables here first
+LEGACY = "_legacy"  # where convert keeps the old format's files
+LEGACY_DIRS = (INTERACTIONS, QUARANTINE, MANIFEST, "_guard", STAGING)
 TABLES = {INTERACTIONS: INTERACTION_SCHEMA, QUARANTINE: QUARANTINE_SCHEMA}
 
 
@@ -143,3 +160,75 @@ class LegacyStore:
             self.fs.mv(tmp, part)
             done.append(posixpath.relpath(part, self.root))
         return done
+
+
+def convert(store, legacy: LegacyStore) -> dict:
+    """Convert `legacy`, the old format of features.store.Store `store`, to its Delta tables in place.
+
+    The rows, manifest entries and latest side state are written as Delta tables under
+    _converting/ (one commit per table; the old manifest's commit numbers are kept), then the
+    old folders move to _legacy/ (kept: lineage that cites their files stays readable) and the
+    new tables into place. A conversion killed midway starts over (before its tables were
+    complete) or finishes the moves (after): see the `.done` marker.
+    """
+    from deltalake import write_deltalake
+
+    work = store.path(CONVERTING)
+    done_marker = posixpath.join(work, ".done")
+    if not os.path.exists(done_marker):
+        unfinished = legacy.unfinished_commits()
+        if unfinished:
+            raise RuntimeError(
+                f"offline store {store.url} holds commits a run of the old format decided but did not "
+                f"publish ({unfinished[0]}, ...): run that version's ingest once to recover them, then convert"
+            )
+        legacy.migrate()
+        shutil.rmtree(work, ignore_errors=True)
+        commits = legacy.commits()
+        rows = legacy.read_table(INTERACTIONS)
+        quarantine = legacy.read_table(QUARANTINE)
+        ids = rows.column("interaction_id").to_pylist()
+        first = sorted({i: n for n, i in reversed(list(enumerate(ids)))}.values())  # the first copy wins
+        keys = rows.select(KEY_SCHEMA.names).take(pa.array(first, pa.int64()))
+        state = {}
+        names = {n for c in commits for n in c.get("files", {})}
+        for name in sorted(names):
+            state[name] = legacy.latest_file(name, commits).decode()
+        ledger = [
+            ledger_row(ManifestEntry.from_dict({**e, "commit": c["number"]}), c["number"])
+            for c in commits
+            for e in c["entries"]
+        ]
+        if ledger and state:
+            ledger[-1]["state_json"] = json.dumps(state, sort_keys=True)
+        tables = {
+            INTERACTIONS: rows,
+            QUARANTINE: quarantine,
+            KEYS: keys,
+            LEDGER: pa.Table.from_pylist(ledger, schema=LEDGER_SCHEMA),
+        }
+        for table, data in tables.items():
+            write_deltalake(
+                store.table_path(table, work),
+                data.cast(DELTA_TABLES[table]),
+                partition_by=["day"] if table in PARTITIONED else None,
+                mode="append",
+            )
+        n = {"interactions": rows.num_rows, "quarantine": quarantine.num_rows, "commits": len(commits)}
+        store.write_bytes(done_marker, json.dumps(n).encode())
+    summary = json.loads(store.read_bytes(done_marker))
+    os.makedirs(store.path(LEGACY), exist_ok=True)
+    for name in LEGACY_DIRS:
+        old = store.path(name)
+        if os.path.isdir(old) and not os.path.isdir(posixpath.join(old, "_delta_log")):
+            target = store.path(LEGACY, name)
+            if os.path.exists(target):
+                target = f"{target}-{secrets.token_hex(3)}"
+            os.replace(old, target)
+    for table in DELTA_TABLES:
+        staged = store.table_path(table, work)
+        if os.path.isdir(staged):
+            os.replace(staged, store.path(table))
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("converted the offline store %s to Delta tables: %s", store.url, summary)
+    return summary

@@ -105,3 +105,45 @@ def utc(value: date | datetime | str) -> datetime:
     if isinstance(value, datetime):
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
     return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+
+
+def delta_storage(url: str, options: dict | None = None) -> dict[str, str]:
+    """delta-rs storage options for an s3:// store: the AWS_* variables, then fsspec-style `options`.
+
+    delta-rs has its own S3 client (it does not read fsspec's options). Concurrent writers are made
+    safe by conditional PUTs (AWS_CONDITIONAL_PUT=etag: MinIO and S3 both honour If-None-Match), so
+    no DynamoDB lock is needed; a plain-http endpoint (MinIO in the cluster, moto in tests) needs
+    AWS_ALLOW_HTTP.
+    """
+    import os
+
+    if not url.startswith(("s3://", "s3a://")):
+        raise NotImplementedError(
+            f"offline store {url}: only local folders and s3:// prefixes hold Delta tables"
+        )
+    out = {
+        k: os.environ[k]
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+        if k in os.environ
+    }
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    options = options or {}
+    endpoint = (
+        options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url") or endpoint
+    )
+    for key, name in (
+        ("key", "AWS_ACCESS_KEY_ID"),
+        ("secret", "AWS_SECRET_ACCESS_KEY"),
+        ("token", "AWS_SESSION_TOKEN"),
+    ):
+        if options.get(key):
+            out[name] = options[key]
+    if region:
+        out["AWS_REGION"] = region
+    if endpoint:
+        out["AWS_ENDPOINT_URL"] = endpoint
+        if endpoint.startswith("http://"):
+            out["AWS_ALLOW_HTTP"] = "true"
+    out["AWS_CONDITIONAL_PUT"] = "etag"
+    return out
