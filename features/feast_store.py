@@ -34,6 +34,7 @@ import yaml
 from features.aggregates import INTERACTIONS_DIR, filesystem_and_path, interactions_dataset
 from features.fsutil import utc
 from features.home import agentloop_home
+from features.store import Store
 
 REPO_DIR = Path(__file__).resolve().parent / "repo"
 CLUSTER_YAML = REPO_DIR / "cluster" / "feature_store.yaml"
@@ -339,6 +340,7 @@ def get_training_frame(
     agents: Sequence[str] | None = None,
     min_rating: int | None = None,
     exclude_guard_flags: bool = True,
+    table_version: int | None = None,
 ) -> pd.DataFrame:
     """The point-in-time training set of interactions in [start, end) via the `training_v1` feature service.
 
@@ -346,9 +348,12 @@ def get_training_frame(
     (re-ingested, feedback updated) never leaks into it. Filters: agents (None = all); min_rating
     keeps rated interactions with rating >= min_rating; exclude_guard_flags drops interactions the
     guard flagged (warn-level rules, guard_flags != ""). Dates mean midnight UTC; naive datetimes UTC.
-    frame.attrs records the feature service, the window and the project (lineage).
+    frame.attrs records the feature service, the window, the project and the Delta version of the
+    interactions table that chose the rows (lineage). table_version: rebuild the frame of that
+    version (time travel: rows landed since are left out; the store is append-only, so the rows of
+    that version join the same features they joined then).
     """
-    frame = _historical_frame(config, TRAINING_SERVICE, start, end, agents)
+    frame = _historical_frame(config, TRAINING_SERVICE, start, end, agents, table_version)
     if min_rating is not None:
         frame = frame[frame["rating"].notna() & (frame["rating"] >= min_rating)]
     if exclude_guard_flags:
@@ -363,14 +368,14 @@ def get_monitoring_frame(config: FeastConfig, start: datetime | date, end: datet
     return _historical_frame(config, MONITORING_SERVICE, start, end, None)
 
 
-def _historical_frame(config, service_name, start, end, agents) -> pd.DataFrame:
+def _historical_frame(config, service_name, start, end, agents, table_version=None) -> pd.DataFrame:
     store = feature_store(config)
     lo, hi = utc(start), utc(end)
     if lo >= hi:
         raise ValueError(f"empty window: start {lo.isoformat()} is not before end {hi.isoformat()}")
     service = store.get_feature_service(service_name)
     source = store.get_feature_view(INTERACTION_VIEW).batch_source.path
-    entity_df = _entity_frame(source, lo, hi, agents)
+    entity_df, table_version = _entity_frame(source, lo, hi, agents, table_version)
     features = [f.name for p in service.feature_view_projections for f in p.features]
     if entity_df.empty:
         frame = pd.DataFrame({name: pd.Series(dtype=object) for name in [*entity_df.columns, *features]})
@@ -388,19 +393,27 @@ def _historical_frame(config, service_name, start, end, agents) -> pd.DataFrame:
         "start": lo.isoformat(),
         "end": hi.isoformat(),
         "agents": sorted(agents) if agents else None,
+        "table_version": table_version,  # None: a store in the old parquet format (no versions)
     }
     return frame
 
 
-def _entity_frame(source: str, start: datetime, end: datetime, agents: Sequence[str] | None) -> pd.DataFrame:
-    """interaction_id + event_timestamp of the interactions in [start, end), read with partition pruning.
+def _entity_frame(
+    source: str, start: datetime, end: datetime, agents: Sequence[str] | None, version: int | None = None
+) -> tuple[pd.DataFrame, int | None]:
+    """interaction_id + event_timestamp of the interactions in [start, end), read with partition pruning,
+    and the Delta table version they were read at (the given one, else the current one).
 
     An interaction stored more than once is joined at its first event_timestamp.
     """
     root = source[: -len(INTERACTIONS_DIR)].rstrip("/") if source.endswith(INTERACTIONS_DIR) else None
     if root is None:
         raise ValueError(f"interaction_features reads {source}, not <store>/{INTERACTIONS_DIR}: re-run apply")
-    dataset = interactions_dataset(root)
+    dt = Store(root).delta(INTERACTIONS_DIR, version)  # None: the old parquet format (no versions)
+    if dt is not None:
+        dataset, version = dt.to_pyarrow_dataset(), dt.version()
+    else:
+        dataset = interactions_dataset(root)
     last_day = (end - timedelta(microseconds=1)).date()
     days = [(start.date() + timedelta(days=i)).isoformat() for i in range((last_day - start.date()).days + 1)]
     flt = (
@@ -414,7 +427,7 @@ def _entity_frame(source: str, start: datetime, end: datetime, agents: Sequence[
     frame = table.to_pandas()
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     frame = frame.sort_values(["event_timestamp", "interaction_id"], kind="stable")
-    return frame.drop_duplicates("interaction_id", keep="first").reset_index(drop=True)
+    return frame.drop_duplicates("interaction_id", keep="first").reset_index(drop=True), version
 
 
 # --- the hive layout Feast can read ---------------------------------------------------------------

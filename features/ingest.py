@@ -7,21 +7,21 @@ decode (UTF-8, else `encoding`) -> parse (orjson, else `invalid_json`; over max_
 -> unwrap CloudEvents (a bad envelope: `bad_cloudevent`) -> validate (raw_format.validate_record: the
 first code is the reason, e.g. `missing_field:messages`) -> redact (features.redact) -> dedup ->
 guard (features.guard: per record, then corpus-level poisoning per batch: `guard:<rule>`) -> the
-canonical row (features.schema.INTERACTION_SCHEMA) -> features.store (parquet; atomic commits of
-whole sources, see its docstring for the crash protocol).
+canonical row (features.schema.INTERACTION_SCHEMA) -> features.store (Delta Lake tables; a commit of
+whole sources at a time, see its docstring for how a killed run is undone).
 
 Traces (OTLP GenAI spans and log records, OpenInference, MLflow 3 traces, OpenAI request/response
 pairs; detected per record, or forced with IngestConfig.format) are routed by features/ingest_traces.py:
 each span or log record is a record of its own, chat spans wait in the committed trace buffer
 (features/traces/buffer.py) for their content and ancestors, and each becomes a record of the
-format that takes the same path from validation on. Before anything, parts written at schema v1
-are migrated in place (Store.migrate).
+format that takes the same path from validation on. Before anything, a store in the old parquet
+format is migrated (schema v1 parts to v2, Store.migrate) and converted to Delta (Store.convert).
 
 Every record read ends in exactly one place: accepted, quarantined (one reason), or counted as a
 duplicate; each source's counts are checked (read == accepted + duplicates + quarantined) before
 it is committed, and the IngestReport carries them.
 
-Dedup, across runs (the index is read back from the store at the start of every run):
+Dedup, across runs (the index is read back from the store's `_keys` table at the start of every run):
 - content hash = sha256 of (agent, session_id, redacted messages with every string NFC-normalised
   and whitespace-collapsed; key order irrelevant); stored in the `content_hash` column.
 - same id, same content hash: duplicate (`same_id`); different id, same content hash: duplicate
@@ -93,7 +93,7 @@ from features.readers import (
 )
 from features.redact import redact_line, redact_messages, redact_text, redact_value
 from features.schema import INTERACTION_SCHEMA, PII_TYPES, QUARANTINE_SCHEMA, SCHEMA_VERSION, SECRET_TYPES
-from features.store import INTERACTIONS, QUARANTINE, ManifestEntry, Store, default_store, new_run_id
+from features.store import INTERACTIONS, KEYS, QUARANTINE, ManifestEntry, Store, default_store, new_run_id
 from features.traces import FORMATS, detect
 from features.traces.buffer import DEFAULT_WAIT_S
 
@@ -111,9 +111,7 @@ INTERNAL_ERROR = "internal_error"
 GUARD_PREFIX = "guard:"
 INT32_MAX = 2**31 - 1
 MAX_SOURCES_PER_COMMIT = 500
-POISON_STATE = (
-    "poison-state"  # the state file committed with the rows (features.store: StagedCommit.stage_file)
-)
+POISON_STATE = "poison-state"  # side state committed with the rows (features.store: Commit.stage_file)
 UTF8_BOM = b"\xef\xbb\xbf"
 USER_SALT_ENV = "AGENTLOOP_USER_ID_SALT"
 USER_SALT_FILE = ("_meta", "user-id-salt")
@@ -264,7 +262,7 @@ class _Ingestor:
         self.pending: list[_Candidate] = []  # waiting for the batch's poisoning check
         self.rows: list[dict] = []  # accepted rows not yet staged
         self.qrows: list[dict] = []  # quarantine rows not yet staged
-        self.commit = None  # the open StagedCommit
+        self.commit = None  # the open features.store.Commit
         self.next_commit = 1
         self.commit_rows = 0
         self.entries: list[ManifestEntry] = []  # manifest entries of the open commit's sources
@@ -289,16 +287,16 @@ class _Ingestor:
         """The dedup index from the store's rows, the poisoning memory from its last commit."""
         commits = self.store.commits()
         self.next_commit = self.store.next_commit_number(commits)
-        state = self.store.latest_file(POISON_STATE, commits)
+        state = self.store.latest_state(POISON_STATE, commits)
         if state is not None:
-            self.history = PoisonState.from_json(self.store.read_bytes(state).decode())
-        buffer = self.store.latest_file(TRACE_STATE, commits)
+            self.history = PoisonState.from_json(state.decode())
+        buffer = self.store.latest_state(TRACE_STATE, commits)
         if buffer is not None:
-            self.traces.load(self.store.read_bytes(buffer).decode())
+            self.traces.load(buffer.decode())
         self.load_index()
 
     def load_index(self) -> None:
-        acc = self.store.read_table(INTERACTIONS, ["interaction_id", "content_hash"])
+        acc = self.store.read_table(KEYS)  # (id, content hash) only: no interaction partition is read
         for iid, h in zip(
             acc.column("interaction_id").to_pylist(), acc.column("content_hash").to_pylist(), strict=True
         ):
@@ -398,10 +396,6 @@ class _Ingestor:
         for entry in self.entries:
             entry.committed_at = now
         self.commit.commit(self.entries)
-        if self.history_dirty:
-            self.store.prune_files(POISON_STATE, keep=2)
-        if self.traces.dirty:
-            self.store.prune_files(TRACE_STATE, keep=2)
         self.commit, self.entries, self.commit_rows, self.history_dirty = None, [], 0, False
         self.traces.dirty = False
 
@@ -712,17 +706,13 @@ def ingest(sources: str | Sequence[str] | None = None, config: IngestConfig | No
     report = IngestReport(run_id=run_id, store=store.url, started_at=started.isoformat())
 
     with store.writer_lock():
+        report.migrated_parts = store.migrate()  # an old-format store: schema v2, then Delta tables
+        store.convert()
         recovered = store.recover()
         report.recovered = asdict(recovered)
-        report.migrated_parts = store.migrate()
-        if report.migrated_parts:
-            log.info("migrated %d interaction parts to schema v2", len(report.migrated_parts))
-        if recovered.rolled_forward or recovered.discarded_parts:
-            log.info(
-                "recovered the store: finished the commit of %d sources, discarded %d staged parts",
-                len(recovered.rolled_forward),
-                recovered.discarded_parts,
-            )
+        if recovered.rolled_back:
+            log.info("recovered the store: undid the unfinished commit in %s", sorted(recovered.rolled_back))
+        store.ensure_tables()
         manifest = store.manifest()
         files = list_sources(list(sources), suffixes=config.suffixes, options=config.storage_options or None)
         ingestor = _Ingestor(config, store, run_id, started)
@@ -767,7 +757,6 @@ def ingest(sources: str | Sequence[str] | None = None, config: IngestConfig | No
             raise
         finally:
             bar.close()
-        store.end_run(run_id)
 
     report.sources.sort(key=lambda s: s.source)
     report.check()

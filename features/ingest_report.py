@@ -70,7 +70,9 @@ class IngestReport:
     finished_at: str = ""
     seconds: float = 0.0
     sources: list[SourceReport] = field(default_factory=list)
-    recovered: dict = field(default_factory=dict)  # what Store.recover finished or discarded first
+    recovered: dict = field(
+        default_factory=dict
+    )  # what Store.recover undid first (a commit the ledger never got)
     migrated_parts: list[str] = field(default_factory=list)  # parts Store.migrate rewrote to schema v2
 
     def _sum(self, name: str) -> int:

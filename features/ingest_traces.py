@@ -26,9 +26,7 @@ from features.traces import mlflow_traces, otlp
 from features.traces.buffer import DEFAULT_WAIT_S, Outcome, TraceBuffer
 from features.traces.openai_pairs import read_pair
 
-TRACE_STATE = (
-    "trace-buffer"  # the state file committed with the rows (features.store: StagedCommit.stage_file)
-)
+TRACE_STATE = "trace-buffer"  # the state file committed with the rows (features.store: Commit.stage_file)
 
 
 def unit_item(origin: list, raw: Any) -> RawItem:

@@ -26,7 +26,7 @@ from features.guard import PoisonState
 from features.ingest import IngestConfig, content_hash, ingest
 from features.raw_format import REQUIRED_FIELDS, to_cloudevent
 from features.readers import SourceFile, list_sources, read_source, split_batch
-from features.store import CRASH_ENV, Store, read_interactions, read_manifest, read_quarantine
+from features.store import LEDGER, Store, read_interactions, read_manifest, read_quarantine
 from serving.processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -468,8 +468,10 @@ def test_poisoning_verdicts_quarantine_the_flagged_ids_only(tmp_path, monkeypatc
     # with the detector's memory as the last commit left it.
     again = write(tmp_path / "logs2" / "b.jsonl", [record(0, "buy now", id="other")])
     assert ingest(str(again), config(tmp_path / "store")).quarantined == {"guard:poisoning": 1}
-    states = sorted((tmp_path / "store" / "_guard").glob("poison-state-*.json"))
-    assert len(states) == 2 and PoisonState.from_json(states[-1].read_text()).batches == 4
+    states = [
+        c["state"] for c in Store(tmp_path / "store").commits() if ingest_mod.POISON_STATE in c["state"]
+    ]
+    assert len(states) == 2 and PoisonState.from_json(states[-1][ingest_mod.POISON_STATE]).batches == 4
 
 
 def _with_trigger(rec: dict, n: int) -> dict:
@@ -594,22 +596,16 @@ def crash_logs(tmp_path_factory):
     by_name = {Path(s.source).name: s for s in report.sources}
     assert by_name["c.jsonl"].quarantined == {} and by_name["d.jsonl"].quarantined == {"guard:poisoning": 6}
     assert sorted(by_name["d.jsonl"].poisoning_earlier_ids) == [f"id-p{n}" for n in range(6)]
-    commits = len(list((baseline / "_manifest").glob("*.json")))
+    commits = len(Store(baseline).commits())
     assert commits >= 6
     return root / "logs", stored(baseline), commits
 
 
 def _ingest_subprocess(logs: Path, store: Path, crash_at: str | None) -> subprocess.Popen:
+    """An ingest in a child process; crash_at: where tests/crash_hook.py SIGKILLs it (None: nowhere)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop(CRASH_ENV, None)
-    if crash_at:
-        env[CRASH_ENV] = crash_at
-    code = (
-        "import sys; from features.ingest import ingest, IngestConfig; "
-        "ingest(sys.argv[1], IngestConfig(store=sys.argv[2], batch_size=40, progress=False))"
-    )
     return subprocess.Popen(
-        [sys.executable, "-c", code, str(logs), str(store)],
+        [sys.executable, "-m", "tests.crash_hook", crash_at or "nowhere:0", str(logs), str(store), "40"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -617,39 +613,57 @@ def _ingest_subprocess(logs: Path, store: Path, crash_at: str | None) -> subproc
     )
 
 
+def _tagged(store: Path, table: str, number: int) -> bool:
+    """Whether the table's latest commit is ingest commit `number` (features.store.COMMIT_KEY)."""
+    from features.store import COMMIT_KEY
+
+    return Store(store).delta(table).history(limit=1)[0].get(COMMIT_KEY) == str(number)
+
+
 @pytest.mark.parametrize(
     "crash_at",
-    [
-        "staged:3",
-        "after_intent:2",
-        "published_part:2",
-        "after_manifest:1",
-        "after_manifest:-1",
-        "after_intent:-1",
-    ],
+    ["quarantine:-1", "_keys:3", "interactions:2", "datafile:3", "ledger:1", "interactions:-1", "ledger:-1"],
 )
 def test_sigkill_at_any_commit_step_then_rerun_equals_an_uninterrupted_run(crash_logs, tmp_path, crash_at):
     logs, expected, commits = crash_logs
     point, n = crash_at.split(":")
-    if int(n) < 0:  # counted from the end: -1 is the commit before the last (the poisoning memory matters)
-        crash_at = f"{point}:{commits + int(n)}"
-    proc = _ingest_subprocess(logs, tmp_path / "store", crash_at)
+    n = int(n) if int(n) > 0 else commits + int(n)  # -1: the commit before the last (poisoning memory)
+    store = tmp_path / "store"
+    proc = _ingest_subprocess(logs, store, f"{point}:{n}")
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGKILL, out.decode(errors="replace")[-2000:]
-    report = ingest(str(logs), config(tmp_path / "store", batch_size=40))
+    # Proof that the kill landed where it should: mid-commit, the ledger (the commit point) lacks it.
+    assert Store(store).last_commit() == (n if point == "ledger" else n - 1)
+    if point == "datafile":
+        from tests.crash_hook import data_files
+
+        for blocker in (store / "interactions" / "_delta_log").iterdir():
+            if blocker.is_fifo():  # the hook's pipe, standing where the log entry would have gone
+                blocker.unlink()
+        logged = set(Store(store).delta("interactions").file_uris())
+        orphans = data_files(str(store / "interactions")) - logged
+        assert orphans, "no data file without its log entry: nothing mid-commit was tested"
+        assert not _tagged(store, "interactions", n)
+    elif point != "ledger":
+        assert _tagged(store, point, n), f"commit {n} is not in {point}'s log"
+    report = ingest(str(logs), config(store, batch_size=40))
     assert_conserved(report)
-    assert stored(tmp_path / "store") == expected
-    assert not list((tmp_path / "store" / "_staging").glob("*/*"))
-    if point in ("after_intent", "published_part"):
-        assert report.recovered["rolled_forward"], "the commit past its intent was finished, not redone"
+    assert stored(store) == expected
+    if point not in ("ledger", "datafile"):
+        assert point in report.recovered["rolled_back"], "the table's half of the commit was undone"
+    # Feast reads the folder's parquet files: after recovery they are exactly the table's.
+    logged = set(Store(store).delta("interactions").file_uris())
+    assert {f for f in (store / "interactions").rglob("*.parquet")} == {Path(u) for u in logged}
 
 
 def test_sigkill_at_an_arbitrary_moment_then_rerun_equals_an_uninterrupted_run(crash_logs, tmp_path):
     logs, expected, _ = crash_logs
     proc = _ingest_subprocess(logs, tmp_path / "store", None)
     deadline = time.monotonic() + 120
-    # Kill once the first commit is published: mid-run, somewhere in the next commit.
-    while not list((tmp_path / "store" / "_manifest").glob("*.json")) and proc.poll() is None:
+    # Kill once the first commit is in the ledger (its version 1): mid-run, somewhere in the next commit.
+    while (
+        not (tmp_path / "store" / LEDGER / "_delta_log" / f"{1:020d}.json").exists() and proc.poll() is None
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
@@ -735,19 +749,30 @@ def test_a_planted_secret_reaches_no_file_of_the_store(tmp_path):
 
 @pytest.fixture(scope="module")
 def s3_server():
-    """A local S3-compatible server (moto) on loopback for this module."""
-    import logging
+    """A local S3-compatible server (moto) on loopback for this module, in a process of its own: delta-rs
+    holds the GIL during some of its requests, which would starve a server thread of this process."""
+    import urllib.request
 
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "moto server did not start"
+            time.sleep(0.1)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
-        server.stop()
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture
@@ -782,7 +807,7 @@ def test_s3_sources_into_an_s3_store_and_back(s3, tmp_path):
     assert read_interactions(store).num_rows == written.written + 1
     assert read_quarantine(store).to_pylist()[0]["source"] == f"s3://{bucket}/raw/2025-01-07/bad.jsonl"
     assert all(e.fingerprint.startswith("etag:") for e in read_manifest(store).values())
-    assert not fs.find(f"{bucket}/store/_staging")
+    assert fs.find(f"{bucket}/store/interactions/_delta_log")  # Delta tables, written by delta-rs
 
     again = ingest(f"s3://{bucket}/raw", config(store))
     assert again.read == 0 and len(again.skipped_sources) == len(report.sources)
@@ -795,6 +820,39 @@ def test_s3_sources_into_an_s3_store_and_back(s3, tmp_path):
     assert ingest(str(tmp_path / "more"), config(store)).accepted == 1
     local = ingest(f"s3://{bucket}/raw", config(tmp_path / "local-store"))
     assert local.accepted == written.written + 2
+
+
+def test_an_s3_write_failing_mid_commit_leaves_the_tables_at_their_previous_versions(
+    s3, tmp_path, monkeypatch
+):
+    import features.store as store_mod
+
+    fs, bucket = s3
+    logs = tmp_path / "logs"
+    write(logs / "a.jsonl", [record(i) for i in range(5)] + [b"{bad"])
+    write(logs / "b.jsonl", [record(i) for i in range(5, 9)] + [b"[1]"])
+    ingest(str(logs), config(tmp_path / "baseline", batch_size=5))
+    store = f"s3://{bucket}/store"
+    real = store_mod._write
+
+    def failing(st, table, rows, properties):
+        if table == "interactions" and st.last_commit() == 1:  # commit 2, after its quarantine rows
+            raise OSError("PUT interactions/...parquet: connection reset")
+        real(st, table, rows, properties)
+
+    monkeypatch.setattr(store_mod, "_write", failing)
+    with pytest.raises(OSError, match="connection reset"):
+        ingest(str(logs), config(store, batch_size=5))
+    st = Store(store)
+    assert st.last_commit() == 1 and set(read_manifest(store)) == {str(logs / "a.jsonl")}
+    # Commit 2's quarantine rows had landed: restored away, and their file vacuumed.
+    ops = [h.get("operation") for h in st.delta("quarantine").history(limit=4)]
+    assert ops == ["VACUUM END", "VACUUM START", "RESTORE", "WRITE"]
+    assert read_quarantine(store).num_rows == 1 and read_interactions(store).num_rows == 5
+    monkeypatch.setattr(store_mod, "_write", real)
+    report = ingest(str(logs), config(store, batch_size=5))
+    assert [s.status for s in report.sources] == ["unchanged", "new"]
+    assert stored(store) == stored(tmp_path / "baseline")
 
 
 def test_sources_listed_from_s3_carry_etags(s3):

@@ -133,7 +133,13 @@ def test_a_store_written_at_v1_reads_back_and_dedups_against_v2(tmp_path):
     report = ingest(str(tmp_path / "logs"), config(store))
     assert (report.accepted, report.quarantined) == (1, {"duplicate_id_conflict": 1})
     assert report.migrated_parts == ["interactions/day=2025-01-07/part-old.parquet"]
-    assert set(V2_COLUMNS) <= set(pq.read_schema(part).names)  # Feast and dask see one schema now
+    # The store is Delta tables now; the old part is kept (migrated to v2) under _legacy/. Feast and dask
+    # see one schema in every file of the table.
+    parts = sorted((store / "interactions").rglob("*.parquet"))
+    assert parts and all(set(V2_COLUMNS) <= set(pq.read_schema(p).names) for p in parts)
+    assert (store / "interactions" / "_delta_log").is_dir()
+    kept = store / "_legacy" / "interactions" / "day=2025-01-07" / "part-old.parquet"
+    assert set(V2_COLUMNS) <= set(pq.read_schema(kept).names)
     rows = {r["interaction_id"]: r for r in read_interactions(store).to_pylist()}
     assert rows["id-1"]["schema_version"] == 1
     assert (rows["id-1"]["agent_name"], rows["id-1"]["source_format"]) == ("agent-jamie", "jsonl")

@@ -589,7 +589,7 @@ def _stored(store: Path) -> tuple[list, list]:
     return rows, q
 
 
-@pytest.mark.parametrize("crash_at", ["after_intent:2", "staged:4"])
+@pytest.mark.parametrize("crash_at", ["ledger:2", "interactions:4"])
 def test_sigkill_mid_run_then_rerun_joins_traces_as_an_uninterrupted_run(tmp_path, crash_at):
     import os
     import signal
@@ -597,23 +597,19 @@ def test_sigkill_mid_run_then_rerun_joins_traces_as_an_uninterrupted_run(tmp_pat
     import sys
 
     from features.sample_logs import generate_sample_logs
-    from features.store import CRASH_ENV
+    from features.store import Store
 
     logs = tmp_path / "logs"
     generate_sample_logs(logs, conversations=80, seed=2, end_date="2025-01-07", trace_share=1.0)
     baseline = ingest(
         str(logs), IngestConfig(store=str(tmp_path / "baseline"), batch_size=10, progress=False)
     )
-    assert len(list((tmp_path / "baseline" / "_manifest").glob("*.json"))) >= 4
+    assert len(Store(tmp_path / "baseline").commits()) >= 4
     assert baseline.accepted == 80
     repo = Path(__file__).resolve().parents[1]
-    code = (
-        "import sys; from features.ingest import ingest, IngestConfig; "
-        "ingest(sys.argv[1], IngestConfig(store=sys.argv[2], batch_size=10, progress=False))"
-    )
-    env = {**os.environ, "PYTHONPATH": str(repo), CRASH_ENV: crash_at}
+    env = {**os.environ, "PYTHONPATH": str(repo)}  # tests/crash_hook.py kills the ingest at crash_at
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(logs), str(tmp_path / "store")],
+        [sys.executable, "-m", "tests.crash_hook", crash_at, str(logs), str(tmp_path / "store"), "10"],
         cwd=repo,
         env=env,
         capture_output=True,

@@ -59,9 +59,12 @@ interaction = Entity(
 
 # --- Sources ------------------------------------------------------------------------------------
 
-# Hive-partitioned parquet dataset (day=YYYY-MM-DD/part-*.parquet). Feast's file offline store reads
-# the whole folder with dask on every query (no partition pruning): the `day` partition is not a
-# feature, and time windows are applied by the entity dataframe, not by the source.
+# A Delta Lake table partitioned by day (features/store.py), read here as the hive-partitioned parquet
+# of its data files (day=YYYY-MM-DD/part-*.parquet; `_delta_log` is skipped): every file in the folder
+# belongs to the table, because the writer's recovery vacuums the files of unfinished commits. Feast's
+# file offline store reads the whole folder with dask on every query (no partition pruning): the `day`
+# partition is not a feature, and time windows are applied by the entity dataframe, which
+# features/feast_store.py reads from the Delta table with pruning, at a recorded version if asked.
 interactions_source = FileSource(
     name="interactions",
     path=f"{OFFLINE_STORE}/interactions",
