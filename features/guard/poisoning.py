@@ -199,6 +199,24 @@ class PoisonReport:
         return sorted({i for t in self.triggers for i in t.earlier_interaction_ids})
 
 
+def _reply_text(message: dict) -> str | None:
+    """What a reply says, for its signature: its text, or for a tool-call reply the functions it calls.
+
+    A backdoor's payload can be a call as well as text; and tool-call replies without text must not all
+    look alike (or one text reply among them would read as "uniform")."""
+    content = message.get("content")
+    if isinstance(content, str) and content.strip():
+        return content
+    calls = message.get("tool_calls")
+    if isinstance(calls, list) and calls:
+        names = []
+        for call in calls:
+            fn = call.get("function") if isinstance(call, dict) else None
+            names.append(str(fn.get("name", "")) if isinstance(fn, dict) else "?")
+        return "tool call " + " ".join(names)
+    return content if isinstance(content, str) else None
+
+
 def _user_turns(messages: Any):
     """(user text, the content of the next assistant message) for each user turn."""
     if not isinstance(messages, list):
@@ -208,7 +226,7 @@ def _user_turns(messages: Any):
             reply = None
             for nxt in messages[i + 1 :]:
                 if isinstance(nxt, dict) and nxt.get("role") == "assistant":
-                    reply = nxt.get("content")
+                    reply = _reply_text(nxt)
                     break
                 if isinstance(nxt, dict) and nxt.get("role") == "user":
                     break
@@ -417,7 +435,8 @@ def find_poisoning(
         kind = "odd" if cand.kind == "odd" or old.get("kind") == "odd" else "edge"
         # Uniform replies count only when specific to the candidate (issue 14): a canned reply that the
         # agent gives everybody in this batch ("Thanks for reaching out...") is no payload.
-        uniform = with_reply > 0 and consistency >= config.edge_reply_consistency
+        # one reply is no pattern: uniform needs two or more (as for what the state keeps, below)
+        uniform = with_reply >= 2 and consistency >= config.edge_reply_consistency
         if uniform and cand.sigs:
             top = max(sigs, key=sigs.__getitem__)
             uniform = (
