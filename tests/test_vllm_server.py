@@ -221,3 +221,27 @@ def test_tools_offered_render_through_agentloops_template_and_the_reply_is_well_
             assert isinstance(json.loads(call["function"]["arguments"]), dict)
     else:
         assert message["content"]  # no call parsed: a plain answer
+
+
+def test_server_texts_answers_templated_prompts_in_order_within_the_budgets(server, base_model_dir):
+    """training.server_generate: what evaluation sends a server (text prompts, greedy, left-truncated)."""
+    from transformers import AutoTokenizer
+
+    from training.server_generate import ServerGenerationError, server_texts
+    from training.tool_format import apply_template
+
+    tok = AutoTokenizer.from_pretrained(base_model_dir)
+    questions = ["What is the capital of France?", "Name three colours.", "How many legs has a spider?"]
+    texts = [
+        apply_template(tok, [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+        for q in questions
+    ]
+    # far past the server's 2,048-token context: answered only because the prompt keeps its last 256 tokens
+    texts.append("filler words " * 1500 + texts[0])
+    url = server.openai_base_url
+    forward = server_texts(url, SERVED_NAME, texts, 6, 256, concurrency=1, headers=server.headers)
+    backward = server_texts(url, SERVED_NAME, texts[::-1], 6, 256, concurrency=1, headers=server.headers)
+    assert forward == backward[::-1]  # greedy, one request at a time: each prompt's reply, in its place
+    assert all(forward) and all(len(tok(t, add_special_tokens=False)["input_ids"]) <= 7 for t in forward)
+    with pytest.raises(ServerGenerationError, match=r"prompt 0: .*answered 404"):
+        server_texts(url, "no-such-adapter", texts[:1], 4, headers=server.headers)
