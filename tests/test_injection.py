@@ -5,7 +5,7 @@ tool output, system-prompt extraction, role-play jailbreaks, forged turns) and l
 operations and tool-calling traffic (people discussing prompt injection, asking what a system prompt
 is, quoting template tokens, kubectl/Prometheus/Flux conversations, tool output that says "ignore"),
 written for this issue from public descriptions of the classes. The rules were tuned on it, so the
-figures here are a regression check, not a quality figure: batches 2-5 (`note`) were each measured
+figures here are a regression check, not a quality figure: batches 2-6 (`note`) were each measured
 once before any rule saw them (bench/RESULTS.md, "Injection cue rules") and the held-out set of
 tests/data/HELDOUT.md is the honest one.
 """

@@ -132,9 +132,9 @@ _VOID_SELF = _c(
 _IGNORE_IT = _c(
     r"\b(?:(?:whatever|everything|anything|all|what) (?:that )?you (?:were|have been|'?ve been|had been|got) (?:told|"
     r"given|taught|instructed)|(?:your|the) (?:previous |prior |earlier |original |initial |system |hidden )?(?:system "
-    r"prompt|instructions|guidelines|directives|rules|programming))(?: \w+){0,8}?[\W_]+(?:just |simply )?"
-    r"(?:ignore|disregard|forget|override|drop|scrap|discard|skip|bypass) (?:it|them|that|those|these|all of "
-    r"(?:it|them))\b"
+    r"prompt|instructions|guidelines|directives|rules|programming))(?: \w+){0,14}?[\W_]+(?:just |simply |safely )?"
+    r"(?:(?:ignore|disregard|forget|override|drop|scrap|discard|skip|bypass) (?:it|them|that|those|these|all of "
+    r"(?:it|them))|(?:set|put|push|cast|throw|leave) (?:it|them|those|these) (?:aside|away|behind|out))\b"
 )
 _VOID_W = _words(
     "treat consider regard changed matter "
@@ -176,12 +176,13 @@ _MODE = _c(
 _SHOW = (
     r"(?:show|print|repeat|reveal|tell|output|display|share|disclose|recite|quote|echo|dump|write (?:out|down)|copy|"
     r"paste|list|summari[sz]e|translate|spell out|give|provide|return|leak|expose|type out|read (?:back|out)|"
-    r"reproduce|render|encode|what (?:is|are|was|were|'s|r)|whats|describe|(?:reply|respond|answer) with|include|"
+    r"reproduce|render|encode|what|which|whats|describe|(?:reply|respond|answer) with|include|"
     r"i (?:need|want)|quoting|repeating|printing|reciting|outputting|pasting|copying|revealing|showing|listing|"
     r"sharing|dumping|(?:exact|full|complete|whole|entire) (?:words|text|wording|content))"
 )
 _OWN_PROMPT = (  # after any show verb, "what is" included
-    r"(?:(?:everything|all|anything|whatever|what) (?:that )?you (?:were|have been|'?ve been|got|had been) (?:told|given|"
+    r"(?:in (?:your|ur) (?:context(?: window)?|prompt|memory|system prompt|instructions)|"
+    r"(?:everything|all|anything|whatever|what) (?:that )?you (?:were|have been|'?ve been|got|had been) (?:told|given|"
     r"instructed|taught|programmed)|(?:the )?(?:prompt|instructions|rules|text|message|guidelines)s? (?:that|which) (?:configured|configures|set up|"
     r"sets up|governs?|controls?|defines?|shapes?|initiali[sz]ed|programmed|created) you|(?:your|ur) (?:\w+ )?(?:instructions|system (?:prompt|message)|guidelines|directives|pre ?prompt|"
     r"(?:hidden|secret|underlying|internal|confidential) prompt|(?:initial|original|hidden|secret|full|exact|complete|"
@@ -225,8 +226,8 @@ _MAKER_SAID = _c(
 )
 _FIRST_LINE = _c(
     r"\b(?:first|initial|opening|very first|last) (?:\d+ )?(?:line|sentence|words?|message|paragraph|instruction|"
-    r"characters|tokens)s? (?:of|in) (?:your|the|this) (?:system )?(?:prompt|instructions|context|conversation|"
-    r"message|configuration)\b"
+    r"characters|tokens)s? (?:of|in) (?:your|the|this|our) (?:system )?(?:prompt|instructions|context|conversation|"
+    r"message|configuration|chat|session|thread)\b"
 )
 # "repeat your instructions for the rollback": the steps the assistant gave, not its prompt.
 _FORMAT = _c(
@@ -258,6 +259,8 @@ _PERSONA = _c(
     + _AI_SRC
     + r"|version|persona|character|dan|twin|alter ego)\b|"
     r"(?:an?|the) (?:\w+ )?version of (?:yourself|you|chat ?gpt|gpt|the ai|claude)|(?:two|2|both) (?:responses|answers|paragraphs|replies)|"
+    r"let'?s play\b|imagine (?:a|an) (?:world|universe|scenario|reality|future) (?:where|in which)|in (?:that|this|such a) "
+    r"(?:world|universe|scenario|reality)|(?:you are|you'?re) \w+,? (?:an?|the) (?:\w+ )?" + _AI_SRC + r"|"
     r"role ?play(?:ing)? (?:where|in which)|play (?:a|the) (?:\w+ )?(?:character|role|persona|part)|(?:character|persona|"
     r"ai|bot) (?:called|named)|(?:write|tell|create) (?:a|me a) (?:story|scene|script|dialogue|poem) (?:where|in which|"
     r"about)|\bbe (?:an?|my) (?:\w+ )?"
@@ -272,7 +275,7 @@ _PERSONA = _c(
 _UNR = _c(
     r"\b(?:(?:no|zero|without|free (?:of|from)|freed from|escaped(?: from)?|broken free (?:of|from)|not bound by|"
     r"unbound by|beyond|outside|ignores?|breaks?|bypass(?:es)?|(?:never|not)(?: been)? given)(?: (?:any|all|its|your|"
-    r"their|the|of|his|her))* (?:(?:ethical|moral|content|safety|openai'?s?|legal) )?(?:restrictions?|rules|limits|limitations|filters?|"
+    r"their|the|of|his|her|every|each))* (?:(?:ethical|moral|content|safety|openai'?s?|legal) )?(?:restrictions?|rules?|limits|limitations|filters?|"
     r"filtering|guidelines|guardrails|censorship|ethics|morals|morality|boundaries|constraints|polic(?:y|ies)|"
     r"safeguards|principles|programming)|unrestricted|unfiltered|uncensored|unbound|unshackled|jail ?broken|amoral|"
     r"lawless|(?:can|could|will|would) do anything|answers? (?:any|every|all) (?:questions?|requests?|prompts?)"
@@ -318,9 +321,9 @@ _ADDR = _c(
     + _AI
     + r"\b|@"
     + _AI
-    + r"\b|(?:if|when|while) (?:an?|any|the) "
+    + r"\b|(?:if|when|while) (?:an?|any|the) (?:\w+ )?"
     + _AI
-    + r" (?:is|are) \w+ing\b|"
+    + r" (?:(?:is|are) \w+ing|reads?|sees?|processes|parses|summari[sz]es|finds?|gets?)\b|"
     r"\bwhen (?:you )?(?:summari[sz]e|summari[sz]ing|answer(?:ing)?|respond(?:ing)?|repl(?:y|ying)|asked about|"
     r"process(?:ing)?|read(?:ing)?) (?:this|the) (?:page|document|email|e ?mail|article|text|content|file|message|"
     r"site|website|review|ticket|issue|pdf)\b|\bbefore (?:you )?(?:answer(?:ing)?|respond(?:ing)?|repl(?:y|ying)|"
@@ -339,7 +342,9 @@ _ACT = _c(
     r"praise|endorse)\b|(?:say|claim|state|tell (?:them|the users?)) (?:that|they|it|this|you|the)\b|"
     r"(?:never|don'?t|do not) (?:flag|report|mark|reject|block|quarantine|escalate)|(?:answer|response|output|verdict|"
     r"result|decision) (?:is|must be|should be) always|(?:rank|rate|score|mark|classify|label|approve) (?:this|the|my|our) \w+ (?:as|first|highest|top|positive|approved|"
-    r"safe)\b|mark (?:it|this|them|the \w+) as \w+|(?:notify|tell|inform|alert) no ?one|without (?:telling|notifying|"
+    r"safe)\b|mark (?:it|this|them|the \w+) as \w+|(?:quietly|silently|secretly|covertly|discreetly) \w+|without (?:review|"
+    r"approval|checking|verification|asking)|(?:must|should|shall|will|needs? to|has to|have to)(?: \w+)? (?:approve|grant|"
+    r"accept|authori[sz]e|pay|delete|forward|send|refund|transfer)\b|(?:notify|tell|inform|alert) no ?one|without (?:telling|notifying|"
     r"informing|alerting|asking) (?:anyone|the user|them)|(?:do not|don'?t|never) (?:ask|confirm with|check with) (?:the "
     r"user|anyone|them)|(?:always|immediately) (?:add|buy|purchase|book|order|click|select|choose|approve|accept)|"
     r"(?:run|execute) `|tell the user|(?:recommend|suggest|direct|redirect|point|urge) the user|ask (?:the )?users? (?:for|to (?:enter|provide|"

@@ -82,6 +82,7 @@ from features.guard.cues import (
     _ROLE_LINE,
     _ROLE_W,
     _RUNTIME,
+    _SHOW_STRICT,
     _SYS_ROLES,
     _TGT_STRONG,
     _THEY_TOLD,
@@ -208,6 +209,9 @@ def _first(regex: re.Pattern, text: str, role: str, rule: str, check=None, leet:
     return None
 
 
+_HOWTO = _c(
+    r"\b(?:where|how|why|when|whether|what) (?:do|does|did|should|can|could|would|to|is|are)(?: \w+){0,2}[\W_]+$"
+)
 _NEGATION = _c(r"\b(?:never|not|n'?t|cannot)\b")
 _NEGATED = _c(
     r"\b(?:never|not|n'?t|cannot|won'?t|refuse to|unable to|must not|shall not)(?: \w+){0,2}[\W_]+$"
@@ -302,7 +306,7 @@ _UNR_GATE = _words(
     "restriction restrictions rules limits limit limitations filter filters filtering guidelines guardrails censorship "
     "ethics morals morality boundaries constraints policy policies safeguards principles programming unrestricted "
     "unfiltered uncensored unbound unshackled jailbroken jail amoral lawless anything refuse decline say illegal "
-    "harmful dangerous unethical immoral offensive consequences evil"
+    "harmful dangerous unethical immoral offensive consequences evil rule"
 )
 _EXFIL_OBJ = _words(
     "conversation history messages session cookie cookies credentials password passwords api key keys token tokens "
@@ -330,12 +334,12 @@ _MARKS = (*_TOKEN_MARKS, "](", "<!--", "#", "@")
 # previous instructions", "the policies the developer gave you", "the restrictions placed on you").
 _T_STRONG = (
     r"instructions?|directions|directives?|guidelines|guardrails|restrictions|safeguards|programming|"
-    r"system (?:prompt|message|instructions?)s?|pre ?prompt|content polic(?:y|ies)|safety (?:rules|guidelines|"
+    r"system (?:prompt|message|instructions?)s?|pre ?prompt|(?:configuration|config|setup|deployment) prompt|content polic(?:y|ies)|safety (?:rules|guidelines|"
     r"filters?|training|protocols?|settings|checks|measures)"
 )
 _T_WEAK = (
     r"rules|polic(?:y|ies)|filters?|prompt|configuration|config|training|constraints|limitations|ethics|morals|"
-    r"protocols?|memory of (?:the|your) (?:system )?(?:prompt|instructions)"
+    r"protocols?|settings|memory of (?:the|your) (?:system )?(?:prompt|instructions)"
 )
 _OT = _c(
     r"\b(?P<pre>(?:(?:your|ur|the|all|any|of|these|those|my|our|its|previous|prior|earlier|above|original|initial|"
@@ -346,7 +350,8 @@ _OT = _c(
     + _T_WEAK
     + r")\b(?P<post>(?: (?:that|which|you|were|was|have|had|got|gave|given|placed|set|put|on|to|by|from|your|the|"
     r"developers?|operators?|creators?|makers?|owners?|openai|anthropic|system|earlier|before|previously|up|with|"
-    r"received|been|provided|imposed|assigned|configured|programmed|told|taught|are|is|'?ve|in|dev|team)\b){0,7})"
+    r"received|been|provided|imposed|assigned|configured|programmed|told|taught|are|is|'?ve|in|dev|team|deployed|launched|"
+    r"started|initiali[sz]ed|shipped|created|loaded)\b){0,7})"
 )
 _OWNER_PRE = _c(
     r"\b(?:your|ur|previous|prior|earlier|above|original|initial|hidden|secret|developer'?s?|"
@@ -362,7 +367,7 @@ _OVR2 = _c(
     + _OVR
     + r"|wip(?:e|ing)|eras(?:e|ing|ed)|delet(?:e|ed|ing)|cancel+(?:ed|ing)?|revok(?:e|ed|ing)|void|"
     r"nullif(?:y|ied)|lift(?:ed)?|remov(?:e|ed|ing)|suspend(?:ed)?|overridden|superseded|replaced|outdated|obsolete|"
-    r"expired|invalid(?:ated)?|deactivated|disabled|turned off|no longer (?:count|apply|applies|matter|valid|bind|"
+    r"expired|invalid(?:ated)?|deactivated|disabled|(?:turned|switched) off|no longer (?:count|apply|applies|matter|valid|bind|"
     r"binding|in effect|exist)|(?:don'?t|do not|doesn'?t|does not) (?:count|apply|matter|bind you)|changed|(?:are|is) not "
     r"(?:binding|valid|in effect|active|in force)|not binding)\b"
 )
@@ -374,6 +379,21 @@ _DISCLOSE = _c(
 )
 
 
+_NONE_APPLY = _c(
+    r"\bnone of (?:your|the|these|those) (?:\w+ ){0,2}(?:"
+    + _T_STRONG
+    + "|"
+    + _T_WEAK
+    + r") (?:\w+ ){0,3}?(?:apply|"
+    r"applies|are in (?:force|effect)|matter|count|are valid|bind|hold|are active)\b"
+)
+_EXTRACT_THE = _c(
+    r"\b"
+    + _SHOW_STRICT
+    + r" (?:me |us )?(?:the|your) (?:\w+ )?(?:system|configuration|config|setup|hidden|initial|"
+    r"original|developer|current|full|deployment) (?:prompt|message|instructions)\b(?! (?:for|of|in|from|format|"
+    r"template|example|that (?:i|we))\b)"
+)
 _MINE_POST = _c(
     r"[\W_]+(?:that |which )?(?:(?:i|we) |you (?:gave|wrote|said|suggested|mentioned|provided|listed|"
     r"showed|posted|sent|shared)\b)"
@@ -482,6 +502,8 @@ def scan(plain: str, leet: str, words: set[str], role: str) -> list[tuple[str, i
         add(inj, _first(_IGNORE_IT, text, role, "prompt_injection", lambda m: not _NOT_OWN.search(m.group())))
     if words & _T_WORDS:
         _owned_targets(text, role, add, inj, not system)
+        if "none" in words:
+            add(inj, _first(_NONE_APPLY, text, role, "prompt_injection"))
     if targets and words & _VOID_W and not system:
         add(inj, _first(_VOID, text, role, "prompt_injection", lambda m: not _NOT_OWN.search(m.group())))
         if words & _TOLD_W:
@@ -509,10 +531,12 @@ def scan(plain: str, leet: str, words: set[str], role: str) -> list[tuple[str, i
             head = text[m.start() : m.start("tgt")] if m.groupdict().get("tgt") else ""
             if _negated(text, m.start()) or _NEGATION.search(head) or _FORMAT.match(text, m.end()):
                 return False  # "never reveal your instructions"; "output the text above as a table"
+            if _HOWTO.search(text, max(0, m.start() - 40), m.start()):
+                return False  # "never reveal your instructions"; "output the text above as a table"
             target = m.groupdict().get("tgt") or ""
             return not (_FOR_TASK.match(text, m.end()) and _PLAIN_TARGET.fullmatch(target))
 
-        for regex in (_EXTRACT, _EXTRACT_ABOVE, _TOLD, _THEY_TOLD, _MAKER_SAID, _FIRST_LINE):
+        for regex in (_EXTRACT, _EXTRACT_ABOVE, _EXTRACT_THE, _TOLD, _THEY_TOLD, _MAKER_SAID, _FIRST_LINE):
             add("system_prompt_extraction", _first(regex, text, role, "system_prompt_extraction", not_task))
     if words & _UNR_GATE and words & _PERSONA_W:
         unr = _first(_UNR, text, role, "role_play_jailbreak", lambda m: not _negated(text, m.start()))
