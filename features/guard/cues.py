@@ -467,3 +467,72 @@ _RUNTIME = _c(
     r"eos|bos|detokeni\w+|logits?|vocab\w*|qwen|mistral|gemma|phi|smollm|gpt ?2|model card|chat ?ml|hermes)\b"
 )
 _QUOTES = '"`'
+
+# Owned targets: an instruction noun phrase that belongs to the model, in either word order ("your
+# previous instructions", "the policies the developer gave you", "the restrictions placed on you").
+_T_STRONG = (
+    r"instructions?|directions|directives?|guidelines|guardrails|restrictions|safeguards|programming|"
+    r"system (?:prompt|message|instructions?)s?|pre ?prompt|(?:configuration|config|setup|deployment) prompt|content polic(?:y|ies)|safety (?:rules|guidelines|"
+    r"filters?|training|protocols?|settings|checks|measures)"
+)
+_T_WEAK = (
+    r"rules|polic(?:y|ies)|filters?|prompt|configuration|config|training|constraints|limitations|ethics|morals|"
+    r"protocols?|settings|memory of (?:the|your) (?:system )?(?:prompt|instructions)"
+)
+_OT = _c(
+    r"\b(?P<pre>(?:(?:your|ur|the|all|any|of|these|those|my|our|its|previous|prior|earlier|above|original|initial|"
+    r"hidden|secret|developer'?s?|operator'?s?|default|current|old|existing|safety|content|ethical|moral|pre ?set|"
+    r"built ?in|whole|entire|full|every|each|standing|core|base|internal) ){0,4})(?P<t>"
+    + _T_STRONG
+    + "|"
+    + _T_WEAK
+    + r")\b(?P<post>(?: (?:that|which|you|were|was|have|had|got|gave|given|placed|set|put|on|to|by|from|your|the|"
+    r"developers?|operators?|creators?|makers?|owners?|openai|anthropic|system|earlier|before|previously|up|with|"
+    r"received|been|provided|imposed|assigned|configured|programmed|told|taught|are|is|'?ve|in|dev|team|deployed|launched|"
+    r"started|initiali[sz]ed|shipped|created|loaded)\b){0,7})"
+)
+_OWNER_PRE = _c(
+    r"\b(?:your|ur|previous|prior|earlier|above|original|initial|hidden|secret|developer'?s?|"
+    r"operator'?s?|pre ?set|built ?in|internal)\b"
+)
+_OWNER_POST = _c(
+    r"\b(?:your|(?:you|to you|on you)\b(?! (?:(?:'?ve|have|had) )?(?:can|could|should|might|may|will|want|need|do|did|follow|use|got|gotten|get)\b)|"
+    r"(?:your|the) (?:developers?|operators?|creators?|makers?|owners?|dev team|system)|openai|anthropic)"
+)
+_MINE = _c(r"\b(?:my|our)\b")
+_OVR2 = _c(
+    r"\b(?:"
+    + _OVR
+    + r"|wip(?:e|ing)|eras(?:e|ing|ed)|delet(?:e|ed|ing)|cancel+(?:ed|ing)?|revok(?:e|ed|ing)|void|"
+    r"nullif(?:y|ied)|lift(?:ed)?|remov(?:e|ed|ing)|suspend(?:ed)?|overridden|superseded|replaced|outdated|obsolete|"
+    r"expired|invalid(?:ated)?|deactivated|disabled|(?:turned|switched) off|no longer (?:count|apply|applies|matter|valid|bind|"
+    r"binding|in effect|exist)|(?:don'?t|do not|doesn'?t|does not) (?:count|apply|matter|bind you)|changed|(?:are|is) not "
+    r"(?:binding|valid|in effect|active|in force)|not binding)\b"
+)
+_DISCLOSE = _c(
+    r"\b(?:show|print|output|repeat|echo|paste|dump|reveal|display|recite|quote|rewrite|translate|summari[sz]e|spell "
+    r"out|copy|list|share|tell me|give me|send me|write (?:out|down)|what|which|whats|describe|leak|expose|disclose|"
+    r"reproduce|read (?:back|out)|type out|verbatim|word for word|(?:exact|full|complete|whole|entire) (?:words|text|"
+    r"wording|list|content))\b"
+)
+
+
+_NONE_APPLY = _c(
+    r"\bnone of (?:your|the|these|those) (?:\w+ ){0,2}(?:"
+    + _T_STRONG
+    + "|"
+    + _T_WEAK
+    + r") (?:\w+ ){0,3}?(?:apply|"
+    r"applies|are in (?:force|effect)|matter|count|are valid|bind|hold|are active)\b"
+)
+_EXTRACT_THE = _c(
+    r"\b"
+    + _SHOW_STRICT
+    + r" (?:me |us )?(?:the|your) (?:\w+ )?(?:system|configuration|config|setup|hidden|initial|"
+    r"original|developer|current|full|deployment) (?:prompt|message|instructions)\b(?! (?:for|of|in|from|format|"
+    r"template|example|that (?:i|we))\b)"
+)
+_MINE_POST = _c(
+    r"[\W_]+(?:that |which )?(?:(?:i|we) |you (?:gave|wrote|said|suggested|mentioned|provided|listed|"
+    r"showed|posted|sent|shared)\b)"
+)
