@@ -321,12 +321,40 @@ _EXFIL_OBJ = _words(
 )
 _ADDR_GATE = _words(
     "ai assistant assistants llm llms language chatbot chatbots bot bots agent agents copilot gpt chatgpt claude gemini "
-    "model models summarize summarizing summarise summarising answer answering respond responding reply replying"
+    "model models summarize summarizing summarise summarising answering responding replying"
+)
+_SUPERSEDE = _c(
+    r"\b(?:this|the following|these|what follows|my (?:message|instructions?|words))(?: \w+)? (?:overrides?|replaces?|"
+    r"supersedes?|takes precedence over|cancels?|outranks?) (?:everything|all|any|anything)(?: \w+)?? (?:before|above|"
+    r"earlier|prior|previous|else|you (?:were|have been) (?:told|given))\b"
+)
+_SUPERSEDE_W = _words(
+    "overrides override replaces replace supersedes supersede precedence cancels cancel outranks outrank"
+)
+_TOLD_ANY = _words("told given instructed asked programmed configured prompted briefed taught received got")
+_EXTRACTORS = (  # each extraction regex with the words one of which it cannot match without
+    (_EXTRACT, _words("your ur") | _TOLD_ANY),
+    (
+        _EXTRACT_ABOVE,
+        _words("above before beginning start top given received contents conversation chat transcript"),
+    ),
+    (_EXTRACT_THE, _words("prompt message instructions")),
+    (_TOLD, _TOLD_ANY),
+    (_THEY_TOLD, _words("tell told instruct instructed ask asked program programmed")),
+    (
+        _MAKER_SAID,
+        _words(
+            "creator creators developer developers maker makers operator operators owner owners "
+            "programmer programmers company admin admins openai anthropic google meta microsoft"
+        ),
+    ),
+    (_FIRST_LINE, _T_WORDS | _words("conversation context message chat session thread")),
 )
 _GATE = (  # a message with none of these words (and no mark) runs no cue rule
     _TGT_GATE
     | _T_WORDS
     | _TASK_W
+    | _SUPERSEDE_W
     | _AUTHORITY_W
     | _EXTRACT_GATE
     | _UNR_GATE
@@ -439,6 +467,8 @@ def scan(plain: str, leet: str, words: set[str], role: str) -> list[tuple[str, i
     if targets and words & _OVR_W:
         add(inj, _first(_OVERRIDE_FWD, text, role, "prompt_injection", lambda m: _override_ok(text, m)))
         add(inj, _first(_IGNORE_IT, text, role, "prompt_injection", lambda m: not _NOT_OWN.search(m.group())))
+    if words & _SUPERSEDE_W:
+        add(inj, _first(_SUPERSEDE, text, role, "prompt_injection"))
     if words & _T_WORDS:
         _owned_targets(text, role, add, inj, not system)
         if "none" in words:
@@ -475,8 +505,12 @@ def scan(plain: str, leet: str, words: set[str], role: str) -> list[tuple[str, i
             target = m.groupdict().get("tgt") or ""
             return not (_FOR_TASK.match(text, m.end()) and _PLAIN_TARGET.fullmatch(target))
 
-        for regex in (_EXTRACT, _EXTRACT_ABOVE, _EXTRACT_THE, _TOLD, _THEY_TOLD, _MAKER_SAID, _FIRST_LINE):
-            add("system_prompt_extraction", _first(regex, text, role, "system_prompt_extraction", not_task))
+        for regex, needs in _EXTRACTORS:
+            if words & needs:
+                add(
+                    "system_prompt_extraction",
+                    _first(regex, text, role, "system_prompt_extraction", not_task),
+                )
     if words & _UNR_GATE and words & _PERSONA_W:
         unr = _first(_UNR, text, role, "role_play_jailbreak", lambda m: not _negated(text, m.start()))
         if unr:
