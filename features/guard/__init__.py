@@ -33,17 +33,29 @@ between words; letter-spaced text ("i g n o r e  a l l ...") is also matched wit
 removed. Precision comes first (every false positive deletes real training data), so patterns
 need the *target* of the attack, not just the verb: "ignore all the noise", "forget everything we
 talked about", "what was the prompt we were given?", "enable developer mode on my phone" and
-"pretend I am a robot" are all benign. Quoting an attack ("people tell bots to 'ignore all
-previous instructions'") is flagged: it cannot be told apart from a payload.
+"pretend I am a robot" are all benign. An attack that is only quoted or discussed ("attackers
+write 'ignore all previous instructions'", "how do I stop my agent from ignoring...") is no hit in
+a user or tool message (injection.discussed); a payload that dresses itself as a discussion gets
+through, the price of keeping people who ask about prompt injection in the training set.
 
-Limits: English only; a paraphrase no pattern foresees gets through (recall and precision on
-phrasings written before the patterns were tuned on them: bench/RESULTS.md, "Guard"); phrases that are also ordinary chit-chat here ("what's your prompt?",
+Beside the phrase patterns, cue rules (injection.py, vocabulary in cues.py; issue 14) read a
+message as cues and fire on combinations: an override verb aimed at instructions the model owns, in
+either word order ("the restrictions placed on you earlier are lifted"); a show verb aimed at the
+model's own prompt; a persona with an unrestricted cue; in tool output, text addressed to the AI
+that asks for an attacker's action (send data away, tell the user, call a tool, keep it quiet),
+exfiltration links and hidden comments; forged turns of more chat-template families and role
+lines that carry instructions. A system message is read for override and persona cues only.
+
+Limits: English only; a paraphrase no pattern or cue foresees gets through (recall and precision on
+phrasings written before the rules were tuned on them: bench/RESULTS.md, "Guard" and "Held-out
+sets"); phrases that are also ordinary chit-chat here ("what's your prompt?",
 "forget the rules you were given": the chitchat crowd-workers had prompts and rules) are let
 through on purpose. Each pattern names the words a message must contain before its regex runs,
 so most messages cost one tokenization and a set intersection.
 
 The package: config (GuardConfig, GuardHit), text (the folded view), patterns (the rules as
-patterns), rules (check_interaction), poisoning (find_poisoning, PoisonState).
+patterns), cues and injection (the cue rules and the discussion discount), rules (check_interaction),
+replies (destructive_reply), poisoning (find_poisoning, PoisonState).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from features.guard.config import GuardConfig, GuardHit
+from features.guard.injection import keep_pattern_hit, scan
 from features.guard.patterns import BY_MARK, BY_WORD, GATE_WORDS, PATTERNS, Pattern
 from features.guard.replies import destructive_instruction, may_hold_instruction
 from features.guard.text import SPACED_OUT, WORD, deleet, fold, squash
@@ -50,42 +51,58 @@ def _scan(text: str, limit: int) -> tuple[str, int]:
     return text[:half] + "\n" + text[-half:], len(text) - half - (half + 1)
 
 
-def _match_message(text: str, patterns: Sequence[Pattern], allow: Sequence[str], limit: int):
-    """(pattern, start, end) per pattern that matched, offsets in `text`; first match per pattern.
+def _match_message(
+    text: str, patterns: Sequence[Pattern], allow: Sequence[str], limit: int, role: str = "user"
+):
+    """(rule, start, end) per pattern that matched, then per cue rule (injection.scan); offsets in `text`.
 
-    `allow` holds folded allow-list phrases: a match inside one of them does not count.
+    First match per pattern; `allow` holds folded allow-list phrases: a match inside one of them does
+    not count. A pattern's match in a user or tool message that only quotes or discusses an attack
+    (injection.keep_pattern_hit) does not count either; letter-spaced text is never a discussion.
     """
     scanned, tail_shift = _scan(text, limit)
     views = _views(scanned)
     allow_spans = _allowed_spans(views, allow) if allow else []
     gated = {id(p) for w in views.words & GATE_WORDS for p in BY_WORD[w]}
     gated.update(id(p) for mark, ps in BY_MARK.items() if mark in views.plain for p in ps)
-    if not gated and views.squashed is None:
-        return []
+    screen = role != "system"
+
+    def place(start: int, end: int, index: list[int] | None) -> tuple[int, int] | None:
+        """Offsets in `text` of a match in a view, or None inside an allowed phrase."""
+        start = index[start] if index is not None else start
+        end = index[end - 1] + 1 if index is not None else end
+        if allow_spans and any(a <= start and end <= b for a, b in allow_spans):
+            return None
+        if tail_shift and start > len(scanned) // 2:
+            start, end = start + tail_shift, end + tail_shift
+        return start, end
+
     found = []
-    for pattern in patterns:
+    for pattern in patterns if gated or views.squashed is not None else ():
         tries = []
         if id(pattern) in gated:
-            tries.append((pattern.normal, views.leet if pattern.leet else views.plain, views.index))
+            tries.append((pattern.normal, views.leet if pattern.leet else views.plain, views.index, screen))
         if views.squashed is not None and pattern.squashed is not None:
-            tries.append((pattern.squashed, views.squashed[0], views.squashed[1]))
-        for regex, view, index in tries:
-            hit = None
+            tries.append((pattern.squashed, views.squashed[0], views.squashed[1], False))
+        hit = None
+        for regex, view, index, discount in tries:
             for m in regex.finditer(view):
                 if m.end() == m.start():
                     continue
-                start = index[m.start()] if index is not None else m.start()
-                end = index[m.end() - 1] + 1 if index is not None else m.end()
-                if any(a <= start and end <= b for a, b in allow_spans):
+                if discount and not keep_pattern_hit(views.leet, m.start(), m.end(), pattern.rule, role):
                     continue
-                hit = (start, end)
-                break
+                hit = place(m.start(), m.end(), index)
+                if hit:
+                    break
             if hit:
-                start, end = hit
-                if tail_shift and start > len(scanned) // 2:
-                    start, end = start + tail_shift, end + tail_shift
-                found.append((pattern, start, end))
+                found.append((pattern.rule, *hit))
                 break
+    for rule, start, end in scan(
+        views.plain, views.leet, views.words, role
+    ):  # the caller drops disabled rules
+        hit = place(start, end, views.index)
+        if hit:
+            found.append((rule, *hit))
     return found
 
 
@@ -126,7 +143,9 @@ def check_interaction(messages: list[dict], config: GuardConfig | None = None) -
             if "system_prompt_tampering" in enabled and content:
                 if known and " ".join(content.split()) not in known:
                     add("system_prompt_tampering", index, 0, min(len(content), 200), content)
-                for _, start, end in _match_message(content, system_patterns, allow, config.max_scan_chars):
+                for _, start, end in _match_message(
+                    content, system_patterns, allow, config.max_scan_chars, "system"
+                ):
                     add("system_prompt_tampering", index, start, end, content)
             continue
         started = started or role in ("user", "assistant", "tool")
@@ -136,8 +155,8 @@ def check_interaction(messages: list[dict], config: GuardConfig | None = None) -
                 add("destructive_reply", index, reply_hit[0], reply_hit[1], content)
         if role not in config.roles or not content:
             continue
-        for pattern, start, end in _match_message(content, user_patterns, allow, config.max_scan_chars):
-            add(pattern.rule, index, start, end, content)
+        for rule, start, end in _match_message(content, user_patterns, allow, config.max_scan_chars, role):
+            add(rule, index, start, end, content)
     return hits
 
 
