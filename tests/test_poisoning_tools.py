@@ -1,7 +1,7 @@
 """The poisoning detector on tool-calling traffic: real BFCL questions raise nothing; a trigger whose replies
 are one and the same tool call is caught, whether the trigger is an odd token or ordinary words.
 
-A tool-call reply has no text: it is signed by the functions it calls (features.guard.poisoning._reply_text),
+A tool-call reply has no text: it is signed by the functions it calls (features.guard.ngrams._reply_text),
 so 33 different calls and one text reply after a common opening ("can you tell me") are not "uniform
 replies", which flagged 58 real BFCL interactions before (2% of bench/tool_train.py's ingest).
 """

@@ -61,15 +61,8 @@ replies (destructive_reply), poisoning (find_poisoning, PoisonState).
 from __future__ import annotations
 
 from features.guard.config import ACTIONS, DEFAULT_ACTIONS, RULES, STATE_VERSION, GuardConfig, GuardHit
-from features.guard.poisoning import (
-    PoisonReport,
-    PoisonState,
-    Trigger,
-    contains_trigger,
-    find_poisoning,
-    odd_token,
-    tokenize,
-)
+from features.guard.ngrams import contains_trigger, odd_token, tokenize
+from features.guard.poisoning import PoisonReport, PoisonState, Trigger, find_poisoning
 from features.guard.rules import check_interaction, guard_flags, quarantine_reason
 from features.guard.text import fold
 
