@@ -26,6 +26,8 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
+from training.base_model import weights_sha256
+
 IGNORE_INDEX = -100
 
 # A heuristic, not a classifier: phrases with which chat models decline. The real agents' own replies
@@ -277,15 +279,23 @@ def tool_examples_sha256(examples: Sequence[dict]) -> str:
 
 
 def tool_cache_key(
-    examples: Sequence[dict], base_weights_sha256: str, max_new_tokens: int, max_prompt_tokens: int
+    examples: Sequence[dict],
+    base_weights_sha256: str,
+    max_new_tokens: int,
+    max_prompt_tokens: int,
+    adapter_weights_sha256: str = "",
 ) -> dict:
-    """What makes two tool-call generations the same: examples, template, base weights, token budgets."""
+    """What makes two tool-call generations the same: examples, template, base and adapter weights, budgets.
+
+    The adapter's weights are in it because a version may be registered with another adapter than the one
+    its training run evaluated (a checkpoint, a copy): that one's outcomes must not stand for it."""
     from training.tool_format import template_sha256
 
     return {
         "examples_sha256": tool_examples_sha256(examples),
         "template_sha256": template_sha256(),
         "base_weights_sha256": base_weights_sha256,
+        "adapter_weights_sha256": adapter_weights_sha256,
         "max_new_tokens": int(max_new_tokens),
         "max_prompt_tokens": int(max_prompt_tokens),
         "greedy": True,
@@ -516,7 +526,11 @@ def evaluate_adapter(
             metrics.update(tool_summary(t, side))
         metrics["tool_accuracy_gain"] = metrics["tool_adapter_accuracy"] - metrics["tool_base_accuracy"]
         key = tool_cache_key(
-            tool_examples, identity.weights_sha256, tool_max_new_tokens, TOOL_MAX_PROMPT_TOKENS
+            tool_examples,
+            identity.weights_sha256,
+            tool_max_new_tokens,
+            TOOL_MAX_PROMPT_TOKENS,
+            weights_sha256(Path(adapter_dir)),
         )
     return Evaluation(metrics=metrics, table=table, tool_tables=tool_tables, tool_key=key)
 
