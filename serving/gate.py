@@ -32,8 +32,8 @@ rouge_other + rouge_margin. Then safety. The decision and its numbers go to the 
 (`agentloop.gate.*`) and description.
 
 Tool-call generations the training run's evaluation already made on the same examples, template,
-base weights and token budget (training.evaluate.log_evaluation's table and key) are reused for
-the challenger and the base model instead of generated again.
+base weights, adapter weights and token budget (training.evaluate.log_evaluation's table and key) are
+reused for the challenger and the base model instead of generated again.
 """
 
 from __future__ import annotations
