@@ -8,7 +8,9 @@ decode (UTF-8, else `encoding`) -> parse (orjson, else `invalid_json`; over max_
 first code is the reason, e.g. `missing_field:messages`) -> redact (features.redact) -> dedup ->
 guard (features.guard: per record, then corpus-level poisoning per batch: `guard:<rule>`) -> the
 canonical row (features.schema.INTERACTION_SCHEMA) -> features.store (Delta Lake tables; a commit of
-whole sources at a time, see its docstring for how a killed run is undone).
+whole sources at a time, see its docstring for how a killed run is undone). The steps that depend on
+the record alone (parsing, the canonical row, the quarantine row) are features/ingest_record.py;
+this module holds what spans records: the dedup index, the guard's batches, the commits, the run.
 
 Traces (OTLP GenAI spans and log records, OpenInference, MLflow 3 traces, OpenAI request/response
 pairs; detected per record, or forced with IngestConfig.format) are routed by features/ingest_traces.py:
@@ -44,16 +46,13 @@ that carry a trigger confirmed only later are listed in SourceReport.poisoning_e
 store is append-only, a person decides.
 
 Secrets: rows hold redacted messages only (and only the format's message fields); the quarantine
-copy of a record is its bytes decoded (errors replaced) through redact_line, which also looks inside
-JSON escapes when the text parses; an oversized line keeps a short preview cut at a JSON delimiter
-(never mid-token), then redacted. Logs, errors and `detail` hold counts, codes and
-paths, never content.
+copy of a record is redacted too (features/ingest_record.py says how). Logs, errors and `detail` hold
+counts, codes and paths, never content.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import hashlib
 import logging
@@ -68,20 +67,24 @@ from typing import Any, Sequence
 import orjson
 import pyarrow as pa
 
-from features.canonical import LINEAGE, content_hash, feedback_items, hash_user_id, mask_user_ids
+from features.canonical import content_hash, hash_user_id
 from features.fsutil import progress as progress_bar
 from features.guard import GuardConfig, PoisonState, check_interaction, find_poisoning
-from features.ingest_report import IngestReport, SourceReport
-from features.ingest_traces import TRACE_STATE, TraceRouter, TraceUnit
-from features.raw_format import (
-    USAGE_FIELDS,
-    is_cloudevent,
-    normalise_usage,
-    parse_timestamp,
-    unwrap,
-    validate_cloudevent,
-    validate_record,
+from features.ingest_record import (
+    DUPLICATE_ID_CONFLICT,
+    GUARD_PREFIX,
+    INTERNAL_ERROR,
+    Rejected,
+    canonical_row,
+    clean_message,
+    parse_item,
+    quarantine_key,
+    quarantine_row,
+    range_problems,
 )
+from features.ingest_report import IngestReport, SourceReport
+from features.ingest_traces import TRACE_STATE, TraceRouter
+from features.raw_format import validate_record
 from features.readers import (
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_SUFFIXES,
@@ -91,33 +94,18 @@ from features.readers import (
     list_sources,
     read_source,
 )
-from features.redact import redact_line, redact_messages, redact_text, redact_value
-from features.schema import INTERACTION_SCHEMA, PII_TYPES, QUARANTINE_SCHEMA, SCHEMA_VERSION, SECRET_TYPES
+from features.redact import redact_messages
+from features.schema import INTERACTION_SCHEMA, QUARANTINE_SCHEMA
 from features.store import INTERACTIONS, KEYS, QUARANTINE, ManifestEntry, Store, default_store, new_run_id
-from features.traces import FORMATS, detect
+from features.traces import FORMATS
 from features.traces.buffer import DEFAULT_WAIT_S
 
 log = logging.getLogger(__name__)
 
-# ------------------------------------------------------------------------------------------------ reasons
-ENCODING = "encoding"
-INVALID_JSON = "invalid_json"
-OVERSIZED = "oversized"
-BAD_CLOUDEVENT = "bad_cloudevent"
-UNKNOWN_FORMAT = "unknown_format"
-DUPLICATE_ID_CONFLICT = "duplicate_id_conflict"
-# A bug of ours (or of redact/guard) on one record: it is kept in quarantine, the run goes on.
-INTERNAL_ERROR = "internal_error"
-GUARD_PREFIX = "guard:"
-INT32_MAX = 2**31 - 1
 MAX_SOURCES_PER_COMMIT = 500
 POISON_STATE = "poison-state"  # side state committed with the rows (features.store: Commit.stage_file)
-UTF8_BOM = b"\xef\xbb\xbf"
 USER_SALT_ENV = "AGENTLOOP_USER_ID_SALT"
 USER_SALT_FILE = ("_meta", "user-id-salt")
-# Characters at which an oversized line's preview may be cut without splitting a token.
-_CUT_AT = b' \t",:{}[]'
-MESSAGE_KEYS = ("role", "content", "name", "tool_call_id", "tool_calls")
 
 
 @dataclass
@@ -155,80 +143,6 @@ class IngestConfig:
             raise ValueError(f"IngestConfig.batch_size must be >= 1, got {self.batch_size}")
         if self.format not in FORMATS:
             raise ValueError(f"IngestConfig.format must be one of {FORMATS}, got {self.format!r}")
-
-
-# ------------------------------------------------------------------------------------------------ helpers
-
-
-def _qkey(source: str, line_number: int, raw_sha256: str) -> bytes:
-    return hashlib.sha256(f"{source}\0{line_number}\0{raw_sha256}".encode("utf-8", "surrogatepass")).digest()[
-        :16
-    ]
-
-
-def _redact(text: str) -> str:
-    """redact_line, or a text-only pass where the JSON is too deep for it; never the text unredacted."""
-    try:
-        return redact_line(text)
-    except RecursionError:  # redact_line walks the parsed JSON recursively
-        pass
-    try:
-        return redact_text(text).text
-    except Exception:  # noqa: BLE001 - keep nothing rather than something unredacted
-        return "<not kept: the redactor failed on this record>"
-
-
-def _preview(raw: bytes, total: int) -> str:
-    """A redacted, delimiter-cut preview of an oversized line's first bytes."""
-    cut = max(raw.rfind(bytes([c])) for c in _CUT_AT)
-    head = raw[: cut + 1] if cut > 0 else b""
-    return _redact(head.decode("utf-8", "replace")) + f" ...[truncated: {total} bytes in all]"
-
-
-def _clean_message(m: dict) -> dict:
-    """A validated message with only the format's fields (a producer's extras are not stored)."""
-    out = {k: m[k] for k in MESSAGE_KEYS if k in m}
-    if out.get("tool_calls") is not None:
-        out["tool_calls"] = [
-            {
-                "id": c["id"],
-                "type": c.get("type", "function"),
-                "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]},
-            }
-            for c in out["tool_calls"]
-        ]
-    return out
-
-
-def _carried_trace(event: dict) -> dict | None:
-    """The trace payload a CloudEvent carries (OTLP, MLflow, OpenAI pair), else None: its envelope
-    then only carries, so its attributes need not agree with an interaction record."""
-    try:
-        data = unwrap(event)
-    except (ValueError, TypeError):
-        return None
-    return data if detect(data) != "jsonl" else None
-
-
-def _add_counts(counts: dict, more: dict) -> None:
-    for kind, n in more.items():
-        counts[kind] = counts.get(kind, 0) + n
-
-
-def _raw_copy(item: RawItem, hasher) -> str:
-    """The redacted quarantine copy of a record's bytes (redact_line also looks inside JSON escapes);
-    user ids in it are replaced by their salted hash (features.canonical.mask_user_ids)."""
-    if item.oversized:
-        return _preview(item.raw, item.size)
-    text = item.raw.decode("utf-8", "replace")
-    if b"user" in item.raw:
-        try:
-            masked, n = mask_user_ids(orjson.loads(item.raw), hasher)
-        except (orjson.JSONDecodeError, RecursionError, TypeError):
-            n = 0
-        if n:
-            text = orjson.dumps(masked).decode()
-    return _redact(text)
 
 
 @dataclass
@@ -282,6 +196,9 @@ class _Ingestor:
                 self._salt = self.store.read_bytes(path).strip()
         return self._salt
 
+    def hash_user(self, user_id: str) -> str:
+        return hash_user_id(user_id, self.user_salt())
+
     # -- the dedup index, from the store --------------------------------------------------------------
     def load_state(self) -> None:
         """The dedup index from the store's rows, the poisoning memory from its last commit."""
@@ -307,7 +224,7 @@ class _Ingestor:
         for src, line, sha in zip(
             *(q.column(c).to_pylist() for c in ("source", "line_number", "raw_sha256")), strict=True
         ):
-            self.qkeys.add(_qkey(src, line, sha))
+            self.qkeys.add(quarantine_key(src, line, sha))
 
     # -- one source -----------------------------------------------------------------------------------
     def ingest_source(
@@ -415,56 +332,11 @@ class _Ingestor:
 
     # -- one record -----------------------------------------------------------------------------------
     def handle(self, item: RawItem) -> None:
-        if item.error is not None:
-            self.quarantine(item, ENCODING, item.error)
+        parsed = parse_item(item, self.config.max_line_bytes, self.config.format)
+        if isinstance(parsed, Rejected):
+            self.quarantine(item, parsed.reason, parsed.detail, parsed.obj)
             return
-        if item.oversized:
-            self.quarantine(
-                item, OVERSIZED, f"{item.size} bytes, over max_line_bytes={self.config.max_line_bytes}"
-            )
-            return
-        raw = item.raw
-        if item.line_number == 1 and raw.startswith(UTF8_BOM):
-            raw = raw[len(UTF8_BOM) :]
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as uexc:
-                self.quarantine(item, ENCODING, f"invalid UTF-8 at byte {uexc.start}: {uexc.reason}")
-                return
-            self.quarantine(item, INVALID_JSON, str(exc))
-            return
-
-        if is_cloudevent(obj):
-            try:
-                record = _carried_trace(obj)
-                problems = [] if record is not None else validate_cloudevent(obj)
-                if record is None and not problems:
-                    record = unwrap(obj)
-                if record is not None and not isinstance(obj.get("data"), dict):
-                    # unwrap parses a `data` string or data_base64 with the stdlib, which lets NaN and lone
-                    # surrogates through: parse it again as strictly as a line.
-                    payload = obj["data"] if "data" in obj else base64.b64decode(obj["data_base64"])
-                    record = orjson.loads(payload)
-            except Exception:  # noqa: BLE001 - e.g. a `data` string nested too deep for json.loads
-                problems, record = ["bad_envelope:data"], None
-            if problems:
-                self.quarantine(item, BAD_CLOUDEVENT, ",".join(problems), obj)
-                return
-        else:
-            record = obj
-
-        fmt = detect(record)
-        if self.config.format != "auto" and fmt != self.config.format:
-            self.quarantine(
-                item,
-                UNKNOWN_FORMAT,
-                f"IngestConfig.format is {self.config.format!r} but this record reads as {fmt!r}",
-                obj,
-            )
-            return
+        obj, record, fmt = parsed
         if fmt != "jsonl":
             self.traces.handle(item, record, fmt)
             return
@@ -474,13 +346,13 @@ class _Ingestor:
         """Validate, redact, dedup and guard one record in the format; it joins the batch or quarantine."""
         problems = validate_record(record)
         if not problems:
-            problems = self._range_problems(record)
+            problems = range_problems(record)
         if problems:
             self.quarantine(item, problems[0], ",".join(problems), obj)
             return
 
         # Only the fields of the format: whatever else a producer put in a message is not stored.
-        messages, counts = redact_messages([_clean_message(m) for m in record["messages"]])
+        messages, counts = redact_messages([clean_message(m) for m in record["messages"]])
         agent, session_id, iid = record["agent"], record["session_id"], record["id"]
         chash = content_hash(agent, session_id, messages)
         digest = bytes.fromhex(chash)
@@ -510,100 +382,11 @@ class _Ingestor:
             return
         warnings = sorted({h.rule for h in hits})
 
-        row = self._row(
-            record, messages, counts, warnings, chash, item
-        )  # may raise: before the index changes
+        # may raise: before the index changes
+        row = canonical_row(record, messages, counts, warnings, chash, item, self.now, self.user_salt)
         self.ids[iid] = digest
         self.hashes.add(digest)
         self.pending.append(_Candidate(row, messages, item, digest, counts))
-
-    @staticmethod
-    def _range_problems(record: dict) -> list[str]:
-        """What validate_record allows but the schema cannot hold: int32 counts, a UTC year outside 1..9999."""
-        usage = normalise_usage(record.get("usage")) or {}
-        problems = [f"bad_value:usage.{k}" for k, v in usage.items() if v is not None and v > INT32_MAX]
-        try:
-            parse_timestamp(record["timestamp"]).astimezone(timezone.utc)
-        except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC
-            problems.insert(0, "bad_timestamp")
-        return problems
-
-    def _row(
-        self, record: dict, messages: list, counts: dict, warnings: list[str], chash: str, item: RawItem
-    ) -> dict:
-        ts = parse_timestamp(record["timestamp"]).astimezone(timezone.utc)
-        feedback = record.get("feedback") or {}
-        error = record.get("error")
-        last_user, reply, turns = "", "", 0
-        for m in messages:
-            role = m.get("role")
-            if role == "user":
-                last_user = m.get("content") or ""
-                turns += 1
-            elif role == "assistant":
-                reply = m.get("content") or ""
-                turns += 1
-        if messages and messages[-1].get("role") != "assistant":
-            reply = ""  # a failed call: the last assistant message is an earlier turn, not this reply
-        usage = normalise_usage(record.get("usage")) or dict.fromkeys(USAGE_FIELDS)
-        lineage = record.get(LINEAGE) or {}
-        tools = record.get("tools")
-        tools_json = None
-        if tools:
-            tools, tool_counts = redact_value(tools)
-            _add_counts(counts, tool_counts)
-            tools_json = orjson.dumps(tools).decode()
-        items = feedback_items(feedback)
-        feedback_json = None
-        if items:
-            items, feedback_counts = redact_value(items)
-            _add_counts(counts, feedback_counts)
-            feedback_json = orjson.dumps(items).decode()
-        _add_counts(counts, lineage.get("redactions") or {})
-        user_id = record.get("user_id")
-        latency = record.get("latency_ms")
-        return {
-            "interaction_id": record["id"],
-            "agent": record["agent"],
-            "session_id": record["session_id"],
-            "event_timestamp": ts,
-            "model": record.get("model"),
-            "messages_json": orjson.dumps(messages).decode(),
-            "last_user_message": last_user,
-            "agent_reply": reply,
-            "n_turns": turns,
-            "prompt_tokens": usage["prompt_tokens"],
-            "completion_tokens": usage["completion_tokens"],
-            "total_tokens": usage["total_tokens"],
-            "latency_ms": float(latency) if latency is not None else None,
-            "rating": feedback.get("rating"),
-            "thumbs": feedback.get("thumbs"),
-            "error_type": error["type"] if error else None,
-            "has_error": error is not None,
-            "redacted_secrets": sum(n for t, n in counts.items() if t in SECRET_TYPES or t not in PII_TYPES),
-            "redacted_email": counts.get("email", 0),
-            "redacted_phone": counts.get("phone", 0),
-            "redacted_iban": counts.get("iban", 0),
-            "redacted_national_id": counts.get("national_id", 0),
-            "redacted_card": counts.get("card", 0),
-            "redacted_ip": counts.get("ip", 0),
-            "redaction_counts_json": orjson.dumps(dict(sorted(counts.items()))).decode(),
-            "guard_flags": ",".join(warnings),
-            "content_hash": chash,
-            "source": item.source,
-            "source_line": item.line_number,
-            "ingested_at": self.now,
-            "day": ts.date().isoformat(),
-            "schema_version": SCHEMA_VERSION,
-            "agent_name": record.get("agent_name") or record["agent"],
-            "tools_json": tools_json,
-            "feedback_json": feedback_json,
-            "user_id_hash": lineage.get("user_id_hash")
-            or (hash_user_id(user_id, self.user_salt()) if user_id else None),
-            "trace_id": lineage.get("trace_id"),
-            "span_id": lineage.get("span_id"),
-            "source_format": lineage.get("format", "jsonl"),
-        }
 
     # -- outcomes -------------------------------------------------------------------------------------
     def duplicate(self, kind: str) -> None:
@@ -612,35 +395,13 @@ class _Ingestor:
 
     def quarantine(self, item: RawItem, reason: str, detail: str, obj: Any = None) -> None:
         raw_sha = item.sha256 or hashlib.sha256(item.raw).hexdigest()
-        key = _qkey(item.source, item.line_number, raw_sha)
+        key = quarantine_key(item.source, item.line_number, raw_sha)
         if key in self.qkeys:
             self.duplicate("quarantine")
             return
         self.qkeys.add(key)
-        raw_redacted = _raw_copy(item, lambda u: hash_user_id(u, self.user_salt()))
-        iid = None
-        record = obj
-        if is_cloudevent(obj) and isinstance(obj.get("data"), dict):
-            record = obj["data"]
-        if isinstance(record, dict) and isinstance(record.get("id"), str):
-            iid = redact_line(record["id"][:200])
-        elif isinstance(obj, dict) and isinstance(obj.get("id"), str):
-            iid = redact_line(obj["id"][:200])
-        if item.index_in_line is not None and not isinstance(obj, TraceUnit):
-            detail = f"batch element {item.index_in_line}: {detail}"
         self.qrows.append(
-            {
-                "source": item.source,
-                "line_number": item.line_number,
-                "reason": reason,
-                "detail": detail,  # built from codes, positions and rule names only: never content
-                "raw_redacted": raw_redacted,
-                "raw_sha256": raw_sha,
-                "raw_bytes": item.size,
-                "interaction_id": iid,
-                "quarantined_at": self.now,
-                "day": self.today,
-            }
+            quarantine_row(item, reason, detail, obj, raw_sha, self.hash_user, self.now, self.today)
         )
         self.rep.quarantined[reason] = self.rep.quarantined.get(reason, 0) + 1
         self.commit_rows += 1

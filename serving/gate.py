@@ -32,8 +32,8 @@ rouge_other + rouge_margin. Then safety. The decision and its numbers go to the 
 (`agentloop.gate.*`) and description.
 
 Tool-call generations the training run's evaluation already made on the same examples, template,
-base weights and token budget (training.evaluate.log_evaluation's table and key) are reused for
-the challenger and the base model instead of generated again.
+base weights, adapter weights and token budget (training.evaluate.log_evaluation's table and key) are
+reused for the challenger and the base model instead of generated again.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from serving.registry import (
     locate_base_model,
     version_artifact,
 )
-from training.base_model import load_model_and_tokenizer
+from training.base_model import load_model_and_tokenizer, weights_sha256
 from training.eval_set import EvalSet
 from training.evaluate import (
     TOOL_MAX_PROMPT_TOKENS,
@@ -352,7 +352,7 @@ def run_gate(model_name: str, version: str | int, config: GateConfig | None = No
             else:
                 eval_set = champion_set
         base_ref = _base_ref(mv)
-        cached = _cached_tool_outcomes(mv, eval_set, config, notes)
+        cached = _cached_tool_outcomes(mv, eval_set, config, notes, adapters["challenger"])
         log.info(
             "gate %s v%s vs base%s on eval set %s (%d tool calls)",
             model_name,
@@ -387,9 +387,11 @@ def run_gate(model_name: str, version: str | int, config: GateConfig | None = No
     return decision
 
 
-def _cached_tool_outcomes(mv, eval_set: EvalSet, config: GateConfig, notes: list[str]) -> dict:
+def _cached_tool_outcomes(
+    mv, eval_set: EvalSet, config: GateConfig, notes: list[str], adapter_dir: str
+) -> dict:
     """The challenger's and base model's outcomes from the training run's evaluation, when it generated them on
-    exactly this set's tool calls with the same template, base weights and budget."""
+    exactly this set's tool calls with the same template, base weights, adapter weights and budget."""
     if not eval_set.has_tool_calls or not mv.run_id:
         return {}
     key = tool_cache_key(
@@ -397,6 +399,7 @@ def _cached_tool_outcomes(mv, eval_set: EvalSet, config: GateConfig, notes: list
         mv.tags.get(TAG_BASE_SHA, ""),
         config.tool_max_new_tokens,
         TOOL_MAX_PROMPT_TOKENS,
+        weights_sha256(Path(adapter_dir)),
     )
     tables = load_tool_outcomes(mv.run_id, key, config.tracking_uri)
     cached = {

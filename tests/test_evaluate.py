@@ -344,13 +344,13 @@ def test_tool_call_outcomes_are_generations_scored_by_the_checker(base_model_dir
     assert set(m) >= {"tool_base_accuracy_simple_python", "tool_base_accuracy_irrelevance"}
 
 
-def test_tool_outcomes_are_reused_only_for_the_same_calls_template_weights_and_budget(mlflow_uri):
+def test_tool_outcomes_are_reused_only_for_the_same_calls_template_weights_adapter_and_budget(mlflow_uri):
     import mlflow
 
     from training.evaluate import load_tool_outcomes, log_tool_outcomes, tool_cache_key
 
     examples = [parcel_example(1), parcel_example(2)]
-    key = tool_cache_key(examples, "weights-a", 96, 4096)
+    key = tool_cache_key(examples, "weights-a", 96, 4096, "adapter-a")
     table = pd.DataFrame(
         {
             "id": ["parcel_1", "parcel_2"],
@@ -372,5 +372,16 @@ def test_tool_outcomes_are_reused_only_for_the_same_calls_template_weights_and_b
     assert (
         got["adapter"]["correct"].tolist() == [True, False] and got["base"]["correct"].tolist() == [False] * 2
     )
-    assert load_tool_outcomes(run.info.run_id, tool_cache_key(examples, "weights-a", 64, 4096)) == {}
-    assert load_tool_outcomes(run.info.run_id, tool_cache_key(examples[:1], "weights-a", 96, 4096)) == {}
+    assert (
+        load_tool_outcomes(run.info.run_id, tool_cache_key(examples, "weights-a", 64, 4096, "adapter-a"))
+        == {}
+    )
+    assert (
+        load_tool_outcomes(run.info.run_id, tool_cache_key(examples[:1], "weights-a", 96, 4096, "adapter-a"))
+        == {}
+    )
+    # another adapter registered under the same training run (a checkpoint, a copy) is measured, not assumed
+    assert (
+        load_tool_outcomes(run.info.run_id, tool_cache_key(examples, "weights-a", 96, 4096, "adapter-b"))
+        == {}
+    )

@@ -26,6 +26,8 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
+from training.base_model import weights_sha256
+
 IGNORE_INDEX = -100
 
 # A heuristic, not a classifier: phrases with which chat models decline. The real agents' own replies
@@ -281,17 +283,19 @@ def tool_examples_sha256(examples: Sequence[dict]) -> str:
 
 
 def tool_cache_key(
-    examples: Sequence[dict], base_weights_sha256: str, max_new_tokens: int, max_prompt_tokens: int
+    examples: Sequence[dict], base_sha: str, max_new: int, max_prompt: int, adapter_sha: str = ""
 ) -> dict:
-    """What makes two tool-call generations the same: examples, template, base weights, token budgets."""
+    """What makes two tool-call generations the same: examples, template, base and adapter weights, budgets
+    (a version registered with another adapter than its run evaluated, e.g. a checkpoint, is measured)."""
     from training.tool_format import template_sha256
 
     return {
         "examples_sha256": tool_examples_sha256(examples),
         "template_sha256": template_sha256(),
-        "base_weights_sha256": base_weights_sha256,
-        "max_new_tokens": int(max_new_tokens),
-        "max_prompt_tokens": int(max_prompt_tokens),
+        "base_weights_sha256": base_sha,
+        "adapter_weights_sha256": adapter_sha,
+        "max_new_tokens": int(max_new),
+        "max_prompt_tokens": int(max_prompt),
         "greedy": True,
     }
 
@@ -524,8 +528,9 @@ def evaluate_adapter(
         for side, t in tool_tables.items():
             metrics.update(tool_summary(t, side))
         metrics["tool_accuracy_gain"] = metrics["tool_adapter_accuracy"] - metrics["tool_base_accuracy"]
+        adapter_sha = weights_sha256(Path(adapter_dir))
         key = tool_cache_key(
-            tool_examples, identity.weights_sha256, tool_max_new_tokens, TOOL_MAX_PROMPT_TOKENS
+            tool_examples, identity.weights_sha256, tool_max_new_tokens, TOOL_MAX_PROMPT_TOKENS, adapter_sha
         )
     return Evaluation(metrics=metrics, table=table, tool_tables=tool_tables, tool_key=key)
 
