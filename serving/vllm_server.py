@@ -58,6 +58,13 @@ def default_serve_python() -> str:
     return os.environ.get("AGENTLOOP_SERVE_PYTHON", str(REPO_ROOT / ".venv-serve" / "bin" / "python"))
 
 
+def default_dtype() -> str:
+    """The serving dtype on this machine's CPU: bfloat16 where its bf16 kernels are fast, else float32."""
+    from training.base_model import bf16_is_fast
+
+    return "bfloat16" if bf16_is_fast("cpu") else "float32"
+
+
 def default_model_dir() -> str:
     return os.environ.get(
         "AGENTLOOP_BASE_MODEL_DIR", str(agentloop_home() / "models" / "SmolLM2-135M-Instruct")
@@ -85,9 +92,9 @@ class VLLMServerConfig:
     max_loras: int = 2
     max_lora_rank: int = 16  # vLLM accepts 1, 8, 16, 32, 64, ...
     lora_modules: dict[str, str] = field(default_factory=dict)
-    # bfloat16 runs on CPU (AMX/AVX512-BF16 here) and is what the base model is saved in; float32
-    # also works (docs/serving.md compares them).
-    dtype: str = "bfloat16"
+    # bfloat16 where this CPU has fast bf16 kernels (AVX-512 BF16/AMX) and float32 elsewhere: on an AVX2-only
+    # CPU vLLM's oneDNN linear refuses bf16 and falls back to a reference gemm ~80x slower than float32
+    dtype: str = field(default_factory=default_dtype)
     max_model_len: int = 2048
     max_num_seqs: int | None = None
     # tool calls: agentloop's one chat template (training/tool_format.py) and vLLM's parser for its format,

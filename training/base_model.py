@@ -12,6 +12,7 @@ On the cluster any local HF folder (e.g. a PVC) or hub id is accepted instead: `
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -189,11 +190,26 @@ def resolve_base_model(ref: str | os.PathLike | None = None) -> BaseModelIdentit
     )
 
 
-def load_model_and_tokenizer(ref: str | os.PathLike | None = None, dtype: str = "bfloat16"):
-    """Load (model, tokenizer, identity) for inference on CPU."""
+@functools.cache
+def bf16_is_fast(device_type: str = "cpu") -> bool:
+    """Whether bfloat16 matmuls have fast kernels on this device: a GPU with bf16, or a CPU whose oneDNN
+    runs bf16 (AVX-512 BF16 or AMX). On a CPU without them (AVX2 only, e.g. many AMD EPYC hosts) PyTorch
+    falls back to a reference gemm that is ~80x slower than float32, so bf16 there is only a slowdown."""
+    import torch
+
+    if device_type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def load_model_and_tokenizer(ref: str | os.PathLike | None = None, dtype: str = "auto"):
+    """Load (model, tokenizer, identity) for inference on CPU. dtype "auto": bfloat16 where bf16_is_fast,
+    else float32."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if dtype == "auto":
+        dtype = "bfloat16" if bf16_is_fast("cpu") else "float32"
     identity = resolve_base_model(ref)
     tokenizer = AutoTokenizer.from_pretrained(identity.path)
     model = AutoModelForCausalLM.from_pretrained(identity.path, dtype=getattr(torch, dtype))

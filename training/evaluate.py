@@ -43,7 +43,11 @@ REFUSAL = re.compile(
 def _autocast(device, enabled: bool):
     import torch
 
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+    from training.base_model import bf16_is_fast
+
+    if enabled and bf16_is_fast(device.type):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def evaluate_loss(model, rows: Sequence[Any], batch_size: int = 8, bf16: bool = True) -> dict[str, float]:
@@ -302,11 +306,16 @@ def tool_call_outcomes(
 ) -> pd.DataFrame:
     """Greedy generations for held-out tool-call examples, read as vLLM's hermes parser reads them, scored by
     training.tool_eval (BFCL's AST checker; irrelevance: no call is right). One row per example."""
+    texts = [tool_prompt_text(tokenizer, e) for e in examples]
+    outputs = generate_texts(model, tokenizer, texts, max_new_tokens, batch_size, max_prompt_tokens)
+    return score_tool_outputs(examples, outputs)
+
+
+def score_tool_outputs(examples: Sequence[dict], outputs: Sequence[str]) -> pd.DataFrame:
+    """The per-example table of generations however they were made (in process, or by a server)."""
     from training.tool_eval import score_example
     from training.tool_format import parse_tool_calls
 
-    texts = [tool_prompt_text(tokenizer, e) for e in examples]
-    outputs = generate_texts(model, tokenizer, texts, max_new_tokens, batch_size, max_prompt_tokens)
     rows = []
     for example, output in zip(examples, outputs, strict=True):
         s = score_example(example, parse_tool_calls(output))

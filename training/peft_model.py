@@ -6,12 +6,32 @@ docstring for what it saves.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from training.distributed import Dist
+
+log = logging.getLogger(__name__)
+
+
+def use_bf16(config, device) -> bool:
+    """config.bf16, where bf16 is fast on `device` (training.base_model.bf16_is_fast); else fp32, said once."""
+    from training.base_model import bf16_is_fast
+
+    if not config.bf16:
+        return False
+    if bf16_is_fast(device.type):
+        return True
+    if not getattr(use_bf16, "warned", False):
+        use_bf16.warned = True
+        log.warning(
+            "bf16 requested but %s has no fast bf16 kernels (no AVX-512 BF16/AMX): training in fp32", device
+        )
+    return False
 
 
 def load_peft_model(config, d: Dist):
@@ -28,7 +48,7 @@ def load_peft_model(config, d: Dist):
     if not d.main:
         identity = resolve_base_model(config.base_model)
     tokenizer = AutoTokenizer.from_pretrained(identity.path)
-    dtype = torch.bfloat16 if config.bf16 else torch.float32
+    dtype = torch.bfloat16 if use_bf16(config, d.device) else torch.float32
     model = AutoModelForCausalLM.from_pretrained(
         identity.path, dtype=dtype, attn_implementation=config.attn_implementation
     )

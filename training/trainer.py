@@ -61,7 +61,7 @@ from training.checkpoint import (
 )
 from training.distributed import Dist, all_sum, broadcast, init_distributed, on_main_rank
 from training.loss import LabelLoss, NonFiniteLossError, evaluate_rows
-from training.peft_model import load_peft_model, trainable_weights
+from training.peft_model import load_peft_model, trainable_weights, use_bf16
 from training.row_stream import RowStream
 from training.tracking import Tracker, end_status, flat_params, loss_curve, package_version
 
@@ -96,7 +96,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     output_dir: str = ""  # "" = a fresh $AGENTLOOP_HOME/train/<run_name>-<time> (so no resume)
     seed: int = 0
-    bf16: bool = True  # bf16 autocast (CPU with AMX / GPU); False = fp32
+    bf16: bool = (
+        True  # bf16 autocast where bf16 is fast (GPU, CPU with AVX-512 BF16/AMX; else fp32); False = fp32
+    )
     num_threads: int = 0  # torch CPU threads per process; 0 = torch's default
     loss_chunk_tokens: int = 1024  # label positions per LM-head chunk (bounds the logits memory)
     gradient_checkpointing: bool = False  # recompute activations in backward (large models / long rows)
@@ -360,7 +362,7 @@ class _Run:
 
     @property
     def autocast(self):
-        if self.config.bf16:
+        if use_bf16(self.config, self.d.device):
             return torch.autocast(self.d.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
