@@ -77,7 +77,17 @@ def filesystem_and_path(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def interactions_dataset(store_dir: str | os.PathLike) -> ds.Dataset:
-    """The interactions dataset of an offline store (hive-partitioned by day) as a pyarrow dataset."""
+    """The interactions dataset of an offline store (hive-partitioned by day) as a pyarrow dataset.
+
+    A Delta table is read at its current version, through its log: after maintenance the folder
+    also holds the files compaction replaced (kept for time travel), which a plain folder read would
+    count twice.
+    """
+    from features.store import Store
+
+    dt = Store(str(store_dir)).delta(INTERACTIONS_DIR)
+    if dt is not None:
+        return dt.to_pyarrow_dataset()
     fs, root = filesystem_and_path(str(store_dir))
     path = f"{root.rstrip('/')}/{INTERACTIONS_DIR}"
     if fs.get_file_info(path).type != pafs.FileType.Directory:

@@ -38,6 +38,8 @@ from features.store import Store
 
 REPO_DIR = Path(__file__).resolve().parent / "repo"
 CLUSTER_YAML = REPO_DIR / "cluster" / "feature_store.yaml"
+# interaction_features' source path below <store>/interactions (features/repo/definitions.py says why)
+INTERACTION_FILES = "day=*/*.parquet"
 STATE_DIR = "_feast"  # under the store root; "_" keeps it out of dataset readers' way
 
 INTERACTION_VIEW = "interaction_features"
@@ -406,9 +408,13 @@ def _entity_frame(
 
     An interaction stored more than once is joined at its first event_timestamp.
     """
-    root = source[: -len(INTERACTIONS_DIR)].rstrip("/") if source.endswith(INTERACTIONS_DIR) else None
+    folder = source.removesuffix(f"/{INTERACTION_FILES}")
+    root = folder[: -len(INTERACTIONS_DIR)].rstrip("/") if folder.endswith(INTERACTIONS_DIR) else None
     if root is None:
-        raise ValueError(f"interaction_features reads {source}, not <store>/{INTERACTIONS_DIR}: re-run apply")
+        raise ValueError(
+            f"interaction_features reads {source}, not <store>/{INTERACTIONS_DIR}/{INTERACTION_FILES}: "
+            "re-run apply"
+        )
     dt = Store(root).delta(INTERACTIONS_DIR, version)  # None: the old parquet format (no versions)
     if dt is not None:
         dataset, version = dt.to_pyarrow_dataset(), dt.version()

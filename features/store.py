@@ -34,6 +34,11 @@ what the interrupted run had not committed.
 A reader between a table's commit and the ledger's may see rows of a commit that is then rolled
 back; a stable view is a recorded version (read_interactions(version=...)).
 
+Maintenance (features/store_maintenance.py) compacts and vacuums under the same lock and records in
+_meta/retention.json the oldest version of each table it keeps readable: recovery's vacuum keeps the
+files of those versions too (the data files compaction replaced), so the folder then holds more
+than the current version; readers of the table go through its log.
+
 Single writer: a local store is locked with flock (released by the kernel when the writer dies);
 a second ingest fails at once with a message naming the lock. The ledger commit also checks that
 no other commit N landed meanwhile. On an object store (s3://, MinIO) there is no lock: delta-rs commits with conditional PUTs and
@@ -86,6 +91,10 @@ log = logging.getLogger(__name__)
 
 LOCK = "_lock"
 STORE_ENV = "AGENTLOOP_OFFLINE_STORE"
+RETENTION_FILE = ("_meta", "retention.json")  # {table: the oldest version kept readable}, by maintenance
+# delta-rs would delete commit files older than 30 days at checkpoints, which ends time travel to the
+# versions they describe (a training set's lineage may cite one for months); maintenance decides instead.
+TABLE_CONFIGURATION = {"delta.enableExpiredLogCleanup": "false"}
 
 
 def default_store() -> str:
@@ -180,6 +189,7 @@ class Store:
                     schema.empty_table(),
                     partition_by=["day"] if table in PARTITIONED else None,
                     mode="append",
+                    configuration=TABLE_CONFIGURATION,
                     storage_options=self.storage,
                 )
 
@@ -254,14 +264,41 @@ class Store:
             if n and (n, info.get(RUN_KEY)) not in committed:
                 dt.restore(dt.version() - 1)
                 report.rolled_back[table] = n
+        floors = self.retention_floors()
         for table in TABLES:
             dt = self.delta(table)
             if dt is not None:
+                keep = None if table not in floors else self.kept_versions(dt, floors[table], committed)
                 removed = dt.vacuum(
-                    retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True
+                    retention_hours=0,
+                    dry_run=False,
+                    enforce_retention_duration=False,
+                    full=True,
+                    keep_versions=keep,
                 )
                 report.vacuumed_files += len(removed)
         return report
+
+    def retention_floors(self) -> dict[str, int]:
+        """{table: oldest version kept readable}, as the last maintenance recorded it ({} before any)."""
+        path = self.path(*RETENTION_FILE)
+        return json.loads(self.read_bytes(path))["keep_from"] if self.exists(path) else {}
+
+    def kept_versions(self, dt, floor: int, committed: set[tuple[int, str]] | None = None) -> list[int]:
+        """The versions >= floor of a table whose files a vacuum must keep: all but rolled-back commits.
+
+        A write of ingest commit N that the ledger never got was undone by RESTORE; its files belong to
+        no version a reader may ask for, and a vacuum that kept them would leave them in the folder.
+        """
+        committed = self._committed() if committed is None else committed
+        undone = {
+            int(info["version"])
+            for info in dt.history()
+            if int(info.get(COMMIT_KEY) or 0)
+            and (int(info[COMMIT_KEY]), info.get(RUN_KEY)) not in committed
+            and int(info["version"]) >= floor
+        }
+        return [v for v in range(floor, dt.version() + 1) if v not in undone]
 
     # -- the ledger (manifest and side state) -------------------------------------------------------
     def _committed(self) -> set[tuple[int, str]]:

@@ -60,6 +60,8 @@ TAG_AGENTS = "agentloop.agents"
 TAG_SNAPSHOT = "dataset.snapshot_hash"
 TAG_TRAINING_RUN = "agentloop.training_run_id"
 TAG_FEATURE_SERVICE = "agentloop.feature_service"
+# the Delta version of the interactions table the training set was read at (time travel; maintenance keeps it)
+TAG_TABLE_VERSION = "agentloop.table_version"
 TAG_FLYTE_EXECUTION = "flyte.execution_id"
 TAG_GIT_COMMIT = "agentloop.git_commit"
 TAG_BASE_SHA = "agentloop.base_model_sha256"
@@ -315,6 +317,7 @@ def register_adapter(req: RegisterRequest) -> RegisteredVersion:
         TAG_TRAINING_RUN: req.training_run_id,
         TAG_FEATURE_SERVICE: req.feature_service
         or run.data.params.get("dataset.source.feature_service", FEATURE_SERVICE),
+        TAG_TABLE_VERSION: run.data.params.get("dataset.source.table_version", ""),
         TAG_FLYTE_EXECUTION: req.flyte_execution_id or run.data.tags.get(TAG_FLYTE_EXECUTION, ""),
         TAG_GIT_COMMIT: req.git_commit or git_commit(),
         TAG_BASE_SHA: identity.weights_sha256,

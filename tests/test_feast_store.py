@@ -189,7 +189,7 @@ def test_interaction_features_match_the_offline_store_schema():
         assert f.name in INTERACTION_SCHEMA.names, f"{f.name} is not a column of INTERACTION_SCHEMA"
         assert INTERACTION_SCHEMA.field(f.name).type == feast_to_arrow[str(f.dtype)], f.name
     assert not view.online, "interaction text must stay offline"
-    assert view.batch_source.path == "/nonexistent-store/interactions"
+    assert view.batch_source.path == "/nonexistent-store/interactions/day=*/*.parquet"
     assert {fs.name for fs in repo.feature_services} == {"training_v1", "monitoring_v1"}
     assert all(o.tags.get("owner") and o.tags.get("pii") for o in [*repo.feature_views, *repo.data_sources])
 
@@ -239,7 +239,8 @@ def test_feast_cli_applies_the_definitions(tmp_path, sample_rows):
     registered.refresh_registry()
     assert {s.name for s in registered.list_feature_services()} == {"training_v1", "monitoring_v1"}
     assert (
-        registered.get_feature_view("interaction_features").batch_source.path == f"{home}/store/interactions"
+        registered.get_feature_view("interaction_features").batch_source.path
+        == f"{home}/store/interactions/day=*/*.parquet"
     )
 
 
@@ -425,3 +426,21 @@ def test_the_cluster_setup_runs_on_s3_and_redis(tmp_path, monkeypatch, sample_ro
     assert not any(True for _ in client.scan_iter(match=f"*{project}", count=1000)), (
         "teardown left keys behind"
     )
+
+
+def test_historical_retrieval_works_once_the_delta_log_holds_a_checkpoint(tmp_path):
+    """delta-rs writes _delta_log/*.checkpoint.parquet every 100 commits; Feast's dask reader must not read it."""
+    from deltalake import DeltaTable
+
+    from features.ingest import ingest
+    from tests.test_delta_store import config, record, write
+
+    store = tmp_path / "store"
+    write(tmp_path / "a" / "a.jsonl", [record(i, day=f"2025-01-0{5 + i % 3}") for i in range(9)])
+    ingest(str(tmp_path / "a"), config(store))
+    DeltaTable(str(store / "interactions")).create_checkpoint()
+    assert list((store / "interactions" / "_delta_log").glob("*.checkpoint.parquet"))
+    feast = FeastConfig(offline_store=str(store))
+    apply(feast)
+    frame = get_training_frame(feast, date(2025, 1, 5), date(2025, 1, 8))
+    assert len(frame) == 9 and frame["agent_reply"].notna().all()

@@ -30,6 +30,7 @@ SCHEDULES = {
     "agentloop.ingest_daily": "workflows/ingest.py",
     "agentloop.retrain_weekly": "workflows/lifecycle.py",
     "agentloop.drift_hourly": "workflows/monitor.py",
+    "agentloop.store_maintenance_weekly": "workflows/maintenance.py",
 }
 
 

@@ -7,7 +7,8 @@ Definitions only: nothing here reads data. Python callers go through features/fe
 which loads this file with AGENTLOOP_OFFLINE_STORE pointing at the store it was given.
 
 Where the data is: $AGENTLOOP_OFFLINE_STORE (a folder or s3://bucket/prefix), by default
-$AGENTLOOP_HOME/store. Ingestion (features/ingest.py) writes <store>/interactions/day=YYYY-MM-DD/,
+$AGENTLOOP_HOME/store. Ingestion (features/ingest.py) writes the Delta table <store>/interactions/
+(day=YYYY-MM-DD/ partitions),
 features/aggregates.py writes <store>/agent_daily_stats/day=YYYY-MM-DD/. Text columns hold
 redacted text only: redaction runs before anything is stored.
 """
@@ -27,6 +28,8 @@ OFFLINE_STORE = os.environ.get("AGENTLOOP_OFFLINE_STORE") or str(
 # MinIO on the cluster: the usual AWS_ENDPOINT_URL. Only for s3:// paths (on a local path Feast would
 # hand the endpoint to the local filesystem, which rejects it).
 S3_ENDPOINT = os.environ.get("AWS_ENDPOINT_URL") if OFFLINE_STORE.startswith("s3://") else None
+# The data files of the interactions table's day partitions (features.feast_store.INTERACTION_FILES).
+INTERACTION_FILES = "day=*/*.parquet"
 
 
 # --- Entities -----------------------------------------------------------------------------------
@@ -60,14 +63,20 @@ interaction = Entity(
 # --- Sources ------------------------------------------------------------------------------------
 
 # A Delta Lake table partitioned by day (features/store.py), read here as the hive-partitioned parquet
-# of its data files (day=YYYY-MM-DD/part-*.parquet; `_delta_log` is skipped): every file in the folder
-# belongs to the table, because the writer's recovery vacuums the files of unfinished commits. Feast's
-# file offline store reads the whole folder with dask on every query (no partition pruning): the `day`
-# partition is not a feature, and time windows are applied by the entity dataframe, which
-# features/feast_store.py reads from the Delta table with pruning, at a recorded version if asked.
+# of its data files. The path is a glob of the day partitions, not the table's folder: dask's listing
+# does not skip `_delta_log`, and from the table's 100th commit on delta-rs keeps a checkpoint there
+# (`_delta_log/*.checkpoint.parquet`, no `day`), which failed every retrieval with KeyError 'day'
+# (bench/feast_offline.py, issue 15). The folder holds the files of the current version and, after
+# maintenance (features/store_maintenance.py), the files compaction replaced that are kept for time
+# travel: those rows are exact copies, which the point-in-time join reduces to one row per entity.
+# Feast's file offline store reads all of them with dask on every query (no partition pruning; its
+# DeltaFormat changes nothing there, dask still reads parquet): the `day` partition is not a
+# feature, and time windows are applied by the entity dataframe, which features/feast_store.py reads
+# from the Delta table through its log, with pruning, at a recorded version if asked. Feast's DuckDB
+# offline store with DeltaFormat reads through the log (measured in bench/RESULTS.md).
 interactions_source = FileSource(
     name="interactions",
-    path=f"{OFFLINE_STORE}/interactions",
+    path=f"{OFFLINE_STORE}/interactions/{INTERACTION_FILES}",
     timestamp_field="event_timestamp",
     # Re-ingesting an interaction writes a newer ingested_at: the newest copy wins point-in-time joins.
     created_timestamp_column="ingested_at",
