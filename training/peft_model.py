@@ -7,6 +7,7 @@ docstring for what it saves.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 import torch.distributed as dist
@@ -26,7 +27,7 @@ def use_bf16(config, device) -> bool:
         return False
     if bf16_is_fast(device.type):
         return True
-    if not getattr(use_bf16, "warned", False):
+    if not getattr(use_bf16, "warned", False) and os.environ.get("RANK", "0") == "0":  # said by rank 0 only
         use_bf16.warned = True
         log.warning(
             "bf16 requested but %s has no fast bf16 kernels (no AVX-512 BF16/AMX): training in fp32", device
