@@ -59,10 +59,10 @@ def default_serve_python() -> str:
 
 
 def default_dtype() -> str:
-    """The serving dtype on this machine's CPU: bfloat16 where its bf16 kernels are fast, else float32."""
-    from training.base_model import bf16_is_fast
+    """The serving dtype on this machine's CPU (training.base_model.fast_dtype)."""
+    from training.base_model import fast_dtype
 
-    return "bfloat16" if bf16_is_fast("cpu") else "float32"
+    return fast_dtype("cpu")
 
 
 def default_model_dir() -> str:

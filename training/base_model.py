@@ -202,14 +202,18 @@ def bf16_is_fast(device_type: str = "cpu") -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def fast_dtype(device_type: str = "cpu") -> str:
+    """ "bfloat16" where bf16_is_fast on this device, else "float32": the dtype to load or serve the model in."""
+    return "bfloat16" if bf16_is_fast(device_type) else "float32"
+
+
 def load_model_and_tokenizer(ref: str | os.PathLike | None = None, dtype: str = "auto"):
-    """Load (model, tokenizer, identity) for inference on CPU. dtype "auto": bfloat16 where bf16_is_fast,
-    else float32."""
+    """Load (model, tokenizer, identity) for inference on CPU. dtype "auto": fast_dtype()."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype == "auto":
-        dtype = "bfloat16" if bf16_is_fast("cpu") else "float32"
+        dtype = fast_dtype("cpu")
     identity = resolve_base_model(ref)
     tokenizer = AutoTokenizer.from_pretrained(identity.path)
     model = AutoModelForCausalLM.from_pretrained(identity.path, dtype=getattr(torch, dtype))
